@@ -1,0 +1,151 @@
+"""One settings object for the whole product.
+
+Precedence, lowest first: defaults < a TOML file (``--config PATH``, else ``$RAG_CONFIG``, else ``./rag.toml`` when
+it exists) < environment variables ``RAG_*`` < keyword arguments (the CLI passes its flags this way).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from rag.errors import ConfigError
+
+__all__ = ["DEFAULT_EMBEDDING_MODEL", "DEFAULT_LLM_MODEL", "Settings"]
+
+#: Chinese-first, English-capable, 8K-token inputs, dense retrieval at the top of C-MTEB for open models.
+DEFAULT_EMBEDDING_MODEL = "BAAI/bge-m3"
+#: Chinese-Mixtral-Instruct, Q4_0 GGUF: a hub repository and a file in it.
+DEFAULT_LLM_MODEL = "hfl/chinese-mixtral-instruct-gguf/ggml-model-q4_0.gguf"
+
+
+class Settings(BaseSettings):
+    """Everything the product can be told. Construct with keyword arguments or load from files and environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAG_",
+        extra="forbid",
+        validate_assignment=True,
+        populate_by_name=True,
+    )
+
+    config_file: Path | None = Field(
+        default=None,
+        description="A TOML file of settings (also $RAG_CONFIG; ./rag.toml is read when it exists).",
+    )
+    data_dir: Path = Field(default=Path("data"), description="Where the embedded store and uploads live.")
+    collection: str = Field(default="docs", description="Chroma collection to read and write.")
+    embedding_model: str = Field(
+        default=DEFAULT_EMBEDDING_MODEL,
+        description="sentence-transformers model: a local folder or a Hugging Face hub id.",
+    )
+    embedding_device: str | None = Field(default=None, description="torch device for the embedder (cpu, cuda).")
+    embedding_batch_size: int = Field(default=32, ge=1, le=4096, description="Chunks per embedding batch.")
+    chroma_url: str | None = Field(
+        default=None,
+        description="A Chroma server (http://host:port). Unset: an embedded store under data_dir.",
+    )
+    chunk_size: int = Field(
+        default=512,
+        ge=16,
+        le=8192,
+        description="Most embedder tokens per chunk; capped at what the embedding model reads whole.",
+    )
+    chunk_overlap: int = Field(default=64, ge=0, description="Embedder tokens shared by neighbouring chunks.")
+    max_file_mb: float = Field(default=200.0, gt=0, description="Files larger than this are skipped, with a reason.")
+    llm_model: str = Field(
+        default=DEFAULT_LLM_MODEL,
+        description="GGUF path, 'hub-repo/file.gguf', or a model name for the remote server.",
+    )
+    llm_base_url: str | None = Field(
+        default=None, description="An OpenAI-compatible server (llama.cpp server, vLLM) instead of a local GGUF."
+    )
+    llm_backend: str = Field(
+        default="auto",
+        description="auto (inferred: base_url -> openai, .gguf -> llama_cpp, folder -> transformers), "
+        "llama_cpp, openai or transformers.",
+    )
+    llm_api_key: str | None = Field(default=None, description="API key for the remote server, if it wants one.")
+    llm_timeout: float = Field(default=120.0, gt=0, description="Seconds to wait for a remote server.")
+    llm_n_ctx: int = Field(default=32768, ge=512, le=131072, description="Context window in tokens.")
+    llm_n_gpu_layers: int = Field(default=0, ge=-1, description="Layers to offload to the GPU (-1: all).")
+    llm_n_threads: int | None = Field(default=None, ge=1, description="CPU threads (default: llama.cpp's).")
+    llm_temperature: float = Field(default=0.2, ge=0.0, le=2.0, description="Sampling temperature.")
+    llm_top_p: float = Field(default=0.9, gt=0.0, le=1.0, description="Nucleus sampling.")
+    llm_max_tokens: int = Field(default=1024, ge=1, description="Most tokens in one answer.")
+    llm_repeat_penalty: float = Field(default=1.1, ge=0.0, description="Penalty for repeated tokens.")
+    llm_seed: int | None = Field(default=None, description="Sampling seed (None: random).")
+    max_context_tokens: int | None = Field(
+        default=None, ge=256, description="Token budget for retrieved evidence (default: the window less reserves)."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file's path may itself come from the keyword arguments (--config) or the environment.
+        init_kwargs: dict[str, Any] = getattr(init_settings, "init_kwargs", {})
+        explicit = init_kwargs.get("config_file") or os.environ.get("RAG_CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if explicit:
+            path = Path(explicit)
+            if not path.is_file():
+                raise ConfigError(f"config file {path} does not exist: fix --config / RAG_CONFIG or create it")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        elif Path("rag.toml").is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path("rag.toml")))
+        return tuple(sources)
+
+    @field_validator("collection")
+    @classmethod
+    def _valid_collection(cls, name: str) -> str:
+        # Chroma's own rule, checked here so the message names the setting.
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]", name):
+            raise ValueError(
+                f"collection name {name!r} is not allowed: use 3-512 characters of letters, digits, '.', '_' "
+                "or '-', starting and ending with a letter or digit"
+            )
+        return name
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Build settings from files, environment and ``overrides`` (``None`` values are ignored).
+
+        Raises :class:`ConfigError` with every invalid field named, instead of pydantic's raw error.
+        """
+        given = {key: value for key, value in overrides.items() if value is not None}
+        try:
+            return cls(**given)
+        except ValidationError as error:
+            raise ConfigError(_describe(error)) from None
+
+    @property
+    def chroma_path(self) -> Path:
+        """Folder of the embedded Chroma store."""
+        return self.data_dir / "chroma"
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for problem in error.errors():
+        field = ".".join(str(part) for part in problem["loc"]) or "settings"
+        env = f"RAG_{field.upper()}" if field != "settings" else ""
+        where = f"{field} ({env})" if env else field
+        lines.append(f"invalid setting {where}: {problem['msg']}")
+    return "\n".join(lines)
