@@ -1,0 +1,230 @@
+"""Chinese- and English-aware chunking, sized in the embedding model's own tokens.
+
+Pure functions of their inputs. A chunk never crosses a heading or a page, ends at a sentence end where it can
+(。！？；… and .!?; followed by a space, or a line break), keeps a table whole when it fits, and carries its heading
+path. Its text is an exact slice of the document's extracted text, so offsets point at the passage.
+Every chunk's embedding input (heading line + text) is recounted at the end: none exceeds ``max_tokens``, so the
+embedder never truncates silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+from ingest.load import LoadedDocument
+
+__all__ = ["CHUNKER_VERSION", "Chunk", "TokenCounter", "chunk_document", "split_sentences"]
+
+#: Part of every chunk's signature: bump when chunk boundaries change, so stores re-chunk.
+CHUNKER_VERSION = "1"
+
+
+class TokenCounter(Protocol):
+    """What the chunker needs from the embedding model's tokenizer."""
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Number of tokens of each text, special tokens excluded."""
+        ...
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """Character span of each token of ``text``."""
+        ...
+
+
+@dataclass(frozen=True)
+class Chunk:
+    text: str
+    start: int
+    """Offset of the chunk in the document's extracted text."""
+    end: int
+    heading: str
+    """Heading path, outermost first, joined with ' > '."""
+    page: int | None
+    index: int
+    embed_text: str
+    """What the embedder reads: the heading line, then the text."""
+    tokens: int
+    """Embedder tokens of :attr:`embed_text`."""
+
+    @property
+    def content_hash(self) -> str:
+        return hashlib.sha256(self.embed_text.encode("utf-8")).hexdigest()[:32]
+
+
+# A sentence ends after Chinese end punctuation (plus closing quotes/brackets), after .!?; followed by
+# whitespace, or at a line break.
+_SENTENCE_END = re.compile(
+    r"[。！？；…!?]+[”’」』）)\]\"']*|[.;:][”’」』）)\]\"']*(?=\s)|\n+"
+)
+
+
+def split_sentences(text: str, start: int = 0) -> list[tuple[int, int]]:
+    """Spans (absolute, with ``start`` added) of the sentences of ``text``; whitespace between them is left out."""
+    spans = []
+    position = 0
+    for match in _SENTENCE_END.finditer(text):
+        end = match.end()
+        if text[position:end].strip():
+            spans.append((position, end))
+        position = end
+    if text[position:].strip():
+        spans.append((position, len(text)))
+    result = []
+    for begin, end in spans:
+        piece = text[begin:end]
+        left = len(piece) - len(piece.lstrip())
+        right = len(piece.rstrip())
+        result.append((start + begin + left, start + begin + right))
+    return result
+
+
+@dataclass(frozen=True)
+class _Draft:
+    heading: str
+    embedded_heading: str
+    page: int | None
+    start: int
+    end: int
+
+
+@dataclass
+class _Unit:
+    start: int
+    end: int
+    tokens: int
+
+
+def chunk_document(
+    document: LoadedDocument, counter: TokenCounter, *, max_tokens: int, overlap: int
+) -> list[Chunk]:
+    """Split ``document`` into chunks of at most ``max_tokens`` embedder tokens, ``overlap`` tokens shared."""
+    if max_tokens < 8:
+        raise ValueError(f"max_tokens must be at least 8, got {max_tokens}")
+    overlap = max(0, min(overlap, max_tokens // 2))
+    text = document.text
+    sections = _sections(document)
+    heading_lines = sorted({heading for heading, _, _ in sections if heading})
+    heading_tokens = dict(zip(heading_lines, counter.count_tokens(heading_lines), strict=True))
+
+    # Sentences (or whole tables) of every section, counted in one batch call.
+    section_units: list[list[tuple[int, int]]] = []
+    for _, _, spans in sections:
+        units: list[tuple[int, int]] = []
+        for begin, end, kind in spans:
+            if kind == "table":
+                units.append((begin, end))
+            else:
+                units.extend(split_sentences(text[begin:end], begin))
+        section_units.append(units)
+    flat = [span for units in section_units for span in units]
+    counts = iter(counter.count_tokens([text[b:e] for b, e in flat]))
+
+    drafts: list[_Draft] = []
+    for (heading, page, _), units in zip(sections, section_units, strict=True):
+        # A heading line costs its tokens plus the line break; a pathological one (over a quarter of the
+        # budget) stays in the metadata but is not embedded.
+        cost = heading_tokens[heading] + 1 if heading else 0
+        embedded_heading = heading if cost <= max_tokens // 4 else ""
+        budget = max_tokens - (cost if embedded_heading else 0)
+        measured = [_Unit(b, e, next(counts)) for b, e in units]
+        for begin, end in _pack(_fit_units(measured, text, counter, budget), budget, overlap):
+            drafts.append(_Draft(heading, embedded_heading, page, begin, end))
+
+    return _finalise(drafts, text, counter, max_tokens)
+
+
+def _sections(document: LoadedDocument) -> list[tuple[str, int | None, list[tuple[int, int, str]]]]:
+    """Runs of body elements sharing heading path and page: (heading, page, [(start, end, kind)])."""
+    sections: list[tuple[str, int | None, list[tuple[int, int, str]]]] = []
+    for element, offset in zip(document.elements, document.offsets, strict=True):
+        heading = " > ".join(element.heading)
+        if element.kind == "title":
+            continue  # titles travel as the heading path of what follows them
+        span = (offset, offset + len(element.text), element.kind)
+        if sections and sections[-1][0] == heading and sections[-1][1] == element.page:
+            sections[-1][2].append(span)
+        else:
+            sections.append((heading, element.page, [span]))
+    if not sections:  # a document made only of titles: keep them as text
+        for element, offset in zip(document.elements, document.offsets, strict=True):
+            sections.append(("", element.page, [(offset, offset + len(element.text), "text")]))
+    return sections
+
+
+def _fit_units(units: list[_Unit], text: str, counter: TokenCounter, budget: int) -> list[_Unit]:
+    """Split units larger than the budget at token boundaries (long sentences, big tables by rows first)."""
+    fitted: list[_Unit] = []
+    for unit in units:
+        if unit.tokens <= budget:
+            fitted.append(unit)
+            continue
+        piece = text[unit.start : unit.end]
+        rows = [(unit.start + m.start(), unit.start + m.end()) for m in re.finditer(r"[^\n]+", piece)]
+        if len(rows) > 1:
+            row_counts = counter.count_tokens([text[b:e] for b, e in rows])
+            fitted.extend(
+                _fit_units([_Unit(b, e, n) for (b, e), n in zip(rows, row_counts, strict=True)], text, counter, budget)
+            )
+            continue
+        spans = counter.token_spans(piece)
+        for first in range(0, len(spans), budget):
+            window = spans[first : first + budget]
+            fitted.append(_Unit(unit.start + window[0][0], unit.start + window[-1][1], len(window)))
+    return fitted
+
+
+def _pack(units: list[_Unit], budget: int, overlap: int) -> list[tuple[int, int]]:
+    """Greedy packing of consecutive units; the next chunk repeats trailing units up to ``overlap`` tokens."""
+    chunks: list[tuple[int, int]] = []
+    first = 0
+    while first < len(units):
+        total = 0
+        last = first
+        while last < len(units) and total + units[last].tokens <= budget:
+            total += units[last].tokens
+            last += 1
+        last = max(last, first + 1)
+        chunks.append((units[first].start, units[last - 1].end))
+        if last >= len(units):
+            break
+        # step back over trailing units that fit in the overlap, but always move forward
+        back, shared = last, 0
+        while back - 1 > first and shared + units[back - 1].tokens <= overlap:
+            back -= 1
+            shared += units[back].tokens
+        first = back
+    return chunks
+
+
+def _finalise(drafts: list[_Draft], text: str, counter: TokenCounter, max_tokens: int) -> list[Chunk]:
+    """Recount each chunk's real embedding input; halve any that still exceeds the limit (rare: tokens
+    at the joins of sentences need not add up exactly)."""
+    pending = list(drafts)
+    while True:
+        inputs = [_embed_text(d.embedded_heading, text[d.start : d.end]) for d in pending]
+        counts = counter.count_tokens(inputs)
+        if all(n <= max_tokens for n in counts):
+            break
+        replaced: list[_Draft] = []
+        for draft, count in zip(pending, counts, strict=True):
+            if count <= max_tokens:
+                replaced.append(draft)
+                continue
+            spans = counter.token_spans(text[draft.start : draft.end])
+            middle = draft.start + spans[len(spans) // 2][0] if len(spans) > 1 else draft.end
+            if not draft.start < middle < draft.end:
+                raise ValueError(f"cannot split a chunk of {count} tokens to fit {max_tokens}")
+            replaced.append(_Draft(draft.heading, draft.embedded_heading, draft.page, draft.start, middle))
+            replaced.append(_Draft(draft.heading, draft.embedded_heading, draft.page, middle, draft.end))
+        pending = replaced
+    return [
+        Chunk(text[d.start : d.end], d.start, d.end, d.heading, d.page, index, inputs[index], counts[index])
+        for index, d in enumerate(pending)
+    ]
+
+
+def _embed_text(heading: str, body: str) -> str:
+    return f"{heading}\n{body}" if heading else body

@@ -1,0 +1,195 @@
+"""The ``ingest`` command (also ``rag ingest``): only calls the library and renders what it reports."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ingest.pipeline import FileProblem, IngestProgress, IngestReport
+from rag.errors import ConfigError, RagError
+from rag.settings import Settings
+
+__all__ = ["ingest_command", "main"]
+
+
+def quiet_third_party() -> None:
+    """Progress bars and notices of libraries we call are noise on our command line."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.getLogger("jieba").setLevel(logging.WARNING)
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+class _ProgressView:
+    """A rich progress bar on a terminal: files, chunks, rate and time left (by bytes)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _ProgressView:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("[bold]ingest[/]"),
+                BarColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[files]} files · {task.fields[chunks]} chunks · {task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TextColumn("left"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("ingest", total=None, files="0/?", chunks=0, rate="")
+        return self
+
+    def update(self, event: IngestProgress) -> None:
+        if not self._progress:
+            return
+        elapsed = self._progress.tasks[0].elapsed or 0.0
+        rate = f"{event.chunks_done / elapsed:.1f} chunks/s" if elapsed > 0 and event.chunks_done else ""
+        self._progress.update(
+            self._task,
+            total=max(event.bytes_total, 1),
+            completed=event.bytes_done,
+            files=f"{event.files_done}/{event.files_total}",
+            chunks=event.chunks_done,
+            rate=rate,
+        )
+
+    def print(self, message: str) -> None:
+        if self._progress:
+            self._progress.console.print(message, markup=False, highlight=False)
+        else:
+            click.echo(message, err=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress:
+            self._progress.stop()
+
+
+def _summary(report: IngestReport, collection: str) -> str:
+    line = (
+        f"{report.files_seen} files seen: {report.files_added} added, {report.files_updated} updated, "
+        f"{report.files_unchanged} unchanged, {report.files_removed} removed, {len(report.files_failed)} failed. "
+        f"Chunks: +{report.chunks_added} -{report.chunks_removed}"
+    )
+    if report.chunks_reused:
+        line += f" ({report.chunks_reused} reused without re-embedding)"
+    return f"{line}; {report.chunks_total} in collection '{collection}'. {report.seconds:.1f} s."
+
+
+@click.command("ingest", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--collection", help="Collection to write (RAG_COLLECTION; default 'docs').")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Store location (RAG_DATA_DIR; default ./data).")
+@click.option("--embedding-model", help="sentence-transformers model: hub id or folder (RAG_EMBEDDING_MODEL).")
+@click.option("--chunk-size", type=int, help="Most embedder tokens per chunk (RAG_CHUNK_SIZE; default 512).")
+@click.option("--chunk-overlap", type=int, help="Tokens shared by neighbouring chunks (RAG_CHUNK_OVERLAP; default 64).")
+@click.option("--chroma-url", help="Chroma server, e.g. http://127.0.0.1:8000 (RAG_CHROMA_URL).")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML settings file (RAG_CONFIG).")
+@click.option("--reset", is_flag=True, help="Delete the collection first and rebuild it from these paths.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the report on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; problems are still printed.")
+def ingest_command(
+    paths: tuple[Path, ...],
+    collection: str | None,
+    data_dir: Path | None,
+    embedding_model: str | None,
+    chunk_size: int | None,
+    chunk_overlap: int | None,
+    chroma_url: str | None,
+    config_file: Path | None,
+    reset: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Parse, chunk, embed and store every document under PATHS; only what changed is redone.
+
+    \b
+    Examples:
+      ingest ./docs                       # txt, md, html, pdf, docx, pptx, xlsx, epub, ...
+      ingest ./docs ./notes.pdf --collection work
+      ingest ./docs --embedding-model BAAI/bge-small-zh-v1.5 --reset
+      ingest ./docs --json | jq .files_failed
+
+    Files that disappeared from an ingested folder are removed from the store. Exit status: 0 all files
+    ingested, 1 some file failed (each is named with the reason), 2 usage error.
+    """
+    quiet_third_party()
+    try:
+        settings = Settings.load(
+            config_file=config_file,
+            collection=collection,
+            data_dir=data_dir,
+            embedding_model=embedding_model,
+            chunk_size=chunk_size,
+            chunk_overlap=chunk_overlap,
+            chroma_url=chroma_url,
+        )
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from None
+
+    from rag.service import build_ingest_pipeline
+
+    show_progress = not quiet and not as_json and sys.stderr.isatty()
+    with _ProgressView(show_progress) as view:
+
+        def on_problem(problem: FileProblem, failed: bool) -> None:
+            if failed:
+                view.print(f"error: {problem.path}: {problem.error}")
+            elif not quiet:
+                view.print(f"skipped: {problem.path}: {problem.error}")
+
+        def on_notice(message: str) -> None:
+            if not quiet:
+                view.print(f"note: {message}")
+
+        try:
+            pipeline = build_ingest_pipeline(
+                settings, on_progress=view.update, on_problem=on_problem, on_notice=on_notice
+            )
+            report = pipeline.run(list(paths), reset=reset)
+        except ConfigError as error:
+            raise click.UsageError(str(error)) from None
+        except RagError as error:
+            view.print(f"error: {error}")
+            sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
+    elif not quiet:
+        click.echo(_summary(report, settings.collection), err=True)
+    sys.exit(1 if report.files_failed else 0)
+
+
+def main() -> None:
+    ingest_command(prog_name="ingest")

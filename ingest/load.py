@@ -1,0 +1,221 @@
+"""Turning one file into text elements: paragraphs, headings (with depth), tables, with page numbers.
+
+PDFs go through pypdf page by page (fast, CJK fonts included, no layout model download); plain text is decoded
+here (UTF-8/16/32 with or without BOM, GB18030/GBK, Big5, ...); every other format goes through unstructured.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ingest._offline import install_offline_nlp
+
+__all__ = [
+    "SUPPORTED_EXTENSIONS",
+    "Element",
+    "LoadError",
+    "LoadedDocument",
+    "decode_text",
+    "load_document",
+]
+
+
+class LoadError(Exception):
+    """A file that cannot be turned into text; the message says why (shown next to the file name)."""
+
+
+@dataclass(frozen=True)
+class Element:
+    text: str
+    kind: str = "text"
+    """'title', 'text', 'list' or 'table'."""
+    heading: tuple[str, ...] = ()
+    """The titles above this element, outermost first (a title's own path includes itself)."""
+    page: int | None = None
+
+
+@dataclass
+class LoadedDocument:
+    elements: list[Element]
+    format: str
+    separator: str = "\n\n"
+    offsets: list[int] = field(default_factory=list)
+    """Start of each element in :attr:`text`."""
+    text: str = ""
+    """The extracted text: elements joined by ``separator``; chunk offsets point into it."""
+
+    def __post_init__(self) -> None:
+        position = 0
+        self.offsets = []
+        for element in self.elements:
+            self.offsets.append(position)
+            position += len(element.text) + len(self.separator)
+        self.text = self.separator.join(element.text for element in self.elements)
+
+
+_PLAIN = {".txt", ".text", ".log"}
+_MARKDOWN = {".md", ".markdown"}
+_HTML = {".html", ".htm", ".xhtml"}
+_UNSTRUCTURED = {
+    ".docx", ".pptx", ".xlsx", ".csv", ".tsv", ".eml", ".epub", ".odt", ".rst", ".org", ".rtf", ".xml", ".json",
+}
+SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(_PLAIN | _MARKDOWN | _HTML | _UNSTRUCTURED | {".pdf"})
+
+_BOMS = (
+    (b"\xef\xbb\xbf", "utf-8"),
+    (b"\xff\xfe\x00\x00", "utf-32-le"),
+    (b"\x00\x00\xfe\xff", "utf-32-be"),
+    (b"\xff\xfe", "utf-16-le"),
+    (b"\xfe\xff", "utf-16-be"),
+)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+
+
+def decode_text(data: bytes) -> str:
+    """Decode text of an unknown encoding; raise :class:`LoadError` for binary content."""
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            return data[len(bom) :].decode(codec, errors="replace")
+    if b"\x00" in data[:4096]:
+        sample = data[:4096]
+        even_nuls, odd_nuls = sample[0::2].count(0), sample[1::2].count(0)
+        # UTF-16 without BOM: ASCII-range text leaves NULs in one byte position only
+        if even_nuls > 4 * max(odd_nuls, 1):
+            codec = "utf-16-be"
+        elif odd_nuls > 4 * max(even_nuls, 1):
+            codec = "utf-16-le"
+        else:
+            codec = None
+        if codec is None:
+            raise LoadError("binary content, not text")
+        try:
+            return data.decode(codec)
+        except UnicodeDecodeError:
+            raise LoadError("binary content, not text") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        from charset_normalizer import from_bytes
+
+        best = from_bytes(
+            data, cp_isolation=["gb18030", "big5", "utf_8", "shift_jis", "euc_kr", "cp1252"]
+        ).best()
+        if best is None:
+            raise LoadError("binary content or an unknown text encoding") from None
+        text = str(best)
+    if text and len(_CONTROL.findall(text[:20000])) > 0.01 * min(len(text), 20000):
+        raise LoadError("binary content, not text")
+    return text
+
+
+def load_document(path: str | os.PathLike[str]) -> LoadedDocument:
+    """Extract the elements of one file. Raises :class:`LoadError` with a reason a user can act on."""
+    path = Path(path)
+    extension = path.suffix.lower()
+    if extension not in SUPPORTED_EXTENSIONS:
+        raise LoadError(
+            f"unsupported format '{extension or '(no extension)'}' "
+            f"(supported: {', '.join(sorted(SUPPORTED_EXTENSIONS))})"
+        )
+    try:
+        if extension == ".pdf":
+            document = _load_pdf(path)
+        elif extension in _PLAIN:
+            document = LoadedDocument(_paragraphs(decode_text(path.read_bytes())), "text")
+        else:
+            document = _load_with_unstructured(path, extension)
+    except LoadError:
+        raise
+    except PermissionError:
+        raise LoadError("permission denied: the file cannot be read") from None
+    except OSError as error:
+        raise LoadError(f"cannot be read ({error.strerror or error})") from None
+    except Exception as error:  # third-party parsers raise anything on a corrupt file
+        raise LoadError(f"cannot be parsed as {extension[1:].upper()} ({type(error).__name__}: {error})") from None
+    if not any(element.text.strip() for element in document.elements):
+        raise LoadError("no text could be extracted (empty, or only images/scans: OCR is not supported)")
+    return document
+
+
+def _paragraphs(text: str, page: int | None = None) -> list[Element]:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return [Element(block.strip(), page=page) for block in re.split(r"\n\s*\n", text) if block.strip()]
+
+
+def _load_pdf(path: Path) -> LoadedDocument:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(path)
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise LoadError("encrypted PDF: remove the password first")
+        elements: list[Element] = []
+        for number, page in enumerate(reader.pages, start=1):
+            elements.extend(_paragraphs(page.extract_text() or "", page=number))
+    except PdfReadError as error:
+        raise LoadError(f"corrupt or unreadable PDF ({error})") from None
+    return LoadedDocument(elements, "pdf")
+
+
+def _load_with_unstructured(path: Path, extension: str) -> LoadedDocument:
+    install_offline_nlp()
+    if extension in _MARKDOWN:
+        from unstructured.partition.md import partition_md
+
+        raw = partition_md(text=decode_text(path.read_bytes()))
+    elif extension in _HTML:
+        from unstructured.partition.html import partition_html
+
+        raw = partition_html(text=decode_text(path.read_bytes()))
+    else:
+        from unstructured.partition.auto import partition
+
+        raw = partition(filename=str(path))
+    return LoadedDocument(_from_unstructured(raw), extension[1:])
+
+
+def _from_unstructured(raw: list) -> list[Element]:  # type: ignore[type-arg]
+    elements: list[Element] = []
+    headings: list[tuple[int, str]] = []  # (depth, title) stack
+    for item in raw:
+        category = getattr(item, "category", "")
+        metadata = item.metadata
+        page = getattr(metadata, "page_number", None)
+        if category == "Table":
+            text = _table_text(getattr(metadata, "text_as_html", None)) or item.text
+            kind = "table"
+        else:
+            text = item.text
+            kind = {"Title": "title", "ListItem": "list"}.get(category, "text")
+        text = (text or "").strip()
+        if not text or category in {"PageBreak", "Header", "Footer", "PageNumber", "Image"}:
+            continue
+        if kind == "title":
+            depth = getattr(metadata, "category_depth", None) or 0
+            while headings and headings[-1][0] >= depth:
+                headings.pop()
+            headings.append((depth, text))
+        elements.append(Element(text, kind, tuple(title for _, title in headings), page))
+    return elements
+
+
+def _table_text(html: str | None) -> str | None:
+    """One line per row, cells separated by ' | ': keeps the row structure that unstructured's text drops."""
+    if not html:
+        return None
+    import lxml.html
+
+    try:
+        table = lxml.html.fromstring(html)
+    except Exception:
+        return None
+    rows = []
+    for row in table.iter("tr"):
+        cells = [" ".join(cell.text_content().split()) for cell in row if cell.tag in {"td", "th"}]
+        if any(cells):
+            rows.append(" | ".join(cells))
+    return "\n".join(rows) or None

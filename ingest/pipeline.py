@@ -1,0 +1,314 @@
+"""The ingest run: discover -> hash -> load -> chunk -> embed -> write, incremental and crash-safe.
+
+Unit of atomicity: one file version. Its chunks are upserted under ids derived from (file, content hash, chunking
+signature, index), and only then are the file's other versions deleted. Any interruption leaves either the old
+version complete, or an incomplete new one that the next run detects (fewer chunks than ``chunk_count``) and
+rewrites; the result is the store of one clean run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ingest.chunk import CHUNKER_VERSION, Chunk, chunk_document
+from ingest.discover import DiscoveredFile, discover, file_sha256
+from ingest.load import SUPPORTED_EXTENSIONS, LoadError, LoadedDocument, load_document
+from rag.embeddings import SentenceTransformerEmbeddings
+from rag.store import ChunkStore, FileVersion
+
+__all__ = ["FileProblem", "IngestPipeline", "IngestProgress", "IngestReport", "chunk_signature"]
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    path: str
+    error: str
+
+
+@dataclass
+class IngestReport:
+    files_seen: int = 0
+    files_added: int = 0
+    files_updated: int = 0
+    files_unchanged: int = 0
+    files_removed: int = 0
+    files_failed: list[FileProblem] = field(default_factory=list)
+    files_skipped: list[FileProblem] = field(default_factory=list)
+    """Files met while walking a folder whose format is not supported (not an error)."""
+    chunks_added: int = 0
+    chunks_removed: int = 0
+    chunks_reused: int = 0
+    """Chunks whose vectors were taken from the store (renamed or partly changed files) instead of re-embedded."""
+    chunks_total: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["seconds"] = round(self.seconds, 3)
+        return data
+
+
+@dataclass(frozen=True)
+class IngestProgress:
+    files_done: int
+    files_total: int
+    bytes_done: int
+    bytes_total: int
+    chunks_done: int
+    current: str
+
+
+def chunk_signature(embedding_model: str, chunk_size: int, chunk_overlap: int) -> str:
+    """Identifies how chunks were made; a change re-chunks (same model) or is refused (other model)."""
+    raw = f"chunker={CHUNKER_VERSION}|model={embedding_model}|size={chunk_size}|overlap={chunk_overlap}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+@dataclass
+class _Work:
+    file: DiscoveredFile
+    file_hash: str
+    previous: list[FileVersion]
+    document: LoadedDocument | None = None
+    chunks: list[Chunk] = field(default_factory=list)
+
+
+class IngestPipeline:
+    """Ingests files into one :class:`ChunkStore` with one embedder. Collaborators come in; nothing is global."""
+
+    def __init__(
+        self,
+        store: ChunkStore,
+        embedder: SentenceTransformerEmbeddings,
+        *,
+        chunk_size: int = 512,
+        chunk_overlap: int = 64,
+        max_file_bytes: int = 200 * 1024 * 1024,
+        flush_chunks: int = 256,
+        on_progress: Callable[[IngestProgress], None] | None = None,
+        on_problem: Callable[[FileProblem, bool], None] | None = None,
+        on_notice: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.chunk_size = chunk_size
+        self.chunk_overlap = chunk_overlap
+        self.max_file_bytes = max_file_bytes
+        self.flush_chunks = flush_chunks
+        self._on_progress = on_progress
+        self._on_problem = on_problem
+        self._on_notice = on_notice
+
+    @property
+    def signature(self) -> str:
+        return chunk_signature(self.embedder.name, self.chunk_size, self.chunk_overlap)
+
+    # -- the run -------------------------------------------------------------------------------------------
+    def run(self, paths: list[str | os.PathLike[str]], *, reset: bool = False) -> IngestReport:
+        started = time.monotonic()
+        report = IngestReport()
+        found = discover(paths)
+        for missing in found.missing:
+            self._fail(report, FileProblem(missing, "no such file or folder"))
+        named = {os.path.abspath(os.fspath(p)) for p in paths}
+        if reset:
+            self.store.reset()
+        self.store.open_for_writing(embedding_model=self.embedder.name, signature=self.signature)
+        stored = self.store.file_versions()
+        all_hashes = {v.file_hash for versions in stored.values() for v in versions if v.complete}
+
+        work: list[_Work] = []
+        stale_ids: list[str] = []
+        for file in found.files:
+            report.files_seen += 1
+            problem = self._check(file, explicitly_named=file.absolute in named)
+            if problem is not None:
+                if problem[1]:
+                    self._fail(report, FileProblem(file.given, problem[0]))
+                else:
+                    report.files_skipped.append(FileProblem(file.given, problem[0]))
+                    if self._on_problem:
+                        self._on_problem(report.files_skipped[-1], False)
+                continue
+            try:
+                file_hash = file_sha256(file.absolute)
+            except OSError as error:
+                self._fail(report, FileProblem(file.given, f"cannot be read ({error.strerror or error})"))
+                continue
+            versions = stored.get(file.absolute, [])
+            current = [v for v in versions if v.file_hash == file_hash and v.signature == self.signature]
+            if current and current[0].complete:
+                report.files_unchanged += 1
+                stale_ids += [i for v in versions if v is not current[0] for i in v.ids]
+            else:
+                work.append(_Work(file, file_hash, versions))
+
+        # Files gone from a folder that was ingested before.
+        present = {file.absolute for file in found.files}
+        for source, versions in stored.items():
+            if source not in present and any(source.startswith(root + os.sep) for root in found.roots):
+                report.files_removed += 1
+                stale_ids += [i for v in versions for i in v.ids]
+        if stale_ids:
+            self.store.delete(stale_ids)
+            report.chunks_removed += len(stale_ids)
+
+        if work:
+            self._process(work, report, all_hashes)
+        report.chunks_total = self.store.count()
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _check(self, file: DiscoveredFile, *, explicitly_named: bool) -> tuple[str, bool] | None:
+        """A reason to leave the file out, and whether it counts as a failure."""
+        extension = os.path.splitext(file.absolute)[1].lower()
+        if extension not in SUPPORTED_EXTENSIONS:
+            return f"unsupported format '{extension or '(no extension)'}'", explicitly_named
+        if file.size == 0:
+            return "empty file", True
+        if file.size > self.max_file_bytes:
+            return (
+                f"too large ({file.size / 2**20:.0f} MB > {self.max_file_bytes / 2**20:.0f} MB); "
+                "raise RAG_MAX_FILE_MB to ingest it",
+                True,
+            )
+        return None
+
+    def _fail(self, report: IngestReport, problem: FileProblem) -> None:
+        report.files_failed.append(problem)
+        if self._on_problem:
+            self._on_problem(problem, True)
+
+    # -- loading, chunking, embedding, writing ---------------------------------------------------------------
+    def _process(self, work: list[_Work], report: IngestReport, known_hashes: set[str]) -> None:
+        self.embedder.warm_up()
+        max_tokens = self.embedder.max_tokens
+        size = min(self.chunk_size, max_tokens)
+        if size < self.chunk_size and self._on_notice:
+            self._on_notice(
+                f"chunk size {self.chunk_size} is more than {self.embedder.name} reads whole "
+                f"({max_tokens} tokens): chunks are cut at {max_tokens} tokens instead"
+            )
+        overlap = min(self.chunk_overlap, size // 2)
+        bytes_total = sum(w.file.size for w in work)
+        bytes_done = files_done = chunks_done = 0
+        buffer: list[_Work] = []
+        buffered_chunks = 0
+
+        def flush() -> None:
+            nonlocal chunks_done, buffered_chunks
+            chunks_done += self._write(buffer, report, known_hashes)
+            buffer.clear()
+            buffered_chunks = 0
+
+        for item, error in self._loaded(work):
+            files_done += 1
+            bytes_done += item.file.size
+            if error is not None:
+                self._fail(report, FileProblem(item.file.given, error))
+            else:
+                assert item.document is not None
+                try:
+                    item.chunks = chunk_document(item.document, self.embedder, max_tokens=size, overlap=overlap)
+                except ValueError as chunk_error:
+                    self._fail(report, FileProblem(item.file.given, f"cannot be chunked ({chunk_error})"))
+                    item.chunks = []
+                item.document = None  # free the text early; chunks hold what is needed
+                if item.chunks:
+                    buffer.append(item)
+                    buffered_chunks += len(item.chunks)
+                    if buffered_chunks >= self.flush_chunks:
+                        flush()
+            if self._on_progress:
+                self._on_progress(
+                    IngestProgress(files_done, len(work), bytes_done, bytes_total, chunks_done, item.file.given)
+                )
+        if buffer:
+            flush()
+            if self._on_progress:
+                self._on_progress(IngestProgress(files_done, len(work), bytes_done, bytes_total, chunks_done, ""))
+
+    def _loaded(self, work: list[_Work]) -> Iterator[tuple[_Work, str | None]]:
+        """Load files in a background thread, a few ahead of the embedder, in order."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-load") as pool:
+            pending: deque[tuple[_Work, Future[LoadedDocument]]] = deque()
+            queue = iter(work)
+            for item in queue:
+                pending.append((item, pool.submit(load_document, item.file.absolute)))
+                if len(pending) >= 8:
+                    break
+            while pending:
+                item, future = pending.popleft()
+                next_item = next(queue, None)
+                if next_item is not None:
+                    pending.append((next_item, pool.submit(load_document, next_item.file.absolute)))
+                try:
+                    item.document = future.result()
+                    yield item, None
+                except LoadError as error:
+                    yield item, str(error)
+
+    def _write(self, batch: list[_Work], report: IngestReport, known_hashes: set[str]) -> int:
+        chunks = [chunk for item in batch for chunk in item.chunks]
+        # Vectors already in the store (a renamed file, unchanged parts of an edited one) are reused.
+        reusable_from = [c.content_hash for item in batch if item.previous or item.file_hash in known_hashes
+                         for c in item.chunks]
+        reused = self.store.embeddings_by_content(reusable_from)
+        to_embed = [c.embed_text for c in chunks if c.content_hash not in reused]
+        fresh = iter(self.embedder.embed_array(to_embed)) if to_embed else iter(())
+        vectors = [reused[c.content_hash] if c.content_hash in reused else next(fresh) for c in chunks]
+        report.chunks_reused += len(chunks) - len(to_embed)
+
+        position = 0
+        for item in batch:
+            count = len(item.chunks)
+            ids = [self._chunk_id(item, chunk) for chunk in item.chunks]
+            self.store.upsert(
+                ids,
+                vectors[position : position + count],
+                [chunk.text for chunk in item.chunks],
+                [self._metadata(item, chunk) for chunk in item.chunks],
+            )
+            position += count
+            # only now that the new version is complete do the old versions go
+            new_ids = set(ids)
+            old = [i for v in item.previous for i in v.ids if i not in new_ids]
+            self.store.delete(old)
+            report.chunks_added += count
+            report.chunks_removed += len(old)
+            if item.previous:
+                report.files_updated += 1
+            else:
+                report.files_added += 1
+            known_hashes.add(item.file_hash)
+        return len(chunks)
+
+    def _chunk_id(self, item: _Work, chunk: Chunk) -> str:
+        raw = f"{item.file.absolute}\0{item.file_hash}\0{self.signature}\0{chunk.index}"
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:32]
+
+    def _metadata(self, item: _Work, chunk: Chunk) -> dict[str, Any]:
+        metadata: dict[str, Any] = {
+            "source": item.file.given,
+            "source_abs": item.file.absolute,
+            "file_name": os.path.basename(item.file.absolute),
+            "heading": chunk.heading,
+            "chunk_index": chunk.index,
+            "chunk_count": len(item.chunks),
+            "start": chunk.start,
+            "end": chunk.end,
+            "tokens": chunk.tokens,
+            "content_hash": chunk.content_hash,
+            "file_hash": item.file_hash,
+            "signature": self.signature,
+        }
+        if chunk.page is not None:
+            metadata["page"] = chunk.page
+        return metadata

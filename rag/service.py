@@ -1,0 +1,59 @@
+"""The composition root: the one place that turns :class:`Settings` into concrete objects.
+
+The CLI, the UI and user code call these builders; everything else takes its collaborators as arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from rag.embeddings import SentenceTransformerEmbeddings
+from rag.settings import Settings
+from rag.store import ChunkStore, connect_chroma
+
+if TYPE_CHECKING:
+    from ingest.pipeline import FileProblem, IngestPipeline, IngestProgress
+
+__all__ = ["build_embedder", "build_ingest_pipeline", "build_store"]
+
+
+def build_embedder(settings: Settings, store: ChunkStore | None = None) -> SentenceTransformerEmbeddings:
+    """The embedder for ``settings``; with a ``store``, the collection's own model unless one was set explicitly.
+
+    A collection remembers the model its vectors came from, so ``ingest ./docs`` and questions keep using it
+    without repeating ``--embedding-model``; an explicit, different model is refused by the store instead.
+    """
+    model = settings.embedding_model
+    if store is not None and "embedding_model" not in settings.model_fields_set:
+        model = str(store.metadata.get("embedding_model") or model)
+    return SentenceTransformerEmbeddings(
+        model, device=settings.embedding_device, batch_size=settings.embedding_batch_size
+    )
+
+
+def build_store(settings: Settings) -> ChunkStore:
+    client = connect_chroma(path=settings.chroma_path, url=settings.chroma_url)
+    return ChunkStore(client, settings.collection)
+
+
+def build_ingest_pipeline(
+    settings: Settings,
+    *,
+    on_progress: Callable[[IngestProgress], None] | None = None,
+    on_problem: Callable[[FileProblem, bool], None] | None = None,
+    on_notice: Callable[[str], None] | None = None,
+) -> IngestPipeline:
+    from ingest.pipeline import IngestPipeline
+
+    store = build_store(settings)
+    return IngestPipeline(
+        store,
+        build_embedder(settings, store),
+        chunk_size=settings.chunk_size,
+        chunk_overlap=settings.chunk_overlap,
+        max_file_bytes=int(settings.max_file_mb * 2**20),
+        on_progress=on_progress,
+        on_problem=on_problem,
+        on_notice=on_notice,
+    )

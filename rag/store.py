@@ -1,0 +1,204 @@
+"""The vector store: Chroma, embedded under the data dir or a Chroma server, always with our own embeddings.
+
+The store is its own manifest: every chunk's metadata names its file (``source_abs``), the file's content hash,
+the chunking signature and how many chunks that version of the file has. A file version is *complete* when all its
+chunks are present, so an interrupted write (even ``kill -9``) is detected and redone on the next run, with no
+side file to fall out of step, and it works the same against a shared Chroma server.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from rag.errors import ConfigError, ModelMismatchError, StoreError
+
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+
+__all__ = ["ChunkStore", "FileVersion", "connect_chroma"]
+
+_PAGE = 5000
+
+
+def connect_chroma(*, path: str | os.PathLike[str] | None = None, url: str | None = None) -> ClientAPI:
+    """An embedded Chroma under ``path``, or a Chroma server at ``url`` (``http(s)://host:port``)."""
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    chroma_settings = ChromaSettings(anonymized_telemetry=False)
+    if url:
+        parsed = urlparse(url)
+        if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+            raise ConfigError(f"RAG_CHROMA_URL={url!r} is not a server address: use http://host:port")
+        try:
+            return chromadb.HttpClient(
+                host=parsed.hostname,
+                port=parsed.port or (443 if parsed.scheme == "https" else 8000),
+                ssl=parsed.scheme == "https",
+                settings=chroma_settings,
+            )
+        except Exception as error:
+            raise StoreError(
+                f"cannot reach the Chroma server at {url} ({error}). Start it (chroma run --path DIR "
+                "--host 127.0.0.1 --port 8000) or unset RAG_CHROMA_URL to use the embedded store."
+            ) from error
+    if path is None:
+        raise ConfigError("an embedded store needs a data dir (RAG_DATA_DIR)")
+    try:
+        os.makedirs(path, exist_ok=True)
+        return chromadb.PersistentClient(path=os.fspath(path), settings=chroma_settings)
+    except Exception as error:
+        raise StoreError(f"cannot open the store at {path} ({error}). Check RAG_DATA_DIR and its permissions.") from error
+
+
+@dataclass
+class FileVersion:
+    """One version of one file as found in the store."""
+
+    file_hash: str
+    signature: str
+    chunk_count: int
+    ids: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.ids) == self.chunk_count
+
+
+class ChunkStore:
+    """One Chroma collection of chunks, guarded against mixing embedding models."""
+
+    def __init__(self, client: ClientAPI, collection: str) -> None:
+        self.client = client
+        self.collection_name = collection
+        self._collection: Collection | None = None
+
+    # -- the collection ------------------------------------------------------------------------------------
+    def _existing(self) -> Collection | None:
+        if self._collection is None:
+            try:
+                self._collection = self.client.get_collection(self.collection_name)
+            except Exception:  # chromadb raises NotFoundError (1.x) or ValueError (older) for a missing one
+                return None
+        return self._collection
+
+    def exists(self) -> bool:
+        return self._existing() is not None
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        collection = self._existing()
+        return dict(collection.metadata or {}) if collection is not None else {}
+
+    def open_for_writing(self, *, embedding_model: str, signature: str) -> None:
+        """Create the collection, or check that it was built with the same embedding model."""
+        collection = self._existing()
+        if collection is None:
+            self._collection = self.client.get_or_create_collection(
+                self.collection_name,
+                configuration={"hnsw": {"space": "cosine"}},
+                metadata={"embedding_model": embedding_model, "chunk_signature": signature},
+                embedding_function=None,
+            )
+            return
+        stored_model = (collection.metadata or {}).get("embedding_model")
+        if stored_model and stored_model != embedding_model:
+            raise ModelMismatchError(
+                f"collection '{self.collection_name}' holds vectors of the embedding model '{stored_model}', "
+                f"not '{embedding_model}'; mixing them would break retrieval. Re-run with --reset to rebuild it "
+                f"with '{embedding_model}', use another --collection, or set RAG_EMBEDDING_MODEL={stored_model}."
+            )
+        if (collection.metadata or {}).get("chunk_signature") != signature:
+            collection.modify(metadata={"embedding_model": embedding_model, "chunk_signature": signature})
+
+    def reset(self) -> None:
+        """Delete the collection and everything in it."""
+        if self._existing() is not None:
+            self.client.delete_collection(self.collection_name)
+        self._collection = None
+
+    def count(self) -> int:
+        collection = self._existing()
+        return collection.count() if collection is not None else 0
+
+    # -- what is stored ------------------------------------------------------------------------------------
+    def file_versions(self) -> dict[str, list[FileVersion]]:
+        """Every file in the store with its versions (normally one; more after an interrupted update)."""
+        collection = self._existing()
+        found: dict[str, dict[tuple[str, str], FileVersion]] = defaultdict(dict)
+        if collection is None:
+            return {}
+        offset = 0
+        while True:
+            page = collection.get(include=["metadatas"], limit=_PAGE, offset=offset)
+            ids, metadatas = page["ids"], page["metadatas"] or []
+            for chunk_id, meta in zip(ids, metadatas, strict=True):
+                key = (str(meta.get("file_hash", "")), str(meta.get("signature", "")))
+                version = found[str(meta.get("source_abs", ""))].get(key)
+                if version is None:
+                    version = FileVersion(key[0], key[1], int(meta.get("chunk_count", 0) or 0))
+                    found[str(meta.get("source_abs", ""))][key] = version
+                version.ids.append(chunk_id)
+            if len(ids) < _PAGE:
+                break
+            offset += _PAGE
+        return {source: list(versions.values()) for source, versions in found.items()}
+
+    def embeddings_by_content(self, content_hashes: Sequence[str]) -> dict[str, list[float]]:
+        """Stored vectors of chunks whose text hash is among ``content_hashes`` (reused instead of re-embedding)."""
+        collection = self._existing()
+        if collection is None or not content_hashes:
+            return {}
+        found: dict[str, list[float]] = {}
+        unique = sorted(set(content_hashes))
+        for first in range(0, len(unique), 500):
+            page = collection.get(
+                where={"content_hash": {"$in": unique[first : first + 500]}}, include=["embeddings", "metadatas"]
+            )
+            embeddings = page["embeddings"]
+            if embeddings is None:
+                continue
+            for meta, vector in zip(page["metadatas"] or [], embeddings, strict=True):
+                found[str(meta["content_hash"])] = list(vector)
+        return found
+
+    # -- writing -------------------------------------------------------------------------------------------
+    def _writable(self) -> Collection:
+        collection = self._existing()
+        if collection is None:
+            raise StoreError(f"collection '{self.collection_name}' does not exist yet: run ingest PATH first")
+        return collection
+
+    def upsert(
+        self,
+        ids: list[str],
+        embeddings: Any,
+        documents: list[str],
+        metadatas: list[dict[str, Any]],
+    ) -> None:
+        collection = self._writable()
+        step = max(1, min(self.client.get_max_batch_size(), 1000))
+        for first in range(0, len(ids), step):
+            last = first + step
+            collection.upsert(
+                ids=ids[first:last],
+                embeddings=embeddings[first:last],
+                documents=documents[first:last],
+                metadatas=metadatas[first:last],  # type: ignore[arg-type]
+            )
+
+    def delete(self, ids: Iterable[str]) -> None:
+        ids = list(ids)
+        if not ids:
+            return
+        collection = self._writable()
+        step = max(1, min(self.client.get_max_batch_size(), 1000))
+        for first in range(0, len(ids), step):
+            collection.delete(ids=ids[first : first + step])
