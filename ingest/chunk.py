@@ -54,10 +54,10 @@ class Chunk:
         return hashlib.sha256(self.embed_text.encode("utf-8")).hexdigest()[:32]
 
 
-# A sentence ends after Chinese end punctuation (plus closing quotes/brackets), after .!?; followed by
-# whitespace, or at a line break.
+# A sentence ends after Chinese end punctuation (plus closing quotes/brackets), after .;: followed by
+# whitespace or a CJK character (not inside 3.5 or e.g), or at a line break.
 _SENTENCE_END = re.compile(
-    r"[。！？；…!?]+[”’」』）)\]\"']*|[.;:][”’」』）)\]\"']*(?=\s)|\n+"
+    r"[。！？；…!?]+[”’」』）)\]\"']*|[.;:][”’」』）)\]\"']*(?=\s|[\u3000-\u9fff\uff00-\uffef])|\n+"
 )
 
 

@@ -80,21 +80,11 @@ def decode_text(data: bytes) -> str:
         if data.startswith(bom):
             return data[len(bom) :].decode(codec, errors="replace")
     if b"\x00" in data[:4096]:
-        sample = data[:4096]
-        even_nuls, odd_nuls = sample[0::2].count(0), sample[1::2].count(0)
-        # UTF-16 without BOM: ASCII-range text leaves NULs in one byte position only
-        if even_nuls > 4 * max(odd_nuls, 1):
-            codec = "utf-16-be"
-        elif odd_nuls > 4 * max(even_nuls, 1):
-            codec = "utf-16-le"
-        else:
-            codec = None
-        if codec is None:
+        # UTF-16 without a BOM (NULs are common there: ASCII and line breaks), or binary
+        best = max((_readable_as(data, codec) for codec in ("utf-16-le", "utf-16-be")), key=lambda r: r[0])
+        if best[0] < 0.98:
             raise LoadError("binary content, not text")
-        try:
-            return data.decode(codec)
-        except UnicodeDecodeError:
-            raise LoadError("binary content, not text") from None
+        return best[1]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -109,6 +99,19 @@ def decode_text(data: bytes) -> str:
     if text and len(_CONTROL.findall(text[:20000])) > 0.01 * min(len(text), 20000):
         raise LoadError("binary content, not text")
     return text
+
+
+def _readable_as(data: bytes, codec: str) -> tuple[float, str]:
+    """Share of printable characters when ``data`` is decoded as ``codec`` (0 when it does not decode)."""
+    try:
+        text = data.decode(codec)
+    except UnicodeDecodeError:
+        return 0.0, ""
+    sample = text[:20000]
+    printable = sum(1 for ch in sample if ch.isprintable() or ch in "\n\r\t\f")
+    # unassigned/private-use code points are what misread bytes turn into
+    private = sum(1 for ch in sample if "\ue000" <= ch <= "\uf8ff")
+    return (printable - private) / max(len(sample), 1), text
 
 
 def load_document(path: str | os.PathLike[str]) -> LoadedDocument:
@@ -146,7 +149,11 @@ def _paragraphs(text: str, page: int | None = None) -> list[Element]:
 
 
 def _load_pdf(path: Path) -> LoadedDocument:
+    import logging
+
     from pypdf import PdfReader
+
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # our LoadError carries the reason
     from pypdf.errors import PdfReadError
 
     try:

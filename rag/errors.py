@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "ContextOverflowError",
     "EmptyStoreError",
     "ModelMismatchError",
     "ModelNotFoundError",
@@ -38,3 +39,15 @@ class ModelMismatchError(StoreError):
 
 class EmptyStoreError(StoreError):
     """Nothing has been ingested into the collection yet."""
+
+
+class ContextOverflowError(RagError):
+    """A prompt plus the tokens reserved for the answer do not fit the model's context window."""
+
+    def __init__(
+        self, message: str, *, prompt_tokens: int = 0, max_tokens: int = 0, context_window: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.context_window = context_window

@@ -1,24 +1,25 @@
 """The Mixtral-Instruct prompt template, as a pure function.
 
-Chinese-Mixtral-Instruct keeps Mixtral-8x7B-Instruct-v0.1's template (mistral-common's *v1* instruct tokenizer)::
+Chinese-Mixtral-Instruct keeps Mixtral-8x7B-Instruct-v0.1's template (mistral-common's *v1* instruct
+tokenizer)::
 
     <s>[INST] instruction [/INST] answer</s>[INST] follow-up [/INST]
 
-* ``<s>`` and ``</s>`` stand for the special BOS and EOS **tokens** (ids 1 and 2), never for the literal characters:
-  every tokenizer in this package (:class:`rag.tokens.MixtralTokenizer`, the llama.cpp and transformers backends of
-  :class:`rag.llm.MixtralInstructLLM`) maps exactly these two markers to the special ids and tokenizes everything
-  between them as plain text, with SentencePiece's leading space. That is why no space is written after ``<s>`` or
-  ``</s>``: the tokenizer adds it (``▁[INST]``), as mistral-common does.
+* ``<s>`` and ``</s>`` stand for the special BOS and EOS **tokens** (ids 1 and 2), never for the literal
+  characters: every tokenizer in this package (:class:`rag.tokens.MixtralTokenizer`, the llama.cpp and
+  transformers backends of :class:`rag.llm.MixtralInstructLLM`) maps exactly these two markers to the special
+  ids and tokenizes everything between them as plain text, with SentencePiece's leading space. That is why no
+  space is written after ``<s>`` or ``</s>``: the tokenizer adds it (``▁[INST]``), as mistral-common does.
 * ``[INST]`` and ``[/INST]`` are plain text (several ordinary tokens each).
-* The template has no system role: a system message is put at the start of the *first* user instruction, followed
-  by a blank line (``system + "\\n\\n" + user``), as mistral-common's v1 tokenizer does.
-* After the optional system message, turns alternate user / assistant, starting with the user. A conversation that
-  ends with a user turn ends with ``[/INST]``: the model writes the answer next. One that ends with an assistant turn
-  is closed with ``</s>`` (history, few-shot examples).
-* Literal ``<s>`` / ``</s>`` inside message text (HTML strike-through tags in a document, say) must not become control
-  tokens, or a retrieved document could end the instruction. The renderer writes them with an invisible marker
-  (U+2063 after ``<``) that the tokenizers of this package turn back into the literal characters, so the token ids still
-  equal mistral-common's (which encodes such text as plain pieces).
+* The template has no system role: a system message is put at the start of the *first* user instruction,
+  followed by a blank line (``system + "\\n\\n" + user``), as mistral-common's v1 tokenizer does.
+* After the optional system message, turns alternate user / assistant, starting with the user. A conversation
+  that ends with a user turn ends with ``[/INST]``: the model writes the answer next. One that ends with an
+  assistant turn is closed with ``</s>`` (history, few-shot examples).
+* Literal ``<s>`` / ``</s>`` inside message text (HTML strike-through tags in a document, say) must not become
+  control tokens, or a retrieved document could end the instruction. The renderer writes them with an
+  invisible marker (U+2063 after ``<``) that the tokenizers of this package turn back into the literal
+  characters, so the token ids still equal mistral-common's (which encodes such text as plain pieces).
 
 The token ids of ``render_instruct_prompt(conversation)`` (through any of this package's tokenizers) equal
 ``MistralTokenizer.v1().encode_chat_completion(...)`` of the same conversation; tests/llm checks this.
@@ -47,7 +48,8 @@ BOS = "<s>"
 EOS = "</s>"
 """Marker of the EOS special token in a rendered prompt."""
 
-#: U+2063 INVISIBLE SEPARATOR, put after "<" of a literal "<s>"/"</s>" in message text (see the module docstring).
+#: U+2063 INVISIBLE SEPARATOR, put after "<" of a literal "<s>"/"</s>" in message text (see the module
+# docstring).
 _GUARD = "\u2063"
 _LITERAL = {BOS: "<" + _GUARD + "s>", EOS: "<" + _GUARD + "/s>"}
 
@@ -73,7 +75,8 @@ class ChatMessage:
 
 
 def normalize_messages(messages: Iterable[Any]) -> list[ChatMessage]:
-    """Accept :class:`ChatMessage`, ``(role, content)`` pairs, ``{"role", "content"}`` dicts or LangChain messages.
+    """Accept :class:`ChatMessage`, ``(role, content)`` pairs, ``{"role", "content"}`` dicts or LangChain
+    messages.
 
     Roles ``human``/``ai`` (LangChain's names) map to ``user``/``assistant``.
     """
@@ -128,9 +131,12 @@ def render_instruct_prompt(messages: Sequence[Any]) -> str:
     for index, turn in enumerate(turns):
         expected = "user" if index % 2 == 0 else "assistant"
         if turn.role != expected:
-            where = "a system message may only come first" if turn.role == "system" else "turns must alternate"
+            where = (
+                "a system message may only come first" if turn.role == "system" else "turns must alternate"
+            )
             raise ValueError(
-                f"message {index + (1 if system is not None else 0)} has role {turn.role!r}, expected {expected!r}: "
+                f"message {index + (1 if system is not None else 0)} has role {turn.role!r}, expected "
+                f"{expected!r}: "
                 f"{where} (user, assistant, user, ...)"
             )
         content = _guard(turn.content)
@@ -144,14 +150,15 @@ def render_instruct_prompt(messages: Sequence[Any]) -> str:
 
 
 def wrap_instruction(prompt: str) -> str:
-    """A plain prompt string as one user instruction; a string already rendered (starting with ``<s>``) unchanged."""
+    """A plain prompt string as one user instruction; an already rendered one (starting with ``<s>``) as it is."""
     if prompt.startswith(BOS):
         return prompt
     return render_instruct_prompt([ChatMessage("user", prompt)])
 
 
 def split_special(prompt: str) -> list[tuple[bool, str]]:
-    """Split a rendered prompt into ``(is_special, text)`` pieces: ``(True, "<s>")``, ``(False, "[INST] ...")``.
+    """Split a rendered prompt into ``(is_special, text)`` pieces: ``(True, "<s>")``, ``(False, "[INST]
+    ...")``.
 
     Text pieces are un-guarded (the literal text to encode as plain pieces); empty pieces are dropped.
     """

@@ -1,7 +1,8 @@
 """Tiny random-weight models written at test time (no binary is committed).
 
-* :func:`write_tiny_mixtral_gguf`: a Mixtral-architecture GGUF (llama arch, 8 experts, 2 used per token) with the
-  real 32,000-token Mixtral vocabulary from mistral-common's ``tokenizer.model.v1``; ~19 MB, all tensors f32.
+* :func:`write_tiny_mixtral_gguf`: a Mixtral-architecture GGUF (llama arch, 8 experts, 2 used per token) with
+  the real 32,000-token Mixtral vocabulary from mistral-common's ``tokenizer.model.v1``; ~19 MB, all tensors
+  f32.
 * :func:`write_tiny_mixtral_hf`: a random ``MixtralForCausalLM`` folder with the same tokenizer, for the
   transformers backend.
 """

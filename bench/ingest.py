@@ -1,0 +1,614 @@
+"""Ingestion benchmark: our pipeline vs raw ``SentenceTransformer.encode`` vs a plain LangChain pipeline.
+
+One process, in this order (each stage timed alone, nothing else of ours running meanwhile):
+
+1. split the chosen CRUD-RAG news lines into one ``.txt`` file per article (a user's folder);
+2. ``ingest.ingest(folder, Settings(...))`` into a fresh embedded store with the bundled all-MiniLM-L6-v2
+   (wall time incl. model load, files/s, chunks/s, peak RSS, and a per-stage breakdown taken by wrapping the
+   pipeline's collaborators with timers);
+3. raw ``SentenceTransformer.encode`` (batch 32, normalised) of exactly the chunk texts our store holds;
+4. plain LangChain: DirectoryLoader(TextLoader) -> RecursiveCharacterTextSplitter -> Chroma.from_documents with
+   HuggingFaceEmbeddings of the same model folder;
+5. a second ``ingest`` of the unchanged folder (incremental no-op);
+6. the 20 SEC 10-Q PDFs: seconds per page and chunks.
+
+Usage (from the repository root)::
+
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ANONYMIZED_TELEMETRY=False UNSTRUCTURED_DISABLE_NOTICE=1 \\
+        .venv/bin/python bench/ingest.py --files 1 --limit-articles 1000
+
+``--profile FILE`` additionally runs stage 2 under cProfile (main thread) and writes the stats to FILE.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+for _key, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "ANONYMIZED_TELEMETRY": "False",
+    "UNSTRUCTURED_DISABLE_NOTICE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+# Run as a script, this file's folder comes first on sys.path and its name would shadow the ``ingest`` package.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_REPO = os.path.dirname(_HERE)
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+import argparse  # noqa: E402
+import functools  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import re  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+BATCH = 32
+
+
+# -- memory ------------------------------------------------------------------------------------------------------
+def ru_maxrss_mib() -> float:
+    """Peak RSS of this process so far (Linux reports KiB). Monotonic: it never goes down between stages."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class RssSampler:
+    """Samples this process's RSS every ``interval`` s (psutil) to give a peak per stage."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        try:
+            import psutil
+
+            self._process: Any = psutil.Process()
+        except ImportError:  # psutil is optional
+            self._process = None
+        self.interval = interval
+        self._peak = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def available(self) -> bool:
+        return self._process is not None
+
+    def current_mib(self) -> float:
+        return self._process.memory_info().rss / 2**20 if self._process else float("nan")
+
+    def start(self) -> None:
+        if not self._process:
+            return
+        self._peak = self.current_mib()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, self.current_mib())
+
+    def reset(self) -> None:
+        self._peak = self.current_mib()
+
+    def peak(self) -> float:
+        if not self._process:
+            return float("nan")
+        self._peak = max(self._peak, self.current_mib())
+        return self._peak
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+
+# -- per-stage timers inside our pipeline ---------------------------------------------------------------------------
+class Breakdown:
+    """Wraps the pipeline's collaborators with timers (a few thousand calls: negligible overhead)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self._restore: list[tuple[Any, str, Any]] = []
+        self._lock = threading.Lock()
+
+    def _wrap(self, owner: Any, name: str, label: str) -> None:
+        original = getattr(owner, name)
+        self._restore.append((owner, name, original))
+        breakdown = self
+
+        @functools.wraps(original)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - started
+                with breakdown._lock:
+                    breakdown.seconds[label] += elapsed
+                    breakdown.calls[label] += 1
+
+        setattr(owner, name, timed)
+
+    def install(self) -> None:
+        import ingest.pipeline as pipeline
+        from rag.embeddings import SentenceTransformerEmbeddings
+        from rag.store import ChunkStore
+
+        self._wrap(pipeline, "discover", "discover")
+        self._wrap(pipeline, "file_sha256", "hash files")
+        self._wrap(pipeline, "load_document", "load (bg thread)")
+        self._wrap(pipeline, "chunk_document", "chunk (incl. tokenize)")
+        self._wrap(SentenceTransformerEmbeddings, "warm_up", "model load")
+        self._wrap(SentenceTransformerEmbeddings, "count_tokens", "  tokenizer count_tokens")
+        self._wrap(SentenceTransformerEmbeddings, "token_spans", "  tokenizer token_spans")
+        self._wrap(SentenceTransformerEmbeddings, "embed_array", "encode (embed_array)")
+        self._wrap(ChunkStore, "file_versions", "store: file_versions")
+        self._wrap(ChunkStore, "embeddings_by_content", "store: embeddings_by_content")
+        self._wrap(ChunkStore, "upsert", "store: upsert")
+        self._wrap(ChunkStore, "delete", "store: delete")
+        self._wrap(ChunkStore, "count", "store: count")
+
+    def uninstall(self) -> None:
+        for owner, name, original in reversed(self._restore):
+            setattr(owner, name, original)
+        self._restore.clear()
+
+    def rows(self, wall: float) -> list[tuple[str, float, int]]:
+        main_thread = sum(v for k, v in self.seconds.items() if not k.startswith("  ") and "bg thread" not in k)
+        rows = [(label, seconds, self.calls[label]) for label, seconds in self.seconds.items()]
+        rows.append(("other (main thread, unaccounted)", max(0.0, wall - main_thread), 0))
+        return rows
+
+
+# -- dataset ------------------------------------------------------------------------------------------------------
+def news_sources(data: Path, count: int) -> list[Path]:
+    folder = data / "crud-news"
+    files = sorted(folder.glob("documents_dup_part_*_part_1.txt"),
+                   key=lambda p: int(re.search(r"part_(\d+)_part", p.name).group(1)))  # type: ignore[union-attr]
+    if not files:
+        raise SystemExit(f"no crud-news files under {folder}")
+    if count > len(files):
+        raise SystemExit(f"--files {count}: only {len(files)} crud-news files under {folder}")
+    return files[:count]
+
+
+def split_articles(sources: list[Path], target: Path, limit: int | None) -> tuple[int, int, int]:
+    """One .txt per non-empty line, in target/part_NN/article_NNNNN.txt. Returns (files, characters, bytes)."""
+    written = chars = size = 0
+    for source in sources:
+        part = re.search(r"part_(\d+)_part", source.name).group(1)  # type: ignore[union-attr]
+        folder = target / f"part_{int(part):02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        with source.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if limit is not None and written >= limit:
+                    return written, chars, size
+                article = line.strip()
+                if not article:
+                    continue
+                data = article.encode("utf-8")
+                (folder / f"article_{number:05d}.txt").write_bytes(data)
+                written += 1
+                chars += len(article)
+                size += len(data)
+    return written, chars, size
+
+
+def stored_chunks(data_dir: Path, collection: str) -> tuple[list[str], list[int], list[list[float]]]:
+    """Embedding inputs (heading + '\\n' + text when a heading is set), token counts and vectors, in
+    (file, chunk index) order as the pipeline produced them."""
+    from rag.store import connect_chroma
+
+    client = connect_chroma(path=data_dir / "chroma")
+    col = client.get_collection(collection)
+    rows: list[tuple[str, int, str, int, Any]] = []
+    offset = 0
+    while True:
+        page = col.get(include=["documents", "metadatas", "embeddings"], limit=5000, offset=offset)
+        for document, meta, vector in zip(page["documents"], page["metadatas"], page["embeddings"], strict=True):
+            heading = str(meta.get("heading") or "")
+            text = f"{heading}\n{document}" if heading else document
+            rows.append((str(meta["source_abs"]), int(meta["chunk_index"]), text, int(meta["tokens"]), vector))
+        if len(page["ids"]) < 5000:
+            break
+        offset += 5000
+    rows.sort(key=lambda r: (r[0], r[1]))
+    return [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows]
+
+
+def pdf_pages(folder: Path) -> tuple[int, int, float]:
+    from pypdf import PdfReader
+
+    started = time.perf_counter()
+    files = sorted(folder.glob("*.pdf"))
+    pages = sum(len(PdfReader(path).pages) for path in files)
+    return len(files), pages, time.perf_counter() - started
+
+
+def settings_for(data_dir: Path, collection: str) -> Any:
+    from rag import Settings
+
+    return Settings(data_dir=data_dir, collection=collection, embedding_model=MODEL, embedding_batch_size=BATCH)
+
+
+# -- the run ------------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path(_REPO).parent / "shared" / "eval-data",
+                        help="eval-data folder (default: ../shared/eval-data next to the repository)")
+    parser.add_argument("--files", type=int, default=1, help="how many crud-news source files (1,930 articles each)")
+    parser.add_argument("--limit-articles", type=int, default=None, help="stop after this many articles in all")
+    parser.add_argument("--skip-langchain", action="store_true", help="leave out the LangChain pipeline")
+    parser.add_argument("--skip-sec", action="store_true", help="leave out the SEC 10-Q PDFs")
+    parser.add_argument("--skip-raw", action="store_true", help="leave out the raw encode baseline")
+    parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a new temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="run our news ingest under cProfile and write the stats here (adds overhead)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    sampler = RssSampler()
+    sampler.start()
+    created = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-")) if created else args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "loadavg_at_start": os.getloadavg(),
+        },
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
+
+    def stage_memory() -> dict[str, float]:
+        return {"peak_rss_sampled_mib": round(sampler.peak(), 1), "ru_maxrss_mib": round(ru_maxrss_mib(), 1)}
+
+    try:
+        # 1. the folder
+        sources = news_sources(args.data, args.files)
+        folder = workdir / "news"
+        if folder.exists():
+            shutil.rmtree(folder)
+        started = time.perf_counter()
+        n_files, n_chars, n_bytes = split_articles(sources, folder, args.limit_articles)
+        results["dataset"] = {
+            "sources": [p.name for p in sources],
+            "articles": n_files,
+            "characters": n_chars,
+            "mean_chars": round(n_chars / max(n_files, 1), 1),
+            "bytes": n_bytes,
+            "split_seconds": round(time.perf_counter() - started, 2),
+        }
+        log(f"split {n_files} articles ({n_chars:,} chars) into {folder}")
+
+        # 2. our pipeline
+        from ingest import ingest
+
+        ours_dir = workdir / "ours"
+        shutil.rmtree(ours_dir, ignore_errors=True)
+        settings = settings_for(ours_dir, "bench_news")
+        gc.collect()
+        sampler.reset()
+        breakdown = Breakdown()
+        breakdown.install()
+        profiler = None
+        if args.profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        started = time.perf_counter()
+        try:
+            report = ingest([str(folder)], settings)
+        finally:
+            wall = time.perf_counter() - started
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(str(args.profile))
+            breakdown.uninstall()
+        if report.files_failed:
+            log(f"WARNING: {len(report.files_failed)} files failed, e.g. {report.files_failed[:3]}")
+        encode_s = breakdown.seconds.get("encode (embed_array)", 0.0)
+        load_s = breakdown.seconds.get("model load", 0.0)
+        results["ours"] = {
+            "wall_seconds": round(wall, 2),
+            "report_seconds": round(report.seconds, 2),
+            "files": report.files_added,
+            "files_failed": len(report.files_failed),
+            "chunks": report.chunks_added,
+            "chunks_reused": report.chunks_reused,
+            "files_per_s": round(report.files_added / wall, 2),
+            "chunks_per_s": round(report.chunks_added / wall, 2),
+            "chunks_per_s_excl_model_load": round(report.chunks_added / max(wall - load_s, 1e-9), 2),
+            "encode_seconds_inside": round(encode_s, 2),
+            "breakdown": {label: {"seconds": round(s, 2), "calls": c} for label, s, c in breakdown.rows(wall)},
+            **stage_memory(),
+        }
+        log(f"ours: {report.chunks_added} chunks from {report.files_added} files in {wall:.1f}s")
+
+        texts, tokens, stored_vectors = stored_chunks(ours_dir, "bench_news")
+        lengths = [len(t) for t in texts]
+        mean_chars = statistics.fmean(lengths)
+        chars_per_token = sum(lengths) / max(sum(tokens), 1)
+        results["ours"]["chunk_stats"] = {
+            "stored": len(texts),
+            "mean_chars": round(mean_chars, 1),
+            "median_chars": statistics.median(lengths),
+            "mean_tokens": round(statistics.fmean(tokens), 1),
+            "max_tokens": max(tokens),
+            "chars_per_token": round(chars_per_token, 3),
+        }
+
+        # 3. raw encode of exactly those texts
+        if not args.skip_raw:
+            import numpy as np
+            from sentence_transformers import SentenceTransformer
+
+            from rag.models import bundled_model_path
+
+            gc.collect()
+            sampler.reset()
+            started = time.perf_counter()
+            model = SentenceTransformer(str(bundled_model_path(MODEL)), device="cpu")
+            model_load = time.perf_counter() - started
+            model.encode(texts[:BATCH], batch_size=BATCH, normalize_embeddings=True, show_progress_bar=False)  # warm
+            started = time.perf_counter()
+            raw = model.encode(texts, batch_size=BATCH, normalize_embeddings=True, convert_to_numpy=True,
+                               show_progress_bar=False)
+            raw_s = time.perf_counter() - started
+            same = np.asarray(stored_vectors, dtype=np.float32)
+            cosine = np.sum(raw * same, axis=1)
+            raw_rate = len(texts) / raw_s
+            results["raw"] = {
+                "model_load_seconds": round(model_load, 2),
+                "encode_seconds": round(raw_s, 2),
+                "chunks_per_s": round(raw_rate, 2),
+                "min_cosine_vs_stored": round(float(cosine.min()), 5),
+                **stage_memory(),
+            }
+            results["ratio_ours_vs_raw"] = round(results["ours"]["chunks_per_s"] / raw_rate, 3)
+            results["ratio_ours_vs_raw_excl_model_load"] = round(
+                results["ours"]["chunks_per_s_excl_model_load"] / raw_rate, 3
+            )
+            log(f"raw encode: {len(texts)} chunks in {raw_s:.1f}s")
+            del model, raw, same
+        del stored_vectors
+        gc.collect()
+
+        # 4. plain LangChain
+        if not args.skip_langchain:
+            results["langchain"] = run_langchain(folder, workdir, mean_chars, chars_per_token, sampler)
+            results["langchain"].update(stage_memory())
+            lc = results["langchain"]
+            results["ratio_ours_time_vs_langchain_time"] = round(results["ours"]["wall_seconds"] / lc["wall_seconds"], 3)
+            results["ratio_ours_chunks_per_s_vs_langchain"] = round(
+                results["ours"]["chunks_per_s"] / lc["chunks_per_s"], 3
+            )
+            log(f"langchain: {lc['chunks']} chunks in {lc['wall_seconds']:.1f}s")
+            gc.collect()
+
+        # 5. second run, unchanged folder
+        sampler.reset()
+        started = time.perf_counter()
+        again = ingest([str(folder)], settings)
+        results["ours_rerun"] = {
+            "wall_seconds": round(time.perf_counter() - started, 2),
+            "files_unchanged": again.files_unchanged,
+            "files_added": again.files_added + again.files_updated,
+            "chunks_added": again.chunks_added,
+            **stage_memory(),
+        }
+        log(f"re-run: {results['ours_rerun']['wall_seconds']}s")
+
+        # 6. SEC 10-Q PDFs
+        if not args.skip_sec:
+            docs = args.data / "sec-10q" / "docs"
+            n_pdf, n_pages, page_count_s = pdf_pages(docs)
+            sec_dir = workdir / "sec"
+            shutil.rmtree(sec_dir, ignore_errors=True)
+            gc.collect()
+            sampler.reset()
+            sec_breakdown = Breakdown()
+            sec_breakdown.install()
+            started = time.perf_counter()
+            try:
+                sec = ingest([str(docs)], settings_for(sec_dir, "bench_sec"))
+            finally:
+                sec_wall = time.perf_counter() - started
+                sec_breakdown.uninstall()
+            results["sec"] = {
+                "pdfs": n_pdf,
+                "pages": n_pages,
+                "pypdf_page_count_seconds": round(page_count_s, 2),
+                "wall_seconds": round(sec_wall, 2),
+                "files": sec.files_added,
+                "files_failed": len(sec.files_failed),
+                "chunks": sec.chunks_added,
+                "seconds_per_page": round(sec_wall / max(n_pages, 1), 3),
+                "pages_per_s": round(n_pages / sec_wall, 2),
+                "chunks_per_s": round(sec.chunks_added / sec_wall, 2),
+                "breakdown": {label: {"seconds": round(s, 2), "calls": c} for label, s, c in sec_breakdown.rows(sec_wall)},
+                **stage_memory(),
+            }
+            log(f"sec: {sec.chunks_added} chunks from {n_pages} pages in {sec_wall:.1f}s")
+        results["machine"]["loadavg_at_end"] = os.getloadavg()
+        results["process_peak_ru_maxrss_mib"] = round(ru_maxrss_mib(), 1)
+    finally:
+        sampler.stop()
+        if created and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    print_table(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    return 0
+
+
+def run_langchain(
+    folder: Path, workdir: Path, mean_chars: float, chars_per_token: float, sampler: RssSampler
+) -> dict[str, Any]:
+    """DirectoryLoader(TextLoader) -> RecursiveCharacterTextSplitter -> Chroma.from_documents, all defaults but
+    the chunk size (our mean chunk length in characters) and overlap (our 64-token overlap in characters)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", module="langchain_community")
+    from langchain_chroma import Chroma
+    from langchain_community.document_loaders import DirectoryLoader, TextLoader
+    from langchain_huggingface import HuggingFaceEmbeddings
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    from rag.models import bundled_model_path
+
+    chunk_size = round(mean_chars)
+    chunk_overlap = round(64 * chars_per_token)
+    persist = workdir / "langchain"
+    shutil.rmtree(persist, ignore_errors=True)
+    gc.collect()
+    sampler.reset()
+    started = time.perf_counter()
+    embeddings = HuggingFaceEmbeddings(
+        model=str(bundled_model_path(MODEL)),
+        model_kwargs={"device": "cpu"},
+        encode_kwargs={"batch_size": BATCH, "normalize_embeddings": True},
+    )
+    t_model = time.perf_counter()
+    documents = DirectoryLoader(
+        str(folder), glob="**/*.txt", loader_cls=TextLoader, loader_kwargs={"encoding": "utf-8"}
+    ).load()
+    t_load = time.perf_counter()
+    splitter = RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    chunks = splitter.split_documents(documents)
+    t_split = time.perf_counter()
+    store = Chroma.from_documents(
+        chunks, embeddings, collection_name="bench_news_lc", persist_directory=str(persist)
+    )
+    t_store = time.perf_counter()
+    wall = t_store - started
+    stored = store._collection.count()
+    # How many LangChain chunks the model reads whole (over 256 tokens incl. [CLS]/[SEP] is truncated silently).
+    tokenizer = embeddings._client.tokenizer
+    limit = embeddings._client.max_seq_length - 2
+    token_counts = [len(ids) for ids in tokenizer([c.page_content for c in chunks], add_special_tokens=False)["input_ids"]]
+    lengths = [len(c.page_content) for c in chunks]
+    del store, embeddings, documents
+    return {
+        "chunk_size_chars": chunk_size,
+        "chunk_overlap_chars": chunk_overlap,
+        "wall_seconds": round(wall, 2),
+        "model_load_seconds": round(t_model - started, 2),
+        "load_seconds": round(t_load - t_model, 2),
+        "split_seconds": round(t_split - t_load, 2),
+        "embed_and_write_seconds": round(t_store - t_split, 2),
+        "chunks": len(chunks),
+        "stored": stored,
+        "chunks_per_s": round(len(chunks) / wall, 2),
+        "chunks_per_s_excl_model_load": round(len(chunks) / (wall - (t_model - started)), 2),
+        "mean_chars": round(statistics.fmean(lengths), 1),
+        "mean_tokens": round(statistics.fmean(token_counts), 1),
+        "chunks_over_model_limit": sum(n > limit for n in token_counts),
+    }
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def print_table(r: dict[str, Any]) -> None:
+    d, ours = r["dataset"], r["ours"]
+    lines = [
+        "",
+        f"machine: {r['machine']['cpus']} CPUs, torch {r['machine']['torch']} ({r['machine']['torch_threads']} threads), "
+        f"load avg start {tuple(round(x, 2) for x in r['machine']['loadavg_at_start'])}"
+        + (f", end {tuple(round(x, 2) for x in r['machine']['loadavg_at_end'])}" if "loadavg_at_end" in r["machine"] else ""),
+        f"dataset: {', '.join(d['sources'])}: {d['articles']} articles, {d['characters']:,} chars "
+        f"(mean {d['mean_chars']}), {d['bytes'] / 2**20:.1f} MiB",
+        "",
+        f"{'run':<34}{'wall s':>9}{'files':>8}{'chunks':>8}{'files/s':>9}{'chunks/s':>10}{'peak RSS MiB':>14}",
+        "-" * 92,
+    ]
+
+    def row(name: str, wall: float, files: Any, chunks: Any, fps: Any, cps: Any, rss: Any) -> None:
+        def fmt(value: Any, spec: str) -> str:
+            return "-" if value is None else format(value, spec)
+
+        lines.append(
+            f"{name:<34}{fmt(wall, '9.2f')}{fmt(files, '8d')}{fmt(chunks, '8d')}{fmt(fps, '9.2f')}"
+            f"{fmt(cps, '10.2f')}{fmt(rss, '14.0f')}"
+        )
+
+    row("ours: ingest (incl. model load)", ours["wall_seconds"], ours["files"], ours["chunks"], ours["files_per_s"],
+        ours["chunks_per_s"], ours["peak_rss_sampled_mib"])
+    if "raw" in r:
+        raw = r["raw"]
+        row("raw SentenceTransformer.encode", raw["encode_seconds"], None, ours["chunk_stats"]["stored"], None,
+            raw["chunks_per_s"], raw["peak_rss_sampled_mib"])
+    if "langchain" in r:
+        lc = r["langchain"]
+        row("LangChain (incl. model load)", lc["wall_seconds"], ours["files"], lc["chunks"],
+            ours["files"] / lc["wall_seconds"], lc["chunks_per_s"], lc["peak_rss_sampled_mib"])
+    rerun = r["ours_rerun"]
+    row("ours: re-run, nothing changed", rerun["wall_seconds"], rerun["files_unchanged"], rerun["chunks_added"],
+        rerun["files_unchanged"] / rerun["wall_seconds"], None, rerun["peak_rss_sampled_mib"])
+    if "sec" in r:
+        sec = r["sec"]
+        row(f"ours: SEC 10-Q ({sec['pages']} pages)", sec["wall_seconds"], sec["files"], sec["chunks"],
+            sec["files"] / sec["wall_seconds"], sec["chunks_per_s"], sec["peak_rss_sampled_mib"])
+    lines.append("-" * 92)
+    cs = ours["chunk_stats"]
+    lines.append(f"our chunks: mean {cs['mean_chars']} chars / {cs['mean_tokens']} tokens (max {cs['max_tokens']}), "
+                 f"{cs['chars_per_token']} chars per token")
+    if "raw" in r:
+        lines.append(f"ours chunks/s / raw encode chunks/s = {r['ratio_ours_vs_raw']} (target >= 0.85); "
+                     f"excluding our model load: {r['ratio_ours_vs_raw_excl_model_load']}; "
+                     f"raw model load {r['raw']['model_load_seconds']} s; "
+                     f"min cosine(raw, stored) = {r['raw']['min_cosine_vs_stored']}")
+    if "langchain" in r:
+        lc = r["langchain"]
+        lines.append(f"LangChain splitter: chunk_size={lc['chunk_size_chars']} chars, overlap={lc['chunk_overlap_chars']} "
+                     f"chars -> mean {lc['mean_chars']} chars / {lc['mean_tokens']} tokens; "
+                     f"{lc['chunks_over_model_limit']} of {lc['chunks']} chunks exceed the model's 254 tokens "
+                     "(truncated silently)")
+        lines.append(f"LangChain stages: model {lc['model_load_seconds']} s, load {lc['load_seconds']} s, split "
+                     f"{lc['split_seconds']} s, embed+write {lc['embed_and_write_seconds']} s")
+        lines.append(f"our time / LangChain time = {r['ratio_ours_time_vs_langchain_time']}; our chunks/s / LangChain "
+                     f"chunks/s = {r['ratio_ours_chunks_per_s_vs_langchain']}")
+    if "sec" in r:
+        sec = r["sec"]
+        lines.append(f"SEC: {sec['seconds_per_page']} s/page, {sec['pages_per_s']} pages/s, {sec['chunks']} chunks, "
+                     f"{sec['files_failed']} failed (page count by pypdf: {sec['pypdf_page_count_seconds']} s, not included)")
+    lines.append("")
+    lines.append(f"our news ingest, where the time went (wall {ours['wall_seconds']} s):")
+    for label, value in ours["breakdown"].items():
+        lines.append(f"  {label:<36}{value['seconds']:>9.2f} s{value['calls']:>8} calls")
+    if "sec" in r:
+        lines.append(f"our SEC ingest, where the time went (wall {r['sec']['wall_seconds']} s):")
+        for label, value in r["sec"]["breakdown"].items():
+            lines.append(f"  {label:<36}{value['seconds']:>9.2f} s{value['calls']:>8} calls")
+    lines.append("")
+    lines.append(f"peak RSS: sampled per stage with psutil every 0.1 s (table); whole process ru_maxrss "
+                 f"{r.get('process_peak_ru_maxrss_mib', '?')} MiB (monotonic, all stages together)")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

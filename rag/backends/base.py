@@ -1,0 +1,166 @@
+"""What every generation backend of :class:`rag.llm.MixtralInstructLLM` provides.
+
+A backend is built instantly (no weights, no network); :meth:`Backend.warm_up` loads weights or checks the
+server. ``context_window`` and ``tokenizer`` never load weights. :meth:`Backend.generate` is blocking and
+yields :class:`Piece` objects; the LLM class runs it in a worker thread for the async API.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from rag.tokens import MixtralTokenizer
+
+__all__ = [
+    "Backend",
+    "BackendConfig",
+    "GenerationParams",
+    "Piece",
+    "PreparedPrompt",
+    "PromptFormat",
+    "StopTrimmer",
+]
+
+logger = logging.getLogger("rag.llm")
+
+PromptFormat = Literal["mixtral", "native", "raw"]
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """The fields of :class:`rag.llm.MixtralInstructLLM` that backends read."""
+
+    model: str
+    base_url: str | None = None
+    n_ctx: int = 32768
+    n_gpu_layers: int = 0
+    n_threads: int | None = None
+    n_batch: int = 512
+    api_key: str | None = None
+    timeout: float = 120.0
+    device: str | None = None
+    verbose: bool = False
+    client: Any = None
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling parameters of one call (constructor defaults merged with per-call overrides)."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    repeat_penalty: float
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """A prompt ready for the backend, with its exact (or best known) token count."""
+
+    text: str
+    """The prompt as text (what a remote server receives)."""
+    n_tokens: int
+    """Prompt tokens the model reads (BOS included)."""
+    ids: list[int] | None = None
+    """Token ids, for backends that take ids (llama.cpp, transformers)."""
+    messages: list[dict[str, str]] | None = None
+    """For a remote server's chat endpoint (``prompt_format="native"``)."""
+    extra_stop: list[str] = field(default_factory=list)
+    """Stop strings the chat template implies."""
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A piece of generated text; the last one has ``finish_reason`` and ``info``."""
+
+    text: str
+    finish_reason: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """A way to run the model. Subclasses: llama.cpp (local GGUF), OpenAI-compatible server, transformers."""
+
+    name: ClassVar[str]
+    """Short name (``llama_cpp``, ``openai``, ``transformers``), the ``backend`` setting's value."""
+    ls_provider: ClassVar[str]
+    """Provider name for LangSmith."""
+
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+
+    @property
+    @abstractmethod
+    def context_window(self) -> int:
+        """Tokens the model can attend to (prompt + answer), without loading weights."""
+
+    @property
+    @abstractmethod
+    def tokenizer(self) -> MixtralTokenizer:
+        """Exact tokenizer for this model, without loading weights."""
+
+    @property
+    @abstractmethod
+    def loaded(self) -> bool:
+        """Whether :meth:`warm_up` has run (weights in memory, server checked)."""
+
+    @abstractmethod
+    def warm_up(self) -> None:
+        """Load the weights (or check the server). Idempotent and thread-safe."""
+
+    @abstractmethod
+    def prepare(self, prompt: str, prompt_format: PromptFormat) -> PreparedPrompt:
+        """Apply the prompt format and count the tokens, without generating."""
+
+    @abstractmethod
+    def generate(
+        self, prompt: PreparedPrompt, params: GenerationParams, cancelled: Callable[[], bool]
+    ) -> Iterator[Piece]:
+        """Generate, yielding pieces of text as they come; stop early when ``cancelled()`` turns true."""
+
+    def describe(self) -> str:
+        """Human-readable model name for messages."""
+        return self.config.model
+
+
+class StopTrimmer:
+    """Cut a stream of text at the first stop string, holding back text that may start one."""
+
+    def __init__(self, stop: list[str]) -> None:
+        self.stop = [s for s in stop if s]
+        self._buffer = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        """Text that is safe to emit now (empty when it may be the start of a stop string)."""
+        if self.stopped:
+            return ""
+        if not self.stop:
+            return text
+        self._buffer += text
+        cut = min((i for i in (self._buffer.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            out, self._buffer = self._buffer[:cut], ""
+            return out
+        hold = 0
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(self._buffer)), 0, -1):
+                if self._buffer.endswith(s[:n]):
+                    hold = max(hold, n)
+                    break
+        out = self._buffer[: len(self._buffer) - hold]
+        self._buffer = self._buffer[len(self._buffer) - hold :]
+        return out
+
+    def flush(self) -> str:
+        """The text held back at the end of the stream."""
+        out, self._buffer = ("" if self.stopped else self._buffer), ""
+        return out

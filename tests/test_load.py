@@ -1,0 +1,113 @@
+"""Loading real files of every promised format and encoding through the real parsers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ingest.load import LoadError, decode_text, load_document
+from tests.documents import (
+    BIG5_TEXT,
+    GBK_TEXT,
+    PDF_PAGES,
+    UTF16_TEXT,
+    write_corpus,
+)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_corpus(tmp_path_factory.mktemp("docs"))
+
+
+@pytest.mark.parametrize(
+    ("role", "expected"),
+    [("gbk", "带薪年假十五天"), ("utf16", "营业收入为一百二十亿元"), ("big5", "春節期間加開列車")],
+)
+def test_text_encodings_are_detected(files: dict[str, Path], role: str, expected: str) -> None:
+    document = load_document(files[role])
+    assert expected in document.text
+    assert "\ufffd" not in document.text
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding"),
+    [
+        (GBK_TEXT, "gb18030"),
+        (BIG5_TEXT, "big5"),
+        (UTF16_TEXT, "utf-16-le"),  # no BOM
+        (UTF16_TEXT, "utf-16-be"),
+        (UTF16_TEXT, "utf-8-sig"),
+        (GBK_TEXT + "English too.", "utf-8"),
+    ],
+)
+def test_decode_text_round_trips(text: str, encoding: str) -> None:
+    assert decode_text(text.encode(encoding)).strip() == text.strip()
+
+
+def test_binary_is_refused() -> None:
+    with pytest.raises(LoadError, match="binary"):
+        decode_text(bytes(range(256)) * 10)
+
+
+def test_markdown_headings_become_paths(files: dict[str, Path]) -> None:
+    document = load_document(files["markdown"])
+    warning = next(e for e in document.elements if "潮湿" in e.text)
+    assert warning.heading == ("产品手册", "安装", "注意事项")
+    cleaning = next(e for e in document.elements if "Descale" in e.text)
+    assert cleaning.heading == ("产品手册", "Cleaning")
+
+
+def test_html_table_keeps_rows_and_cells(files: dict[str, Path]) -> None:
+    document = load_document(files["html"])
+    table = next(e for e in document.elements if e.kind == "table")
+    assert table.text.splitlines() == ["水果 | 价格 | 产地", "苹果 | 12 | 烟台", "荔枝 | 38 | 增城"]
+    assert table.heading == ("水果价格",)
+
+
+def test_pdf_keeps_page_numbers(files: dict[str, Path]) -> None:
+    document = load_document(files["pdf"])
+    pages = {e.page: e.text.replace(" ", "") for e in document.elements}
+    assert set(pages) == {1, 2}
+    assert PDF_PAGES[0].replace(" ", "") in pages[1]
+    assert PDF_PAGES[1].replace(" ", "") in pages[2]
+
+
+def test_docx_headings(files: dict[str, Path]) -> None:
+    document = load_document(files["docx"])
+    budget = next(e for e in document.elements if "三百万元" in e.text)
+    assert budget.heading == ("会议纪要", "决议")
+
+
+def test_offsets_point_into_the_extracted_text(files: dict[str, Path]) -> None:
+    document = load_document(files["markdown"])
+    for element, offset in zip(document.elements, document.offsets, strict=True):
+        assert document.text[offset : offset + len(element.text)] == element.text
+
+
+@pytest.mark.parametrize(
+    ("role", "reason"),
+    [("corrupt_pdf", "corrupt or unreadable PDF"), ("empty", "no text"), ("binary_txt", "binary content")],
+)
+def test_bad_files_raise_a_clear_reason(files: dict[str, Path], role: str, reason: str) -> None:
+    with pytest.raises(LoadError, match=reason):
+        load_document(files[role])
+
+
+def test_unsupported_format(tmp_path: Path) -> None:
+    path = tmp_path / "program.exe"
+    path.write_bytes(b"MZ\x90\x00")
+    with pytest.raises(LoadError, match=r"unsupported format '\.exe'"):
+        load_document(path)
+
+
+def test_unstructured_offline_hook_still_exists() -> None:
+    """unstructured's private spaCy loader is what we replace; if it moves, text partitioning goes online."""
+    import unstructured.nlp.tokenize as tokenize
+
+    from ingest._offline import install_offline_nlp
+
+    install_offline_nlp()
+    nlp = tokenize._get_nlp()
+    assert nlp.pipe_names == ["sentencizer"]
