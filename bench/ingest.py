@@ -7,8 +7,8 @@ One process, in this order (each stage timed alone, nothing else of ours running
    (wall time incl. model load, files/s, chunks/s, peak RSS, and a per-stage breakdown taken by wrapping the
    pipeline's collaborators with timers);
 3. raw ``SentenceTransformer.encode`` (batch 32, normalised) of exactly the chunk texts our store holds;
-4. plain LangChain: DirectoryLoader(TextLoader) -> RecursiveCharacterTextSplitter -> Chroma.from_documents with
-   HuggingFaceEmbeddings of the same model folder;
+4. plain LangChain: DirectoryLoader(TextLoader) -> RecursiveCharacterTextSplitter -> Chroma.from_documents
+   with HuggingFaceEmbeddings of the same model folder;
 5. a second ``ingest`` of the unchanged folder (incremental no-op);
 6. the 20 SEC 10-Q PDFs: seconds per page and chunks.
 
@@ -34,7 +34,8 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
-# Run as a script, this file's folder comes first on sys.path and its name would shadow the ``ingest`` package.
+# Run as a script, this file's folder comes first on sys.path and its name would shadow the ``ingest``
+# package.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _REPO = os.path.dirname(_HERE)
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
@@ -61,7 +62,34 @@ MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 BATCH = 32
 
 
-# -- memory ------------------------------------------------------------------------------------------------------
+# -- memory --
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads (less sensitive to other load than wall time)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def preload_imports() -> float:
+    """Import every library the stages use, so no stage pays another's import time. Returns seconds."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*langchain-community.*is being sunset")
+    started = time.perf_counter()
+    import chromadb  # noqa: F401
+    import langchain_chroma  # noqa: F401
+    import langchain_community.document_loaders  # noqa: F401
+    import langchain_huggingface  # noqa: F401
+    import langchain_text_splitters  # noqa: F401
+    import pypdf  # noqa: F401
+    import sentence_transformers  # noqa: F401
+
+    import ingest
+    import ingest.pipeline  # noqa: F401
+    import rag.service  # noqa: F401
+
+    return time.perf_counter() - started
+
+
 def ru_maxrss_mib() -> float:
     """Peak RSS of this process so far (Linux reports KiB). Monotonic: it never goes down between stages."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -115,7 +143,7 @@ class RssSampler:
             self._thread.join()
 
 
-# -- per-stage timers inside our pipeline ---------------------------------------------------------------------------
+# -- per-stage timers inside our pipeline --
 class Breakdown:
     """Wraps the pipeline's collaborators with timers (a few thousand calls: negligible overhead)."""
 
@@ -168,17 +196,23 @@ class Breakdown:
         self._restore.clear()
 
     def rows(self, wall: float) -> list[tuple[str, float, int]]:
-        main_thread = sum(v for k, v in self.seconds.items() if not k.startswith("  ") and "bg thread" not in k)
+        main_thread = sum(
+            v for k, v in self.seconds.items() if not k.startswith("  ") and "bg thread" not in k
+        )
         rows = [(label, seconds, self.calls[label]) for label, seconds in self.seconds.items()]
         rows.append(("other (main thread, unaccounted)", max(0.0, wall - main_thread), 0))
         return rows
 
 
-# -- dataset ------------------------------------------------------------------------------------------------------
+# -- dataset --
+def part_number(path: Path) -> int:
+    found = re.search(r"part_(\d+)_part", path.name)
+    return int(found.group(1)) if found else 0
+
+
 def news_sources(data: Path, count: int) -> list[Path]:
     folder = data / "crud-news"
-    files = sorted(folder.glob("documents_dup_part_*_part_1.txt"),
-                   key=lambda p: int(re.search(r"part_(\d+)_part", p.name).group(1)))  # type: ignore[union-attr]
+    files = sorted(folder.glob("documents_dup_part_*_part_1.txt"), key=part_number)
     if not files:
         raise SystemExit(f"no crud-news files under {folder}")
     if count > len(files):
@@ -187,11 +221,10 @@ def news_sources(data: Path, count: int) -> list[Path]:
 
 
 def split_articles(sources: list[Path], target: Path, limit: int | None) -> tuple[int, int, int]:
-    """One .txt per non-empty line, in target/part_NN/article_NNNNN.txt. Returns (files, characters, bytes)."""
+    """One .txt per non-empty line, in target/part_NN/article_NNNNN.txt; returns (files, chars, bytes)."""
     written = chars = size = 0
     for source in sources:
-        part = re.search(r"part_(\d+)_part", source.name).group(1)  # type: ignore[union-attr]
-        folder = target / f"part_{int(part):02d}"
+        folder = target / f"part_{part_number(source):02d}"
         folder.mkdir(parents=True, exist_ok=True)
         with source.open(encoding="utf-8") as handle:
             for number, line in enumerate(handle, start=1):
@@ -218,11 +251,15 @@ def stored_chunks(data_dir: Path, collection: str) -> tuple[list[str], list[int]
     rows: list[tuple[str, int, str, int, Any]] = []
     offset = 0
     while True:
-        page = col.get(include=["documents", "metadatas", "embeddings"], limit=5000, offset=offset)
-        for document, meta, vector in zip(page["documents"], page["metadatas"], page["embeddings"], strict=True):
+        page: Any = col.get(include=["documents", "metadatas", "embeddings"], limit=5000, offset=offset)
+        for document, meta, vector in zip(
+            page["documents"], page["metadatas"], page["embeddings"], strict=True
+        ):
             heading = str(meta.get("heading") or "")
             text = f"{heading}\n{document}" if heading else document
-            rows.append((str(meta["source_abs"]), int(meta["chunk_index"]), text, int(meta["tokens"]), vector))
+            rows.append(
+                (str(meta["source_abs"]), int(meta["chunk_index"]), text, int(meta["tokens"]), vector)
+            )
         if len(page["ids"]) < 5000:
             break
         offset += 5000
@@ -230,42 +267,78 @@ def stored_chunks(data_dir: Path, collection: str) -> tuple[list[str], list[int]
     return [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows]
 
 
-def pdf_pages(folder: Path) -> tuple[int, int, float]:
+def pdf_pages(files: list[Path]) -> tuple[dict[str, int], list[str], float]:
+    """Pages of every PDF (by absolute path), the files pypdf's default limits refuse, and seconds taken.
+
+    pypdf >= 6 refuses some real filings (LimitReachedError: "Reached maximum array element count"); those are
+    counted again with the array limit raised, so the page total covers every file."""
+    import pypdf
     from pypdf import PdfReader
 
     started = time.perf_counter()
-    files = sorted(folder.glob("*.pdf"))
-    pages = sum(len(PdfReader(path).pages) for path in files)
-    return len(files), pages, time.perf_counter() - started
+    pages: dict[str, int] = {}
+    refused: list[str] = []
+    for path in files:
+        try:
+            pages[str(path.resolve())] = len(PdfReader(path).pages)
+        except pypdf.errors.LimitReachedError:
+            refused.append(path.name)
+            with pypdf.apply_configuration(array_maximum_element_count=10**8):
+                pages[str(path.resolve())] = len(PdfReader(path).pages)
+    return pages, refused, time.perf_counter() - started
 
 
 def settings_for(data_dir: Path, collection: str) -> Any:
     from rag import Settings
 
-    return Settings(data_dir=data_dir, collection=collection, embedding_model=MODEL, embedding_batch_size=BATCH)
+    return Settings(
+        data_dir=data_dir, collection=collection, embedding_model=MODEL, embedding_batch_size=BATCH
+    )
 
 
-# -- the run ------------------------------------------------------------------------------------------------------
+# -- the run --
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path(_REPO).parent / "shared" / "eval-data",
-                        help="eval-data folder (default: ../shared/eval-data next to the repository)")
-    parser.add_argument("--files", type=int, default=1, help="how many crud-news source files (1,930 articles each)")
-    parser.add_argument("--limit-articles", type=int, default=None, help="stop after this many articles in all")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path(_REPO).parent / "shared" / "eval-data",
+        help="eval-data folder (default: ../shared/eval-data next to the repository)",
+    )
+    parser.add_argument(
+        "--files",
+        type=int,
+        default=1,
+        help="how many crud-news source files (1,930 articles each; 0: SEC only)",
+    )
+    parser.add_argument(
+        "--limit-articles", type=int, default=None, help="stop after this many articles in all"
+    )
     parser.add_argument("--skip-langchain", action="store_true", help="leave out the LangChain pipeline")
     parser.add_argument("--skip-sec", action="store_true", help="leave out the SEC 10-Q PDFs")
     parser.add_argument("--skip-raw", action="store_true", help="leave out the raw encode baseline")
+    parser.add_argument(
+        "--sec-glob",
+        action="append",
+        default=None,
+        help="only the SEC PDFs matching this pattern (repeatable; default: all 20)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
-    parser.add_argument("--profile", type=Path, default=None,
-                        help="run our news ingest under cProfile and write the stats here (adds overhead)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="run our news ingest under cProfile and write the stats here (adds overhead)",
+    )
     args = parser.parse_args(argv)
 
     import torch
 
     sampler = RssSampler()
     sampler.start()
+    import_seconds = preload_imports()
     created = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-")) if created else args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
@@ -276,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "loadavg_at_start": os.getloadavg(),
+            "import_seconds": round(import_seconds, 2),
         },
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
@@ -284,173 +358,218 @@ def main(argv: list[str] | None = None) -> int:
         return {"peak_rss_sampled_mib": round(sampler.peak(), 1), "ru_maxrss_mib": round(ru_maxrss_mib(), 1)}
 
     try:
-        # 1. the folder
-        sources = news_sources(args.data, args.files)
-        folder = workdir / "news"
-        if folder.exists():
-            shutil.rmtree(folder)
-        started = time.perf_counter()
-        n_files, n_chars, n_bytes = split_articles(sources, folder, args.limit_articles)
-        results["dataset"] = {
-            "sources": [p.name for p in sources],
-            "articles": n_files,
-            "characters": n_chars,
-            "mean_chars": round(n_chars / max(n_files, 1), 1),
-            "bytes": n_bytes,
-            "split_seconds": round(time.perf_counter() - started, 2),
-        }
-        log(f"split {n_files} articles ({n_chars:,} chars) into {folder}")
+        from ingest import ingest  # type: ignore[attr-defined,unused-ignore]  # mypy may see this file as `ingest`
 
-        # 2. our pipeline
-        from ingest import ingest
+        if args.files > 0:
+            # 1. the folder
+            sources = news_sources(args.data, args.files)
+            folder = workdir / "news"
+            if folder.exists():
+                shutil.rmtree(folder)
+            started = time.perf_counter()
+            n_files, n_chars, n_bytes = split_articles(sources, folder, args.limit_articles)
+            results["dataset"] = {
+                "sources": [p.name for p in sources],
+                "articles": n_files,
+                "characters": n_chars,
+                "mean_chars": round(n_chars / max(n_files, 1), 1),
+                "bytes": n_bytes,
+                "split_seconds": round(time.perf_counter() - started, 2),
+            }
+            log(f"split {n_files} articles ({n_chars:,} chars) into {folder}")
 
-        ours_dir = workdir / "ours"
-        shutil.rmtree(ours_dir, ignore_errors=True)
-        settings = settings_for(ours_dir, "bench_news")
-        gc.collect()
-        sampler.reset()
-        breakdown = Breakdown()
-        breakdown.install()
-        profiler = None
-        if args.profile:
-            import cProfile
-
-            profiler = cProfile.Profile()
-            profiler.enable()
-        started = time.perf_counter()
-        try:
-            report = ingest([str(folder)], settings)
-        finally:
-            wall = time.perf_counter() - started
-            if profiler is not None:
-                profiler.disable()
-                profiler.dump_stats(str(args.profile))
-            breakdown.uninstall()
-        if report.files_failed:
-            log(f"WARNING: {len(report.files_failed)} files failed, e.g. {report.files_failed[:3]}")
-        encode_s = breakdown.seconds.get("encode (embed_array)", 0.0)
-        load_s = breakdown.seconds.get("model load", 0.0)
-        results["ours"] = {
-            "wall_seconds": round(wall, 2),
-            "report_seconds": round(report.seconds, 2),
-            "files": report.files_added,
-            "files_failed": len(report.files_failed),
-            "chunks": report.chunks_added,
-            "chunks_reused": report.chunks_reused,
-            "files_per_s": round(report.files_added / wall, 2),
-            "chunks_per_s": round(report.chunks_added / wall, 2),
-            "chunks_per_s_excl_model_load": round(report.chunks_added / max(wall - load_s, 1e-9), 2),
-            "encode_seconds_inside": round(encode_s, 2),
-            "breakdown": {label: {"seconds": round(s, 2), "calls": c} for label, s, c in breakdown.rows(wall)},
-            **stage_memory(),
-        }
-        log(f"ours: {report.chunks_added} chunks from {report.files_added} files in {wall:.1f}s")
-
-        texts, tokens, stored_vectors = stored_chunks(ours_dir, "bench_news")
-        lengths = [len(t) for t in texts]
-        mean_chars = statistics.fmean(lengths)
-        chars_per_token = sum(lengths) / max(sum(tokens), 1)
-        results["ours"]["chunk_stats"] = {
-            "stored": len(texts),
-            "mean_chars": round(mean_chars, 1),
-            "median_chars": statistics.median(lengths),
-            "mean_tokens": round(statistics.fmean(tokens), 1),
-            "max_tokens": max(tokens),
-            "chars_per_token": round(chars_per_token, 3),
-        }
-
-        # 3. raw encode of exactly those texts
-        if not args.skip_raw:
-            import numpy as np
-            from sentence_transformers import SentenceTransformer
-
-            from rag.models import bundled_model_path
-
+            # 2. our pipeline
+            ours_dir = workdir / "ours"
+            shutil.rmtree(ours_dir, ignore_errors=True)
+            settings = settings_for(ours_dir, "bench_news")
             gc.collect()
             sampler.reset()
+            breakdown = Breakdown()
+            breakdown.install()
+            profiler = None
+            if args.profile:
+                import cProfile
+
+                profiler = cProfile.Profile()
+                profiler.enable()
+            cpu0 = cpu_seconds()
             started = time.perf_counter()
-            model = SentenceTransformer(str(bundled_model_path(MODEL)), device="cpu")
-            model_load = time.perf_counter() - started
-            model.encode(texts[:BATCH], batch_size=BATCH, normalize_embeddings=True, show_progress_bar=False)  # warm
-            started = time.perf_counter()
-            raw = model.encode(texts, batch_size=BATCH, normalize_embeddings=True, convert_to_numpy=True,
-                               show_progress_bar=False)
-            raw_s = time.perf_counter() - started
-            same = np.asarray(stored_vectors, dtype=np.float32)
-            cosine = np.sum(raw * same, axis=1)
-            raw_rate = len(texts) / raw_s
-            results["raw"] = {
-                "model_load_seconds": round(model_load, 2),
-                "encode_seconds": round(raw_s, 2),
-                "chunks_per_s": round(raw_rate, 2),
-                "min_cosine_vs_stored": round(float(cosine.min()), 5),
+            try:
+                report = ingest([str(folder)], settings)
+            finally:
+                wall = time.perf_counter() - started
+                ours_cpu = cpu_seconds() - cpu0
+                if profiler is not None:
+                    profiler.disable()
+                    profiler.dump_stats(str(args.profile))
+                breakdown.uninstall()
+            if report.files_failed:
+                log(f"WARNING: {len(report.files_failed)} files failed, e.g. {report.files_failed[:3]}")
+            encode_s = breakdown.seconds.get("encode (embed_array)", 0.0)
+            load_s = breakdown.seconds.get("model load", 0.0)
+            results["ours"] = {
+                "wall_seconds": round(wall, 2),
+                "cpu_seconds": round(ours_cpu, 2),
+                "report_seconds": round(report.seconds, 2),
+                "files": report.files_added,
+                "files_failed": len(report.files_failed),
+                "chunks": report.chunks_added,
+                "chunks_reused": report.chunks_reused,
+                "files_per_s": round(report.files_added / wall, 2),
+                "chunks_per_s": round(report.chunks_added / wall, 2),
+                "chunks_per_s_excl_model_load": round(report.chunks_added / max(wall - load_s, 1e-9), 2),
+                "encode_seconds_inside": round(encode_s, 2),
+                "breakdown": {
+                    label: {"seconds": round(s, 2), "calls": c} for label, s, c in breakdown.rows(wall)
+                },
                 **stage_memory(),
             }
-            results["ratio_ours_vs_raw"] = round(results["ours"]["chunks_per_s"] / raw_rate, 3)
-            results["ratio_ours_vs_raw_excl_model_load"] = round(
-                results["ours"]["chunks_per_s_excl_model_load"] / raw_rate, 3
-            )
-            log(f"raw encode: {len(texts)} chunks in {raw_s:.1f}s")
-            del model, raw, same
-        del stored_vectors
-        gc.collect()
+            log(f"ours: {report.chunks_added} chunks from {report.files_added} files in {wall:.1f}s")
 
-        # 4. plain LangChain
-        if not args.skip_langchain:
-            results["langchain"] = run_langchain(folder, workdir, mean_chars, chars_per_token, sampler)
-            results["langchain"].update(stage_memory())
-            lc = results["langchain"]
-            results["ratio_ours_time_vs_langchain_time"] = round(results["ours"]["wall_seconds"] / lc["wall_seconds"], 3)
-            results["ratio_ours_chunks_per_s_vs_langchain"] = round(
-                results["ours"]["chunks_per_s"] / lc["chunks_per_s"], 3
-            )
-            log(f"langchain: {lc['chunks']} chunks in {lc['wall_seconds']:.1f}s")
+            texts, tokens, stored_vectors = stored_chunks(ours_dir, "bench_news")
+            lengths = [len(t) for t in texts]
+            mean_chars = statistics.fmean(lengths)
+            chars_per_token = sum(lengths) / max(sum(tokens), 1)
+            results["ours"]["tokens_embedded"] = sum(tokens)
+            results["ours"]["tokens_per_s"] = round(sum(tokens) / wall, 1)
+            results["ours"]["chunk_stats"] = {
+                "stored": len(texts),
+                "mean_chars": round(mean_chars, 1),
+                "median_chars": statistics.median(lengths),
+                "mean_tokens": round(statistics.fmean(tokens), 1),
+                "max_tokens": max(tokens),
+                "chars_per_token": round(chars_per_token, 3),
+            }
+
+            # 3. raw encode of exactly those texts
+            if not args.skip_raw:
+                import numpy as np
+                from sentence_transformers import SentenceTransformer
+
+                from rag.models import bundled_model_path
+
+                gc.collect()
+                sampler.reset()
+                started = time.perf_counter()
+                model = SentenceTransformer(str(bundled_model_path(MODEL)), device="cpu")
+                model_load = time.perf_counter() - started
+                model.encode(
+                    texts[:BATCH], batch_size=BATCH, normalize_embeddings=True, show_progress_bar=False
+                )  # warm
+                cpu0 = cpu_seconds()
+                started = time.perf_counter()
+                raw = model.encode(
+                    texts,
+                    batch_size=BATCH,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+                raw_s = time.perf_counter() - started
+                raw_cpu = cpu_seconds() - cpu0
+                same = np.asarray(stored_vectors, dtype=np.float32)
+                cosine = np.sum(raw * same, axis=1)
+                raw_rate = len(texts) / raw_s
+                results["raw"] = {
+                    "model_load_seconds": round(model_load, 2),
+                    "encode_seconds": round(raw_s, 2),
+                    "cpu_seconds": round(raw_cpu, 2),
+                    "tokens_per_s": round(sum(tokens) / raw_s, 1),
+                    "chunks_per_s": round(raw_rate, 2),
+                    "min_cosine_vs_stored": round(float(cosine.min()), 5),
+                    **stage_memory(),
+                }
+                results["ratio_ours_vs_raw"] = round(results["ours"]["chunks_per_s"] / raw_rate, 3)
+                results["ratio_ours_vs_raw_cpu"] = round(raw_cpu / ours_cpu, 3)
+                results["ratio_ours_vs_raw_excl_model_load"] = round(
+                    results["ours"]["chunks_per_s_excl_model_load"] / raw_rate, 3
+                )
+                log(f"raw encode: {len(texts)} chunks in {raw_s:.1f}s")
+                del model, raw, same
+            del stored_vectors
             gc.collect()
 
-        # 5. second run, unchanged folder
-        sampler.reset()
-        started = time.perf_counter()
-        again = ingest([str(folder)], settings)
-        results["ours_rerun"] = {
-            "wall_seconds": round(time.perf_counter() - started, 2),
-            "files_unchanged": again.files_unchanged,
-            "files_added": again.files_added + again.files_updated,
-            "chunks_added": again.chunks_added,
-            **stage_memory(),
-        }
-        log(f"re-run: {results['ours_rerun']['wall_seconds']}s")
+            # 4. plain LangChain
+            if not args.skip_langchain:
+                results["langchain"] = run_langchain(folder, workdir, mean_chars, chars_per_token, sampler)
+                results["langchain"].update(stage_memory())
+                lc = results["langchain"]
+                results["ratio_ours_time_vs_langchain_time"] = round(
+                    results["ours"]["wall_seconds"] / lc["wall_seconds"], 3
+                )
+                results["ratio_ours_chunks_per_s_vs_langchain"] = round(
+                    results["ours"]["chunks_per_s"] / lc["chunks_per_s"], 3
+                )
+                results["ratio_ours_tokens_per_s_vs_langchain"] = round(
+                    results["ours"]["tokens_per_s"] / lc["tokens_per_s"], 3
+                )
+                results["ratio_ours_cpu_vs_langchain_cpu"] = round(
+                    results["ours"]["cpu_seconds"] / lc["cpu_seconds"], 3
+                )
+                log(f"langchain: {lc['chunks']} chunks in {lc['wall_seconds']:.1f}s")
+                gc.collect()
+
+            # 5. second run, unchanged folder
+            sampler.reset()
+            started = time.perf_counter()
+            again = ingest([str(folder)], settings)
+            results["ours_rerun"] = {
+                "wall_seconds": round(time.perf_counter() - started, 2),
+                "files_unchanged": again.files_unchanged,
+                "files_added": again.files_added + again.files_updated,
+                "chunks_added": again.chunks_added,
+                **stage_memory(),
+            }
+            log(f"re-run: {results['ours_rerun']['wall_seconds']}s")
 
         # 6. SEC 10-Q PDFs
         if not args.skip_sec:
             docs = args.data / "sec-10q" / "docs"
-            n_pdf, n_pages, page_count_s = pdf_pages(docs)
+            patterns = args.sec_glob or ["*.pdf"]
+            pdfs = sorted(
+                {path for pattern in patterns for path in docs.glob(pattern) if path.suffix == ".pdf"}
+            )
+            page_map, refused, page_count_s = pdf_pages(pdfs)
+            n_pdf, n_pages = len(page_map), sum(page_map.values())
             sec_dir = workdir / "sec"
             shutil.rmtree(sec_dir, ignore_errors=True)
             gc.collect()
             sampler.reset()
             sec_breakdown = Breakdown()
             sec_breakdown.install()
+            cpu0 = cpu_seconds()
             started = time.perf_counter()
             try:
-                sec = ingest([str(docs)], settings_for(sec_dir, "bench_sec"))
+                targets = [str(docs)] if args.sec_glob is None else [str(path) for path in pdfs]
+                sec = ingest(targets, settings_for(sec_dir, "bench_sec"))
             finally:
                 sec_wall = time.perf_counter() - started
+                sec_cpu = cpu_seconds() - cpu0
                 sec_breakdown.uninstall()
+            failed = {os.path.abspath(problem.path) for problem in sec.files_failed}
+            ok_pages = sum(n for path, n in page_map.items() if os.path.abspath(path) not in failed)
             results["sec"] = {
                 "pdfs": n_pdf,
                 "pages": n_pages,
+                "pages_of_ingested_files": ok_pages,
+                "pypdf_refuses_by_default": refused,
+                "failed": [f"{os.path.basename(p.path)}: {p.error}" for p in sec.files_failed],
                 "pypdf_page_count_seconds": round(page_count_s, 2),
                 "wall_seconds": round(sec_wall, 2),
+                "cpu_seconds": round(sec_cpu, 2),
                 "files": sec.files_added,
                 "files_failed": len(sec.files_failed),
                 "chunks": sec.chunks_added,
-                "seconds_per_page": round(sec_wall / max(n_pages, 1), 3),
-                "pages_per_s": round(n_pages / sec_wall, 2),
+                "seconds_per_page": round(sec_wall / max(ok_pages, 1), 3),
+                "pages_per_s": round(ok_pages / sec_wall, 2),
                 "chunks_per_s": round(sec.chunks_added / sec_wall, 2),
-                "breakdown": {label: {"seconds": round(s, 2), "calls": c} for label, s, c in sec_breakdown.rows(sec_wall)},
+                "breakdown": {
+                    label: {"seconds": round(s, 2), "calls": c}
+                    for label, s, c in sec_breakdown.rows(sec_wall)
+                },
                 **stage_memory(),
             }
-            log(f"sec: {sec.chunks_added} chunks from {n_pages} pages in {sec_wall:.1f}s")
+            log(f"sec: {sec.chunks_added} chunks from {ok_pages} of {n_pages} pages in {sec_wall:.1f}s")
         results["machine"]["loadavg_at_end"] = os.getloadavg()
         results["process_peak_ru_maxrss_mib"] = round(ru_maxrss_mib(), 1)
     finally:
@@ -467,11 +586,10 @@ def main(argv: list[str] | None = None) -> int:
 def run_langchain(
     folder: Path, workdir: Path, mean_chars: float, chars_per_token: float, sampler: RssSampler
 ) -> dict[str, Any]:
-    """DirectoryLoader(TextLoader) -> RecursiveCharacterTextSplitter -> Chroma.from_documents, all defaults but
-    the chunk size (our mean chunk length in characters) and overlap (our 64-token overlap in characters)."""
-    import warnings
+    """DirectoryLoader(TextLoader) -> RecursiveCharacterTextSplitter -> Chroma.from_documents, all defaults
+    but the chunk size (our mean chunk length in characters)
+    and overlap (our 64-token overlap in characters)."""
 
-    warnings.filterwarnings("ignore", module="langchain_community")
     from langchain_chroma import Chroma
     from langchain_community.document_loaders import DirectoryLoader, TextLoader
     from langchain_huggingface import HuggingFaceEmbeddings
@@ -485,6 +603,7 @@ def run_langchain(
     shutil.rmtree(persist, ignore_errors=True)
     gc.collect()
     sampler.reset()
+    cpu0 = cpu_seconds()
     started = time.perf_counter()
     embeddings = HuggingFaceEmbeddings(
         model=str(bundled_model_path(MODEL)),
@@ -504,17 +623,24 @@ def run_langchain(
     )
     t_store = time.perf_counter()
     wall = t_store - started
+    cpu = cpu_seconds() - cpu0
     stored = store._collection.count()
-    # How many LangChain chunks the model reads whole (over 256 tokens incl. [CLS]/[SEP] is truncated silently).
+    # How many LangChain chunks the model reads whole (over 256 tokens incl. [CLS]/[SEP] is truncated
+    # silently).
     tokenizer = embeddings._client.tokenizer
-    limit = embeddings._client.max_seq_length - 2
-    token_counts = [len(ids) for ids in tokenizer([c.page_content for c in chunks], add_special_tokens=False)["input_ids"]]
+    limit = int(embeddings._client.max_seq_length or 256) - 2
+    token_counts = [
+        len(ids) for ids in tokenizer([c.page_content for c in chunks], add_special_tokens=False)["input_ids"]
+    ]
     lengths = [len(c.page_content) for c in chunks]
     del store, embeddings, documents
     return {
         "chunk_size_chars": chunk_size,
         "chunk_overlap_chars": chunk_overlap,
         "wall_seconds": round(wall, 2),
+        "cpu_seconds": round(cpu, 2),
+        "tokens_embedded": sum(min(n, limit) for n in token_counts),
+        "tokens_per_s": round(sum(min(n, limit) for n in token_counts) / wall, 1),
         "model_load_seconds": round(t_model - started, 2),
         "load_seconds": round(t_load - t_model, 2),
         "split_seconds": round(t_split - t_load, 2),
@@ -534,79 +660,165 @@ def log(message: str) -> None:
 
 
 def print_table(r: dict[str, Any]) -> None:
-    d, ours = r["dataset"], r["ours"]
+    d, ours = r.get("dataset"), r.get("ours")
     lines = [
         "",
-        f"machine: {r['machine']['cpus']} CPUs, torch {r['machine']['torch']} ({r['machine']['torch_threads']} threads), "
+        f"machine: {r['machine']['cpus']} CPUs, torch {r['machine']['torch']} "
+        f"({r['machine']['torch_threads']} threads), "
+        f"imports {r['machine']['import_seconds']} s (before any stage), "
         f"load avg start {tuple(round(x, 2) for x in r['machine']['loadavg_at_start'])}"
-        + (f", end {tuple(round(x, 2) for x in r['machine']['loadavg_at_end'])}" if "loadavg_at_end" in r["machine"] else ""),
-        f"dataset: {', '.join(d['sources'])}: {d['articles']} articles, {d['characters']:,} chars "
-        f"(mean {d['mean_chars']}), {d['bytes'] / 2**20:.1f} MiB",
+        + (
+            f", end {tuple(round(x, 2) for x in r['machine']['loadavg_at_end'])}"
+            if "loadavg_at_end" in r["machine"]
+            else ""
+        ),
+        (
+            f"dataset: {', '.join(d['sources'])}: {d['articles']} articles, {d['characters']:,} chars "
+            f"(mean {d['mean_chars']}), {d['bytes'] / 2**20:.1f} MiB"
+            if d
+            else "dataset: no news (--files 0)"
+        ),
         "",
-        f"{'run':<34}{'wall s':>9}{'files':>8}{'chunks':>8}{'files/s':>9}{'chunks/s':>10}{'peak RSS MiB':>14}",
-        "-" * 92,
+        f"{'run':<34}{'wall s':>9}{'CPU s':>9}{'files':>8}{'chunks':>8}{'files/s':>9}{'chunks/s':>10}"
+        f"{'tokens/s':>10}"
+        f"{'peak RSS MiB':>14}",
+        "-" * 111,
     ]
 
-    def row(name: str, wall: float, files: Any, chunks: Any, fps: Any, cps: Any, rss: Any) -> None:
+    def row(
+        name: str, wall: float, cpu: Any, files: Any, chunks: Any, fps: Any, cps: Any, tps: Any, rss: Any
+    ) -> None:
         def fmt(value: Any, spec: str) -> str:
-            return "-" if value is None else format(value, spec)
+            return format(value, spec) if value is not None else "-".rjust(len(format(0, spec)))
 
         lines.append(
-            f"{name:<34}{fmt(wall, '9.2f')}{fmt(files, '8d')}{fmt(chunks, '8d')}{fmt(fps, '9.2f')}"
-            f"{fmt(cps, '10.2f')}{fmt(rss, '14.0f')}"
+            f"{name:<34}{fmt(wall, '9.2f')}{fmt(cpu, '9.1f')}{fmt(files, '8d')}{fmt(chunks, '8d')}"
+            f"{fmt(fps, '9.2f')}"
+            f"{fmt(cps, '10.2f')}{fmt(tps, '10.0f')}{fmt(rss, '14.0f')}"
         )
 
-    row("ours: ingest (incl. model load)", ours["wall_seconds"], ours["files"], ours["chunks"], ours["files_per_s"],
-        ours["chunks_per_s"], ours["peak_rss_sampled_mib"])
-    if "raw" in r:
-        raw = r["raw"]
-        row("raw SentenceTransformer.encode", raw["encode_seconds"], None, ours["chunk_stats"]["stored"], None,
-            raw["chunks_per_s"], raw["peak_rss_sampled_mib"])
-    if "langchain" in r:
-        lc = r["langchain"]
-        row("LangChain (incl. model load)", lc["wall_seconds"], ours["files"], lc["chunks"],
-            ours["files"] / lc["wall_seconds"], lc["chunks_per_s"], lc["peak_rss_sampled_mib"])
-    rerun = r["ours_rerun"]
-    row("ours: re-run, nothing changed", rerun["wall_seconds"], rerun["files_unchanged"], rerun["chunks_added"],
-        rerun["files_unchanged"] / rerun["wall_seconds"], None, rerun["peak_rss_sampled_mib"])
+    if ours:
+        row(
+            "ours: ingest (incl. model load)",
+            ours["wall_seconds"],
+            ours["cpu_seconds"],
+            ours["files"],
+            ours["chunks"],
+            ours["files_per_s"],
+            ours["chunks_per_s"],
+            ours["tokens_per_s"],
+            ours["peak_rss_sampled_mib"],
+        )
+        if "raw" in r:
+            raw = r["raw"]
+            row(
+                "raw SentenceTransformer.encode",
+                raw["encode_seconds"],
+                raw["cpu_seconds"],
+                None,
+                ours["chunk_stats"]["stored"],
+                None,
+                raw["chunks_per_s"],
+                raw["tokens_per_s"],
+                raw["peak_rss_sampled_mib"],
+            )
+        if "langchain" in r:
+            lc = r["langchain"]
+            row(
+                "LangChain (incl. model load)",
+                lc["wall_seconds"],
+                lc["cpu_seconds"],
+                ours["files"],
+                lc["chunks"],
+                ours["files"] / lc["wall_seconds"],
+                lc["chunks_per_s"],
+                lc["tokens_per_s"],
+                lc["peak_rss_sampled_mib"],
+            )
+        rerun = r["ours_rerun"]
+        row(
+            "ours: re-run, nothing changed",
+            rerun["wall_seconds"],
+            None,
+            rerun["files_unchanged"],
+            rerun["chunks_added"],
+            rerun["files_unchanged"] / rerun["wall_seconds"],
+            None,
+            None,
+            rerun["peak_rss_sampled_mib"],
+        )
     if "sec" in r:
         sec = r["sec"]
-        row(f"ours: SEC 10-Q ({sec['pages']} pages)", sec["wall_seconds"], sec["files"], sec["chunks"],
-            sec["files"] / sec["wall_seconds"], sec["chunks_per_s"], sec["peak_rss_sampled_mib"])
-    lines.append("-" * 92)
-    cs = ours["chunk_stats"]
-    lines.append(f"our chunks: mean {cs['mean_chars']} chars / {cs['mean_tokens']} tokens (max {cs['max_tokens']}), "
-                 f"{cs['chars_per_token']} chars per token")
-    if "raw" in r:
-        lines.append(f"ours chunks/s / raw encode chunks/s = {r['ratio_ours_vs_raw']} (target >= 0.85); "
-                     f"excluding our model load: {r['ratio_ours_vs_raw_excl_model_load']}; "
-                     f"raw model load {r['raw']['model_load_seconds']} s; "
-                     f"min cosine(raw, stored) = {r['raw']['min_cosine_vs_stored']}")
-    if "langchain" in r:
-        lc = r["langchain"]
-        lines.append(f"LangChain splitter: chunk_size={lc['chunk_size_chars']} chars, overlap={lc['chunk_overlap_chars']} "
-                     f"chars -> mean {lc['mean_chars']} chars / {lc['mean_tokens']} tokens; "
-                     f"{lc['chunks_over_model_limit']} of {lc['chunks']} chunks exceed the model's 254 tokens "
-                     "(truncated silently)")
-        lines.append(f"LangChain stages: model {lc['model_load_seconds']} s, load {lc['load_seconds']} s, split "
-                     f"{lc['split_seconds']} s, embed+write {lc['embed_and_write_seconds']} s")
-        lines.append(f"our time / LangChain time = {r['ratio_ours_time_vs_langchain_time']}; our chunks/s / LangChain "
-                     f"chunks/s = {r['ratio_ours_chunks_per_s_vs_langchain']}")
+        row(
+            f"ours: SEC 10-Q ({sec['pdfs']} PDFs, {sec['pages']} p.)",
+            sec["wall_seconds"],
+            sec["cpu_seconds"],
+            sec["files"],
+            sec["chunks"],
+            sec["files"] / sec["wall_seconds"],
+            sec["chunks_per_s"],
+            None,
+            sec["peak_rss_sampled_mib"],
+        )
+    lines.append("-" * 111)
+    if ours:
+        cs = ours["chunk_stats"]
+        lines.append(
+            f"our chunks: mean {cs['mean_chars']} chars / {cs['mean_tokens']} tokens "
+            f"(max {cs['max_tokens']}), "
+            f"{cs['chars_per_token']} chars per token"
+        )
+        if "raw" in r:
+            lines.append(
+                f"ours chunks/s / raw encode chunks/s = {r['ratio_ours_vs_raw']} (target >= 0.85); "
+                f"excluding our model load: {r['ratio_ours_vs_raw_excl_model_load']}; "
+                f"by CPU time (raw CPU s / our CPU s): {r['ratio_ours_vs_raw_cpu']}; "
+                f"raw model load {r['raw']['model_load_seconds']} s; "
+                f"min cosine(raw, stored) = {r['raw']['min_cosine_vs_stored']}"
+            )
+        if "langchain" in r:
+            lc = r["langchain"]
+            lines.append(
+                f"LangChain splitter: chunk_size={lc['chunk_size_chars']} chars, "
+                f"overlap={lc['chunk_overlap_chars']} "
+                f"chars -> mean {lc['mean_chars']} chars / {lc['mean_tokens']} tokens; "
+                f"{lc['chunks_over_model_limit']} of {lc['chunks']} chunks exceed the model's 254 tokens "
+                "(truncated silently)"
+            )
+            lines.append(
+                f"LangChain stages: model {lc['model_load_seconds']} s, load {lc['load_seconds']} s, split "
+                f"{lc['split_seconds']} s, embed+write {lc['embed_and_write_seconds']} s"
+            )
+            lines.append(
+                f"our time / LangChain time = {r['ratio_ours_time_vs_langchain_time']} (CPU time: "
+                f"{r['ratio_ours_cpu_vs_langchain_cpu']}); our chunks/s / LangChain chunks/s = "
+                f"{r['ratio_ours_chunks_per_s_vs_langchain']}; our tokens/s / LangChain tokens/s = "
+                f"{r['ratio_ours_tokens_per_s_vs_langchain']}"
+            )
     if "sec" in r:
         sec = r["sec"]
-        lines.append(f"SEC: {sec['seconds_per_page']} s/page, {sec['pages_per_s']} pages/s, {sec['chunks']} chunks, "
-                     f"{sec['files_failed']} failed (page count by pypdf: {sec['pypdf_page_count_seconds']} s, not included)")
+        lines.append(
+            f"SEC: {sec['seconds_per_page']} s/page, {sec['pages_per_s']} pages/s, {sec['chunks']} chunks, "
+            f"{sec['pages_of_ingested_files']} of {sec['pages']} pages in ingested files, "
+            f"{sec['files_failed']} files failed "
+            f"(page count by pypdf: {sec['pypdf_page_count_seconds']} s, not included)"
+        )
+        for failure in sec["failed"]:
+            lines.append(f"  failed: {failure}")
     lines.append("")
-    lines.append(f"our news ingest, where the time went (wall {ours['wall_seconds']} s):")
-    for label, value in ours["breakdown"].items():
-        lines.append(f"  {label:<36}{value['seconds']:>9.2f} s{value['calls']:>8} calls")
+    if ours:
+        lines.append(f"our news ingest, where the time went (wall {ours['wall_seconds']} s):")
+        for label, value in ours["breakdown"].items():
+            lines.append(f"  {label:<36}{value['seconds']:>9.2f} s{value['calls']:>8} calls")
     if "sec" in r:
         lines.append(f"our SEC ingest, where the time went (wall {r['sec']['wall_seconds']} s):")
         for label, value in r["sec"]["breakdown"].items():
             lines.append(f"  {label:<36}{value['seconds']:>9.2f} s{value['calls']:>8} calls")
     lines.append("")
-    lines.append(f"peak RSS: sampled per stage with psutil every 0.1 s (table); whole process ru_maxrss "
-                 f"{r.get('process_peak_ru_maxrss_mib', '?')} MiB (monotonic, all stages together)")
+    lines.append(
+        f"peak RSS: sampled per stage with psutil every 0.1 s (table); whole process ru_maxrss "
+        f"{r.get('process_peak_ru_maxrss_mib', '?')} MiB (monotonic, all stages together)"
+    )
     print("\n".join(lines))
 
 

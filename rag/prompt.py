@@ -150,7 +150,7 @@ def render_instruct_prompt(messages: Sequence[Any]) -> str:
 
 
 def wrap_instruction(prompt: str) -> str:
-    """A plain prompt string as one user instruction; an already rendered one (starting with ``<s>``) as it is."""
+    """A plain prompt as one user instruction; an already rendered one (starting with ``<s>``) as it is."""
     if prompt.startswith(BOS):
         return prompt
     return render_instruct_prompt([ChatMessage("user", prompt)])

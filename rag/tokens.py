@@ -207,7 +207,8 @@ class HFTokenizer(MixtralTokenizer):
     def encode_text(self, text: str) -> list[int]:
         if not text:
             return []
-        return list(self._hf.encode(text, add_special_tokens=False))
+        # split_special_tokens: "<s>" or "<unk>" inside a document stays text, as in mistral-common
+        return list(self._hf.encode(text, add_special_tokens=False, split_special_tokens=True))
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self._hf.decode(list(ids), skip_special_tokens=True))

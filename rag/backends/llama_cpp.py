@@ -25,7 +25,7 @@ from rag.tokens import MixtralTokenizer, _LlamaTokenizer
 if TYPE_CHECKING:
     import llama_cpp
 
-__all__ = ["LlamaCppBackend", "check_gguf", "load_vocab_only"]
+__all__ = ["LlamaCppBackend", "check_gguf", "gguf_context_length", "load_vocab_only"]
 
 _SETTING = "RAG_LLM_MODEL"
 
@@ -53,13 +53,23 @@ def load_vocab_only(path: Path) -> llama_cpp.Llama:
 
     check_gguf(path)
     try:
-        return llama_cpp.Llama(model_path=str(path), vocab_only=True, n_ctx=0, verbose=False)
+        return llama_cpp.Llama(model_path=str(path), vocab_only=True, n_ctx=64, n_batch=64, verbose=False)
     except (ValueError, RuntimeError) as error:
         raise ConfigError(
             f"{_SETTING}={path}: llama.cpp cannot read this GGUF ({error}). The file may be truncated or "
             "from a "
             "newer llama.cpp: download it again or upgrade llama-cpp-python."
         ) from error
+
+
+def gguf_context_length(llama: llama_cpp.Llama) -> int:
+    """The trained context (``{arch}.context_length`` in the GGUF metadata; also known with ``vocab_only``)."""
+    metadata = llama.metadata
+    value = metadata.get(f"{metadata.get('general.architecture', 'llama')}.context_length", "0")
+    try:
+        return int(value)
+    except ValueError:
+        return 0
 
 
 class LlamaCppBackend(Backend):
@@ -86,7 +96,13 @@ class LlamaCppBackend(Backend):
             if self._client is not None:
                 self._path = Path(self._client.model_path)
             else:
-                self._path = check_gguf(resolve_gguf(self.config.model, setting=_SETTING))
+                name = self.config.model
+                if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_file():
+                    raise ModelNotFoundError(
+                        f"{_SETTING}={name}: no such file. Give the path of an existing .gguf file, or a hub "
+                        "repository and file such as hfl/chinese-mixtral-instruct-gguf/ggml-model-q4_0.gguf."
+                    )
+                self._path = check_gguf(resolve_gguf(name, setting=_SETTING))
         return self._path
 
     def _vocab_llama(self) -> llama_cpp.Llama:
@@ -100,7 +116,7 @@ class LlamaCppBackend(Backend):
     @property
     def n_ctx_train(self) -> int:
         """Context length the model was trained with (GGUF metadata), 0 when unknown."""
-        return int(self._vocab_llama().n_ctx_train())
+        return gguf_context_length(self._vocab_llama())
 
     @property
     def context_window(self) -> int:

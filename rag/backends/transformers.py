@@ -118,7 +118,7 @@ class TransformersBackend(Backend):
                 return
             device = self.config.device or ("cuda" if torch.cuda.is_available() else "cpu")
             logger.info("loading %s on %s", self.folder, device)
-            model = AutoModelForCausalLM.from_pretrained(self.folder, dtype="auto")
+            model: Any = AutoModelForCausalLM.from_pretrained(self.folder, dtype="auto")
             self._model = model.to(device).eval()
 
     def prepare(self, prompt: str, prompt_format: PromptFormat) -> PreparedPrompt:

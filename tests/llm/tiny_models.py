@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-MIXTRAL_V1_TOKENIZER = Path(__import__("mistral_common").__file__).parent / "data" / "tokenizer.model.v1"
+MIXTRAL_V1_TOKENIZER = Path(str(__import__("mistral_common").__file__)).parent / "data" / "tokenizer.model.v1"
 
 N_EMBD = 64
 N_HEAD = 4
