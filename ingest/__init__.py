@@ -1,10 +1,10 @@
 """Ingestion: documents in folders -> chunks with headings and pages -> embeddings -> Chroma.
 
-    from rag import Settings
-    from ingest import ingest
+from rag import Settings
+from ingest import ingest
 
-    report = ingest(["./docs"], Settings(data_dir="data", collection="docs"))
-    print(report.files_added, report.chunks_total)
+report = ingest(["./docs"], Settings(data_dir="data", collection="docs"))
+print(report.files_added, report.chunks_total)
 """
 
 from __future__ import annotations

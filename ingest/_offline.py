@@ -40,5 +40,5 @@ def install_offline_nlp() -> None:
         def _blank_nlp() -> Any:
             return nlp
 
-        tokenize._get_nlp = _blank_nlp
+        tokenize._get_nlp = _blank_nlp  # type: ignore[assignment]
         _installed = True

@@ -97,9 +97,7 @@ class _Unit:
     tokens: int
 
 
-def chunk_document(
-    document: LoadedDocument, counter: TokenCounter, *, max_tokens: int, overlap: int
-) -> list[Chunk]:
+def chunk_document(document: LoadedDocument, counter: TokenCounter, *, max_tokens: int, overlap: int) -> list[Chunk]:
     """Split ``document`` into chunks of at most ``max_tokens`` embedder tokens, ``overlap`` tokens shared."""
     if max_tokens < 8:
         raise ValueError(f"max_tokens must be at least 8, got {max_tokens}")
@@ -166,7 +164,12 @@ def _fit_units(units: list[_Unit], text: str, counter: TokenCounter, budget: int
         if len(rows) > 1:
             row_counts = counter.count_tokens([text[b:e] for b, e in rows])
             fitted.extend(
-                _fit_units([_Unit(b, e, n) for (b, e), n in zip(rows, row_counts, strict=True)], text, counter, budget)
+                _fit_units(
+                    [_Unit(b, e, n) for (b, e), n in zip(rows, row_counts, strict=True)],
+                    text,
+                    counter,
+                    budget,
+                )
             )
             continue
         spans = counter.token_spans(piece)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 __all__ = ["DiscoveredFile", "Discovery", "discover", "file_sha256"]
 

@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ingest._offline import install_offline_nlp
 
@@ -60,7 +61,19 @@ _PLAIN = {".txt", ".text", ".log"}
 _MARKDOWN = {".md", ".markdown"}
 _HTML = {".html", ".htm", ".xhtml"}
 _UNSTRUCTURED = {
-    ".docx", ".pptx", ".xlsx", ".csv", ".tsv", ".eml", ".epub", ".odt", ".rst", ".org", ".rtf", ".xml", ".json",
+    ".docx",
+    ".pptx",
+    ".xlsx",
+    ".csv",
+    ".tsv",
+    ".eml",
+    ".epub",
+    ".odt",
+    ".rst",
+    ".org",
+    ".rtf",
+    ".xml",
+    ".json",
 }
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(_PLAIN | _MARKDOWN | _HTML | _UNSTRUCTURED | {".pdf"})
 
@@ -90,12 +103,10 @@ def decode_text(data: bytes) -> str:
     except UnicodeDecodeError:
         from charset_normalizer import from_bytes
 
-        best = from_bytes(
-            data, cp_isolation=["gb18030", "big5", "utf_8", "shift_jis", "euc_kr", "cp1252"]
-        ).best()
-        if best is None:
+        match = from_bytes(data, cp_isolation=["gb18030", "big5", "utf_8", "shift_jis", "euc_kr", "cp1252"]).best()
+        if match is None:
             raise LoadError("binary content or an unknown text encoding") from None
-        text = str(best)
+        text = str(match)
     if text and len(_CONTROL.findall(text[:20000])) > 0.01 * min(len(text), 20000):
         raise LoadError("binary content, not text")
     return text
@@ -185,7 +196,7 @@ def _load_with_unstructured(path: Path, extension: str) -> LoadedDocument:
     return LoadedDocument(_from_unstructured(raw), extension[1:])
 
 
-def _from_unstructured(raw: list) -> list[Element]:  # type: ignore[type-arg]
+def _from_unstructured(raw: list[Any]) -> list[Element]:
     elements: list[Element] = []
     headings: list[tuple[int, str]] = []  # (depth, title) stack
     for item in raw:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ingest.chunk import CHUNKER_VERSION, Chunk, chunk_document
 from ingest.discover import DiscoveredFile, discover, file_sha256
-from ingest.load import SUPPORTED_EXTENSIONS, LoadError, LoadedDocument, load_document
+from ingest.load import SUPPORTED_EXTENSIONS, LoadedDocument, LoadError, load_document
 from rag.embeddings import SentenceTransformerEmbeddings
 from rag.store import ChunkStore, FileVersion
 
@@ -258,8 +258,9 @@ class IngestPipeline:
     def _write(self, batch: list[_Work], report: IngestReport, known_hashes: set[str]) -> int:
         chunks = [chunk for item in batch for chunk in item.chunks]
         # Vectors already in the store (a renamed file, unchanged parts of an edited one) are reused.
-        reusable_from = [c.content_hash for item in batch if item.previous or item.file_hash in known_hashes
-                         for c in item.chunks]
+        reusable_from = [
+            c.content_hash for item in batch if item.previous or item.file_hash in known_hashes for c in item.chunks
+        ]
         reused = self.store.embeddings_by_content(reusable_from)
         to_embed = [c.embed_text for c in chunks if c.content_hash not in reused]
         fresh = iter(self.embedder.embed_array(to_embed)) if to_embed else iter(())

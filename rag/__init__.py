@@ -22,10 +22,11 @@ if TYPE_CHECKING:
     from rag.embeddings import SentenceTransformerEmbeddings
     from rag.llm import MixtralInstructLLM
     from rag.prompt import render_instruct_prompt
-    from rag.store import open_store
+    from rag.store import ChunkStore
     from rag.tokens import MixtralTokenizer
 
 __all__ = [
+    "ChunkStore",
     "ConfigError",
     "EmptyStoreError",
     "MixtralInstructLLM",
@@ -36,7 +37,6 @@ __all__ = [
     "SentenceTransformerEmbeddings",
     "Settings",
     "StoreError",
-    "open_store",
     "render_instruct_prompt",
 ]
 
@@ -45,7 +45,7 @@ _LAZY = {
     "MixtralTokenizer": "rag.tokens",
     "render_instruct_prompt": "rag.prompt",
     "SentenceTransformerEmbeddings": "rag.embeddings",
-    "open_store": "rag.store",
+    "ChunkStore": "rag.store",
 }
 
 

@@ -20,7 +20,11 @@ __all__ = ["SentenceTransformerEmbeddings"]
 # Instructions some model families expect (query side, document side), when the model's own config has none.
 _KNOWN_PROMPTS: list[tuple[re.Pattern[str], str, str]] = [
     (re.compile(r"bge-(small|base|large)-zh", re.I), "为这个句子生成表示以用于检索相关文章：", ""),
-    (re.compile(r"bge-(small|base|large)-en", re.I), "Represent this sentence for searching relevant passages: ", ""),
+    (
+        re.compile(r"bge-(small|base|large)-en", re.I),
+        "Represent this sentence for searching relevant passages: ",
+        "",
+    ),
     (re.compile(r"(^|/)(multilingual-)?e5-", re.I), "query: ", "passage: "),
 ]
 
@@ -126,7 +130,7 @@ class SentenceTransformerEmbeddings(Embeddings):
         )
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self.embed_array(list(texts)).tolist()  # type: ignore[no-any-return]
+        return self.embed_array(list(texts)).tolist()
 
     def embed_query(self, text: str) -> list[float]:
-        return self.embed_array([text], query=True)[0].tolist()  # type: ignore[no-any-return]
+        return self.embed_array([text], query=True)[0].tolist()

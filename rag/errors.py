@@ -44,9 +44,7 @@ class EmptyStoreError(StoreError):
 class ContextOverflowError(RagError):
     """A prompt plus the tokens reserved for the answer do not fit the model's context window."""
 
-    def __init__(
-        self, message: str, *, prompt_tokens: int = 0, max_tokens: int = 0, context_window: int = 0
-    ) -> None:
+    def __init__(self, message: str, *, prompt_tokens: int = 0, max_tokens: int = 0, context_window: int = 0) -> None:
         super().__init__(message)
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import LangSmithParams
 from langchain_core.language_models.llms import LLM
-from langchain_core.outputs import GenerationChunk
+from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from rag.backends.base import Backend, BackendConfig, GenerationParams, Piece, PreparedPrompt, PromptFormat
@@ -236,7 +236,7 @@ class MixtralInstructLLM(LLM):
     @property
     def is_loaded(self) -> bool:
         """Whether the weights are in memory (or the server was checked)."""
-        return self._backend is not None and self._backend.loaded
+        return self._get_backend().loaded
 
     @property
     def context_window(self) -> int:
@@ -362,6 +362,37 @@ class MixtralInstructLLM(LLM):
                 run_manager.on_llm_new_token(piece.text, chunk=chunk, verbose=self.verbose)
             yield chunk
 
+    def _generate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        # like LLM._generate, but keeping the generation_info (finish_reason, prompt and cached token counts)
+        generations: list[list[Generation]] = []
+        for prompt in prompts:
+            final: GenerationChunk | None = None
+            for chunk in self._stream(prompt, stop, run_manager, **kwargs):
+                final = chunk if final is None else final + chunk
+            generations.append([_as_generation(final)])
+        return LLMResult(generations=generations)
+
+    async def _agenerate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        generations: list[list[Generation]] = []
+        for prompt in prompts:
+            final: GenerationChunk | None = None
+            async for chunk in self._astream(prompt, stop, run_manager, **kwargs):
+                final = chunk if final is None else final + chunk
+            generations.append([_as_generation(final)])
+        return LLMResult(generations=generations)
+
     def _call(
         self,
         prompt: str,
@@ -421,3 +452,9 @@ class MixtralInstructLLM(LLM):
     ) -> str:
         parts = [chunk.text async for chunk in self._astream(prompt, stop, run_manager, **kwargs)]
         return "".join(parts)
+
+
+def _as_generation(chunk: GenerationChunk | None) -> Generation:
+    if chunk is None:
+        return Generation(text="")
+    return Generation(text=chunk.text, generation_info=chunk.generation_info)

@@ -67,7 +67,8 @@ class Settings(BaseSettings):
         description="GGUF path, 'hub-repo/file.gguf', or a model name for the remote server.",
     )
     llm_base_url: str | None = Field(
-        default=None, description="An OpenAI-compatible server (llama.cpp server, vLLM) instead of a local GGUF."
+        default=None,
+        description="An OpenAI-compatible server (llama.cpp server, vLLM) instead of a local GGUF.",
     )
     llm_backend: str = Field(
         default="auto",
@@ -85,7 +86,9 @@ class Settings(BaseSettings):
     llm_repeat_penalty: float = Field(default=1.1, ge=0.0, description="Penalty for repeated tokens.")
     llm_seed: int | None = Field(default=None, description="Sampling seed (None: random).")
     max_context_tokens: int | None = Field(
-        default=None, ge=256, description="Token budget for retrieved evidence (default: the window less reserves)."
+        default=None,
+        ge=256,
+        description="Token budget for retrieved evidence (default: the window less reserves).",
     )
 
     @classmethod

@@ -55,7 +55,9 @@ def connect_chroma(*, path: str | os.PathLike[str] | None = None, url: str | Non
         os.makedirs(path, exist_ok=True)
         return chromadb.PersistentClient(path=os.fspath(path), settings=chroma_settings)
     except Exception as error:
-        raise StoreError(f"cannot open the store at {path} ({error}). Check RAG_DATA_DIR and its permissions.") from error
+        raise StoreError(
+            f"cannot open the store at {path} ({error}). Check RAG_DATA_DIR and its permissions."
+        ) from error
 
 
 @dataclass
@@ -143,7 +145,8 @@ class ChunkStore:
                 key = (str(meta.get("file_hash", "")), str(meta.get("signature", "")))
                 version = found[str(meta.get("source_abs", ""))].get(key)
                 if version is None:
-                    version = FileVersion(key[0], key[1], int(meta.get("chunk_count", 0) or 0))
+                    count = meta.get("chunk_count", 0)
+                    version = FileVersion(key[0], key[1], count if isinstance(count, int) else 0)
                     found[str(meta.get("source_abs", ""))][key] = version
                 version.ids.append(chunk_id)
             if len(ids) < _PAGE:
@@ -159,9 +162,8 @@ class ChunkStore:
         found: dict[str, list[float]] = {}
         unique = sorted(set(content_hashes))
         for first in range(0, len(unique), 500):
-            page = collection.get(
-                where={"content_hash": {"$in": unique[first : first + 500]}}, include=["embeddings", "metadatas"]
-            )
+            where: Any = {"content_hash": {"$in": unique[first : first + 500]}}
+            page = collection.get(where=where, include=["embeddings", "metadatas"])
             embeddings = page["embeddings"]
             if embeddings is None:
                 continue

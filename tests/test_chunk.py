@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -23,7 +24,15 @@ class CharCounter:
 def test_split_sentences_chinese_and_english() -> None:
     text = "第一句。第二句！“引号里的问句？”English one. Another; and\n新的一行"
     sentences = [text[a:b] for a, b in split_sentences(text)]
-    assert sentences == ["第一句。", "第二句！", "“引号里的问句？”", "English one.", "Another;", "and", "新的一行"]
+    assert sentences == [
+        "第一句。",
+        "第二句！",
+        "“引号里的问句？”",
+        "English one.",
+        "Another;",
+        "and",
+        "新的一行",
+    ]
 
 
 def test_split_sentences_keeps_decimals_and_abbreviations_together() -> None:
@@ -45,7 +54,7 @@ def test_chunks_respect_the_limit_and_are_slices_of_the_text() -> None:
         assert document.text[chunk.start : chunk.end] == chunk.text
         assert chunk.text.endswith("。")  # cut at sentence ends
     # overlap: each chunk starts inside the previous one, and everything is covered
-    for previous, current in zip(chunks, chunks[1:], strict=False):
+    for previous, current in itertools.pairwise(chunks):
         assert previous.start < current.start <= previous.end
     assert chunks[0].start == 0 and chunks[-1].end == len(document.text)
 

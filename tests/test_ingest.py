@@ -80,7 +80,11 @@ def test_incremental_runs(tmp_path: Path, embedder: Any) -> None:
     before = snapshot(data)
 
     unchanged = pipeline_for(data, embedder).run([folder])
-    assert (unchanged.files_unchanged, unchanged.files_added, unchanged.chunks_added) == (len(GOOD_ROLES), 0, 0)
+    assert (unchanged.files_unchanged, unchanged.files_added, unchanged.chunks_added) == (
+        len(GOOD_ROLES),
+        0,
+        0,
+    )
     assert snapshot(data) == before
 
     # modified, deleted, renamed, added
@@ -188,17 +192,36 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
 def test_cli_json_report_and_exit_codes(tmp_path: Path) -> None:
     folder = tmp_path / "docs"
     write_corpus(folder)
-    result = run_cli(str(folder), "--data-dir", str(tmp_path / "data"), "--embedding-model", BUNDLED_EMBEDDER,
-                     "--json", cwd=tmp_path)
+    result = run_cli(
+        str(folder),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--embedding-model",
+        BUNDLED_EMBEDDER,
+        "--json",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1, result.stderr  # bad files in the folder
     report = json.loads(result.stdout)
     assert set(report) >= {
-        "files_seen", "files_added", "files_updated", "files_unchanged", "files_removed", "files_failed",
-        "chunks_added", "chunks_removed", "chunks_total", "seconds",
+        "files_seen",
+        "files_added",
+        "files_updated",
+        "files_unchanged",
+        "files_removed",
+        "files_failed",
+        "chunks_added",
+        "chunks_removed",
+        "chunks_total",
+        "seconds",
     }
     assert report["files_added"] == len(GOOD_ROLES)
     assert {Path(f["path"]).name for f in report["files_failed"]} == {"broken.pdf", "empty.txt", "image.txt"}
-    for line in ("broken.pdf: corrupt or unreadable PDF", "empty.txt: empty file", "image.txt: binary content"):
+    for line in (
+        "broken.pdf: corrupt or unreadable PDF",
+        "empty.txt: empty file",
+        "image.txt: binary content",
+    ):
         assert line in result.stderr
 
     # a clean folder: exit 0; the collection's model is remembered without repeating the flag
@@ -211,8 +234,9 @@ def test_cli_json_report_and_exit_codes(tmp_path: Path) -> None:
 
     usage = run_cli("--chunk-size", "many", str(good), cwd=tmp_path)
     assert usage.returncode == 2 and "chunk-size" in usage.stderr.lower()
-    mismatch = run_cli(str(good), "--data-dir", str(tmp_path / "data"), "--embedding-model", "other/model",
-                       cwd=tmp_path)
+    mismatch = run_cli(
+        str(good), "--data-dir", str(tmp_path / "data"), "--embedding-model", "other/model", cwd=tmp_path
+    )
     assert mismatch.returncode == 1 and "--reset" in mismatch.stderr
 
 
@@ -242,7 +266,10 @@ def test_kill_9_then_rerun_equals_one_clean_run(tmp_path: Path) -> None:
 
     for kill_after_chunks in (30, 100):
         process = subprocess.Popen(
-            [sys.executable, "-c", script, str(crashed / "chroma")], stdout=subprocess.PIPE, text=True, env=env
+            [sys.executable, "-c", script, str(crashed / "chroma")],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         assert process.stdout is not None
         deadline = time.monotonic() + 240
@@ -261,11 +288,22 @@ def test_kill_9_then_rerun_equals_one_clean_run(tmp_path: Path) -> None:
     from chromadb.api.client import SharedSystemClient
 
     SharedSystemClient.clear_system_cache()
-    final = subprocess.run([sys.executable, "-c", script, str(crashed / "chroma")], capture_output=True, text=True, env=env,
-                           timeout=300)
+    final = subprocess.run(
+        [sys.executable, "-c", script, str(crashed / "chroma")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert final.returncode == 0, final.stderr
     clean = tmp_path / "clean"
-    subprocess.run([sys.executable, "-c", script, str(clean / "chroma")], check=True, capture_output=True, env=env, timeout=300)
+    subprocess.run(
+        [sys.executable, "-c", script, str(clean / "chroma")],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=300,
+    )
 
     clean_store, recovered = snapshot(clean), snapshot(crashed)
     assert 0 < len(interrupted) < len(clean_store)  # the kills really happened mid-way

@@ -11,7 +11,11 @@ from rag import ConfigError, Settings
 
 def test_keyword_arguments(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, collection="notes", embedding_model="some/model")
-    assert (settings.data_dir, settings.collection, settings.embedding_model) == (tmp_path, "notes", "some/model")
+    assert (settings.data_dir, settings.collection, settings.embedding_model) == (
+        tmp_path,
+        "notes",
+        "some/model",
+    )
     assert settings.chroma_path == tmp_path / "chroma"
 
 
