@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ingest.load import LoadedDocument
+from rag.store import with_heading
 
 __all__ = ["CHUNKER_VERSION", "Chunk", "TokenCounter", "chunk_document", "split_sentences"]
 
@@ -230,4 +231,4 @@ def _finalise(drafts: list[_Draft], text: str, counter: TokenCounter, max_tokens
 
 
 def _embed_text(heading: str, body: str) -> str:
-    return f"{heading}\n{body}" if heading else body
+    return with_heading(heading, body)

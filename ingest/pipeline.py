@@ -21,6 +21,7 @@ from ingest.chunk import CHUNKER_VERSION, Chunk, chunk_document
 from ingest.discover import DiscoveredFile, discover, file_sha256
 from ingest.load import SUPPORTED_EXTENSIONS, LoadedDocument, LoadError, load_document
 from rag.embeddings import SentenceTransformerEmbeddings
+from rag.lexical import LexicalIndex
 from rag.store import ChunkStore, FileVersion
 
 __all__ = ["FileProblem", "IngestPipeline", "IngestProgress", "IngestReport", "chunk_signature"]
@@ -88,6 +89,7 @@ class IngestPipeline:
         store: ChunkStore,
         embedder: SentenceTransformerEmbeddings,
         *,
+        lexical: LexicalIndex | None = None,
         chunk_size: int = 512,
         chunk_overlap: int = 64,
         max_file_bytes: int = 200 * 1024 * 1024,
@@ -98,6 +100,7 @@ class IngestPipeline:
     ) -> None:
         self.store = store
         self.embedder = embedder
+        self.lexical = lexical
         self.chunk_size = chunk_size
         self.chunk_overlap = chunk_overlap
         self.max_file_bytes = max_file_bytes
@@ -120,7 +123,11 @@ class IngestPipeline:
         named = {os.path.abspath(os.fspath(p)) for p in paths}
         if reset:
             self.store.reset()
+            if self.lexical is not None:
+                self.lexical.clear()
         self.store.open_for_writing(embedding_model=self.embedder.name, signature=self.signature)
+        if self.lexical is not None:
+            self.lexical.sync(self.store)  # repairs what an interrupted run left behind
         stored = self.store.file_versions()
         all_hashes = {v.file_hash for versions in stored.values() for v in versions if v.complete}
 
@@ -158,6 +165,8 @@ class IngestPipeline:
                 stale_ids += [i for v in versions for i in v.ids]
         if stale_ids:
             self.store.delete(stale_ids)
+            if self.lexical is not None:
+                self.lexical.delete(stale_ids)
             report.chunks_removed += len(stale_ids)
 
         if work:
@@ -282,6 +291,9 @@ class IngestPipeline:
             new_ids = set(ids)
             old = [i for v in item.previous for i in v.ids if i not in new_ids]
             self.store.delete(old)
+            if self.lexical is not None:
+                self.lexical.add(ids, [chunk.embed_text for chunk in item.chunks])
+                self.lexical.delete(old)
             report.chunks_added += count
             report.chunks_removed += len(old)
             if item.previous:

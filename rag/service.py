@@ -6,16 +6,18 @@ The CLI, the UI and user code call these builders; everything else takes its col
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rag.embeddings import SentenceTransformerEmbeddings
+from rag.lexical import LexicalIndex
 from rag.settings import Settings
 from rag.store import ChunkStore, connect_chroma
 
 if TYPE_CHECKING:
     from ingest.pipeline import FileProblem, IngestPipeline, IngestProgress
+    from rag.retriever import HybridRetriever
 
-__all__ = ["build_embedder", "build_ingest_pipeline", "build_store"]
+__all__ = ["build_embedder", "build_ingest_pipeline", "build_lexical_index", "build_retriever", "build_store"]
 
 
 def build_embedder(settings: Settings, store: ChunkStore | None = None) -> SentenceTransformerEmbeddings:
@@ -37,6 +39,11 @@ def build_store(settings: Settings) -> ChunkStore:
     return ChunkStore(client, settings.collection)
 
 
+def build_lexical_index(settings: Settings) -> LexicalIndex:
+    """The BM25 index beside the store (local even when the store is a Chroma server; it resyncs by id)."""
+    return LexicalIndex(settings.data_dir / "lexical" / f"{settings.collection}.sqlite3")
+
+
 def build_ingest_pipeline(
     settings: Settings,
     *,
@@ -50,6 +57,7 @@ def build_ingest_pipeline(
     return IngestPipeline(
         store,
         build_embedder(settings, store),
+        lexical=build_lexical_index(settings),
         chunk_size=settings.chunk_size,
         chunk_overlap=settings.chunk_overlap,
         max_file_bytes=int(settings.max_file_mb * 2**20),
@@ -57,3 +65,14 @@ def build_ingest_pipeline(
         on_problem=on_problem,
         on_notice=on_notice,
     )
+
+
+def build_retriever(settings: Settings, **fields: Any) -> HybridRetriever:
+    """The hybrid retriever over the collection named by ``settings``; ``fields`` set its options (k, ...)."""
+    from rag.retriever import HybridRetriever
+
+    store = build_store(settings)
+    lexical = build_lexical_index(settings)
+    if store.exists():
+        lexical.sync(store)
+    return HybridRetriever(store=store, embedder=build_embedder(settings, store), lexical=lexical, **fields)

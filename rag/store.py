@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
 
-__all__ = ["ChunkStore", "FileVersion", "connect_chroma"]
+__all__ = ["ChunkStore", "FileVersion", "connect_chroma", "with_heading"]
 
 _PAGE = 5000
 
@@ -58,6 +58,11 @@ def connect_chroma(*, path: str | os.PathLike[str] | None = None, url: str | Non
         raise StoreError(
             f"cannot open the store at {path} ({error}). Check RAG_DATA_DIR and its permissions."
         ) from error
+
+
+def with_heading(heading: str, text: str) -> str:
+    """A chunk as the retrievers read it: its heading path on the first line, then its text."""
+    return f"{heading}\n{text}" if heading else text
 
 
 @dataclass
@@ -170,6 +175,51 @@ class ChunkStore:
             for meta, vector in zip(page["metadatas"] or [], embeddings, strict=True):
                 found[str(meta["content_hash"])] = list(vector)
         return found
+
+    def all_ids(self) -> set[str]:
+        collection = self._existing()
+        if collection is None:
+            return set()
+        ids: set[str] = set()
+        offset = 0
+        while True:
+            page = collection.get(include=[], limit=_PAGE, offset=offset)
+            ids.update(page["ids"])
+            if len(page["ids"]) < _PAGE:
+                return ids
+            offset += _PAGE
+
+    def indexed_texts(self, ids: Sequence[str]) -> list[str]:
+        """What the lexical index reads for the chunks ``ids`` (heading line + text), in that order."""
+        if not ids:
+            return []
+        page = self._writable().get(ids=list(ids), include=["documents", "metadatas"])
+        by_id = {
+            chunk_id: with_heading(str((meta or {}).get("heading", "")), text or "")
+            for chunk_id, text, meta in zip(page["ids"], page["documents"] or [], page["metadatas"] or [], strict=True)
+        }
+        return [by_id[i] for i in ids]
+
+    def nearest(self, vector: Sequence[float], k: int) -> list[tuple[str, float]]:
+        """The ``k`` chunks closest to ``vector``: (chunk id, cosine similarity)."""
+        collection = self._existing()
+        if collection is None:
+            return []
+        query: Any = [list(vector)]
+        result = collection.query(query_embeddings=query, n_results=k, include=["distances"])
+        distances = (result["distances"] or [[]])[0]
+        return [(chunk_id, 1.0 - float(d)) for chunk_id, d in zip(result["ids"][0], distances, strict=True)]
+
+    def chunks(self, ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Text and metadata of the chunks ``ids`` that exist."""
+        collection = self._existing()
+        if collection is None or not ids:
+            return {}
+        page = collection.get(ids=list(ids), include=["documents", "metadatas"])
+        return {
+            chunk_id: (text or "", dict(meta or {}))
+            for chunk_id, text, meta in zip(page["ids"], page["documents"] or [], page["metadatas"] or [], strict=True)
+        }
 
     # -- writing -------------------------------------------------------------------------------------------
     def _writable(self) -> Collection:

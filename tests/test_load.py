@@ -111,3 +111,38 @@ def test_unstructured_offline_hook_still_exists() -> None:
     install_offline_nlp()
     nlp = tokenize._get_nlp()
     assert nlp.pipe_names == ["sentencizer"]
+
+
+def _write_more_formats(folder: Path) -> dict[str, tuple[Path, str]]:
+    import openpyxl
+    import pptx
+
+    slides = pptx.Presentation()
+    slide = slides.slides.add_slide(slides.slide_layouts[1])
+    slide.shapes.title.text = "季度目标"
+    slide.placeholders[1].text = "完成三个新客户的签约。"
+    slides.save(str(folder / "plan.pptx"))
+    book = openpyxl.Workbook()
+    book.active.append(["产品", "价格"])
+    book.active.append(["苹果", 3])
+    book.save(str(folder / "prices.xlsx"))
+    (folder / "people.csv").write_text("姓名,年龄\n张三,30\n李四,25\n", encoding="utf-8")
+    (folder / "mail.eml").write_text(
+        "From: a@example.com\nTo: b@example.com\nSubject: 通知\nContent-Type: text/plain; charset=utf-8\n\n"
+        "明天上午十点开会。\n",
+        encoding="utf-8",
+    )
+    (folder / "guide.rst").write_text("安装指南\n========\n\n运行安装程序即可。\n", encoding="utf-8")
+    return {
+        "pptx": (folder / "plan.pptx", "完成三个新客户的签约"),
+        "xlsx": (folder / "prices.xlsx", "苹果 | 3"),
+        "csv": (folder / "people.csv", "张三 | 30"),
+        "eml": (folder / "mail.eml", "明天上午十点开会"),
+        "rst": (folder / "guide.rst", "运行安装程序即可"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["pptx", "xlsx", "csv", "eml", "rst"])
+def test_more_formats_through_unstructured(tmp_path: Path, kind: str) -> None:
+    path, expected = _write_more_formats(tmp_path)[kind]
+    assert expected in load_document(path).text

@@ -1,0 +1,125 @@
+"""The lexical side of retrieval: BM25 over jieba tokens (Chinese) and words (English).
+
+Stored in SQLite FTS5 beside the store (``data_dir/lexical/<collection>.sqlite3``): inserts and deletes are
+incremental and transactional, queries rank with FTS5's own ``bm25()``. The vector store stays the source of
+truth; :meth:`LexicalIndex.sync` reconciles the two by chunk id (cheap when they agree), so an interrupted ingest
+or a store shared through a Chroma server never leaves the lexical side wrong for long.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rag.store import ChunkStore
+
+__all__ = ["LexicalIndex", "tokenize"]
+
+_WORD = re.compile(r"[\w\u3400-\u9fff]+", re.UNICODE)
+_CJK = re.compile(r"[\u3400-\u9fff]")
+# Function words that match nearly every Chinese passage: they only slow the query down.
+_STOPWORDS = frozenset(
+    "的 了 是 在 和 与 及 或 也 都 就 而 被 把 对 为 以 于 之 其 这 那 有 个 中 上 下 吗 呢 吧 啊 什么 哪 哪些 哪个 "
+    "谁 多少 怎么 如何 为什么 a an the of to in on for and or is are was were be what which who how".split()
+)
+_jieba_lock = threading.Lock()
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased tokens: jieba words for Chinese runs, whole words for everything else."""
+    import jieba
+
+    tokens: list[str] = []
+    for run in _WORD.findall(text.lower()):
+        if _CJK.search(run):
+            with _jieba_lock:  # jieba's lazy dictionary load is not thread-safe
+                pieces = jieba.lcut(run)
+            tokens.extend(piece for piece in pieces if piece.strip())
+        else:
+            tokens.append(run)
+    return tokens
+
+
+def _quoted(token: str) -> str:
+    return '"' + token.replace('"', '""') + '"'
+
+
+class LexicalIndex:
+    """A BM25 index of chunk texts keyed by chunk id."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(self.path, timeout=30)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute(
+                "CREATE VIRTUAL TABLE IF NOT EXISTS chunks USING fts5("
+                "chunk_id UNINDEXED, body, tokenize='unicode61 remove_diacritics 0')"
+            )
+            self._local.connection = connection
+        return connection
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM chunks").fetchone()[0])
+
+    def ids(self) -> set[str]:
+        return {row[0] for row in self._db.execute("SELECT chunk_id FROM chunks")}
+
+    def add(self, ids: Sequence[str], texts: Sequence[str]) -> None:
+        rows = [(chunk_id, " ".join(tokenize(text))) for chunk_id, text in zip(ids, texts, strict=True)]
+        with self._db as db:
+            db.executemany("DELETE FROM chunks WHERE chunk_id = ?", [(chunk_id,) for chunk_id, _ in rows])
+            db.executemany("INSERT INTO chunks (chunk_id, body) VALUES (?, ?)", rows)
+
+    def delete(self, ids: Iterable[str]) -> None:
+        with self._db as db:
+            db.executemany("DELETE FROM chunks WHERE chunk_id = ?", [(chunk_id,) for chunk_id in ids])
+
+    def clear(self) -> None:
+        with self._db as db:
+            db.execute("DELETE FROM chunks")
+
+    def search(self, query: str, k: int) -> list[tuple[str, float]]:
+        """Best ``k`` chunk ids with their BM25 scores (higher is better)."""
+        terms = list(dict.fromkeys(t for t in tokenize(query) if t not in _STOPWORDS))
+        if not terms:
+            terms = list(dict.fromkeys(tokenize(query)))
+        if not terms:
+            return []
+        expression = " OR ".join(_quoted(term) for term in terms)
+        rows = self._db.execute(
+            "SELECT chunk_id, -bm25(chunks) AS score FROM chunks WHERE chunks MATCH ? ORDER BY score DESC LIMIT ?",
+            (expression, k),
+        ).fetchall()
+        return [(chunk_id, float(score)) for chunk_id, score in rows]
+
+    def sync(self, store: ChunkStore) -> tuple[int, int]:
+        """Make the index hold exactly the store's chunks; returns (added, removed)."""
+        stored = store.all_ids()
+        present = self.ids()
+        missing = sorted(stored - present)
+        extra = present - stored
+        if extra:
+            self.delete(extra)
+        for first in range(0, len(missing), 1000):
+            batch = missing[first : first + 1000]
+            self.add(batch, store.indexed_texts(batch))
+        return len(missing), len(extra)
+
+    def close(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None

@@ -1,0 +1,124 @@
+"""Hybrid retrieval: dense (Chroma) and lexical (BM25 over jieba tokens), fused with care.
+
+Naive reciprocal-rank fusion lets a weak side pull good lexical hits down (an English embedder on Chinese text
+ranks close to randomly). We fuse *calibrated scores* instead: each side's scores are scaled to [0, 1] within its
+own candidates, then mixed with a weight that depends on how well the embedder fits the query's language. Known
+Chinese-capable embedders get an even mix; an English-only embedder facing a Chinese question only breaks ties.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+from pydantic import ConfigDict, Field
+
+from rag.embeddings import SentenceTransformerEmbeddings
+from rag.lexical import LexicalIndex
+from rag.store import ChunkStore
+
+__all__ = ["HybridRetriever", "dense_weight_for", "fuse_scores"]
+
+_CJK = re.compile(r"[\u3400-\u9fff]")
+# Embedders trained on Chinese (alone or among many languages).
+_CHINESE_CAPABLE = re.compile(
+    r"bge-m3|bge-(small|base|large)-zh|multilingual|text2vec|m3e|gte-.*zh|jina-embeddings-v[23]-base-zh|"
+    r"xiaobu|conan|piccolo|stella|acge|chinese|labse|qwen|gte-qwen",
+    re.I,
+)
+
+
+def dense_weight_for(embedding_model: str, query: str) -> float:
+    """How much to trust the dense side for this model and query (0 = lexical only, 1 = dense only)."""
+    chinese_query = len(_CJK.findall(query)) >= max(1, len(query.strip()) // 4)
+    if _CHINESE_CAPABLE.search(embedding_model):
+        return 0.5
+    return 0.1 if chinese_query else 0.4
+
+
+def _scaled(scores: dict[str, float]) -> dict[str, float]:
+    if not scores:
+        return {}
+    low, high = min(scores.values()), max(scores.values())
+    if high - low < 1e-9:
+        return dict.fromkeys(scores, 1.0)
+    return {key: (value - low) / (high - low) for key, value in scores.items()}
+
+
+def fuse_scores(dense: dict[str, float], lexical: dict[str, float], dense_weight: float) -> dict[str, float]:
+    """Weighted sum of min-max scaled scores; a candidate missing from one side scores 0 there."""
+    dense_scaled, lexical_scaled = _scaled(dense), _scaled(lexical)
+    return {
+        key: dense_weight * dense_scaled.get(key, 0.0) + (1.0 - dense_weight) * lexical_scaled.get(key, 0.0)
+        for key in dense_scaled.keys() | lexical_scaled.keys()
+    }
+
+
+class HybridRetriever(BaseRetriever):
+    """Dense + BM25 retrieval over one collection; ``invoke(query, k=...)`` overrides :attr:`k`.
+
+    Every returned ``Document`` has ``source``, ``page`` (when known), ``heading``, ``chunk_id`` and ``score``
+    (plus ``dense_score``/``lexical_score``) in its metadata.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    store: ChunkStore
+    """The vector store (Chroma) holding the chunks."""
+    embedder: SentenceTransformerEmbeddings
+    """Embeds queries; must be the model the collection was built with."""
+    lexical: LexicalIndex | None = None
+    """BM25 index of the same chunks; None: dense only."""
+    k: int = Field(default=5, ge=1)
+    """Documents returned."""
+    candidates: int = Field(default=50, ge=1)
+    """Candidates taken from each side before fusion."""
+    dense_weight: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Weight of the dense side in the fusion; None: chosen from the embedder's language fit."""
+    mode: str = Field(default="hybrid", pattern="^(hybrid|dense|lexical)$")
+    """'hybrid', or one side alone (for evaluation)."""
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun | None = None, k: int | None = None
+    ) -> list[Document]:
+        wanted = k or self.k
+        pool = max(self.candidates, wanted)
+        dense: dict[str, float] = {}
+        lexical: dict[str, float] = {}
+        if self.mode != "lexical" and self.store.count():
+            vector = self.embedder.embed_query(query)
+            dense = dict(self.store.nearest(vector, pool))
+        if self.mode != "dense" and self.lexical is not None:
+            lexical = dict(self.lexical.search(query, pool))
+        if self.mode == "dense":
+            fused = dense
+        elif self.mode == "lexical" or not dense:
+            fused = lexical
+        else:
+            weight = self.dense_weight if self.dense_weight is not None else dense_weight_for(self.embedder.name, query)
+            fused = fuse_scores(dense, lexical, weight)
+        ranked = sorted(fused, key=lambda key: fused[key], reverse=True)
+        chunks = self.store.chunks(ranked[: wanted * 2])  # room for near-duplicates dropped below
+        documents: list[Document] = []
+        seen_texts: set[str] = set()
+        for chunk_id in ranked[: wanted * 2]:
+            chunk = chunks.get(chunk_id)
+            if chunk is None:  # deleted since the lexical index saw it
+                continue
+            text, metadata = chunk
+            fingerprint = re.sub(r"\s+", "", text)
+            if fingerprint in seen_texts:
+                continue
+            seen_texts.add(fingerprint)
+            meta: dict[str, Any] = {**metadata, "chunk_id": chunk_id, "score": round(fused[chunk_id], 6)}
+            if chunk_id in dense:
+                meta["dense_score"] = round(dense[chunk_id], 6)
+            if chunk_id in lexical:
+                meta["lexical_score"] = round(lexical[chunk_id], 6)
+            documents.append(Document(page_content=text, metadata=meta, id=chunk_id))
+            if len(documents) == wanted:
+                break
+        return documents

@@ -1,0 +1,140 @@
+"""The same ingest against a real Chroma server (``chroma run``), as users who outgrow one machine run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rag.store import connect_chroma
+from tests.conftest import BUNDLED_EMBEDDER
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def chroma_server(tmp_path: Path) -> Iterator[str]:
+    executable = shutil.which("chroma", path=str(Path(sys.executable).parent)) or shutil.which("chroma")
+    if executable is None:
+        pytest.fail("the chroma command is missing: it ships with chromadb (pip install chromadb)")
+    port = _free_port()
+    server = subprocess.Popen(
+        [executable, "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            connect_chroma(url=url).heartbeat()
+            break
+        except Exception:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                pytest.fail("the Chroma server did not start within 60 s")
+            time.sleep(0.3)
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def _ingest(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ingest", *args, "--json"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+    )
+
+
+def test_ingest_into_a_chroma_server(tmp_path: Path, chroma_server: str) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.md").write_text("# 服务器\n\n向量库运行在独立的服务器进程中。\n", encoding="utf-8")
+    (folder / "b.txt").write_text("Several processes can share one Chroma server.", encoding="utf-8")
+    env = {"RAG_CHROMA_URL": chroma_server, "RAG_EMBEDDING_MODEL": BUNDLED_EMBEDDER, "RAG_DATA_DIR": str(tmp_path)}
+
+    first = _ingest(str(folder), cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["files_added"] == 2
+    assert not (tmp_path / "chroma").exists()  # nothing went to an embedded store
+
+    collection = connect_chroma(url=chroma_server).get_collection("docs")
+    got = collection.get(include=["metadatas"])
+    assert {m["file_name"] for m in got["metadatas"]} == {"a.md", "b.txt"}
+
+    (folder / "b.txt").unlink()
+    second = _ingest(str(folder), cwd=tmp_path, env=env)
+    assert json.loads(second.stdout)["files_removed"] == 1
+    assert collection.count() == 1
+
+
+def test_server_down_is_a_clear_error(tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("内容。", encoding="utf-8")
+    url = f"http://127.0.0.1:{_free_port()}"
+    result = _ingest(str(folder), cwd=tmp_path, env={"RAG_CHROMA_URL": url})
+    assert result.returncode == 1
+    assert f"cannot reach the Chroma server at {url}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal the command shows files, chunks and time left."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.txt").write_text(f"第{i}个文件。" * 50, encoding="utf-8")
+    main, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ingest",
+            str(folder),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--embedding-model",
+            BUNDLED_EMBEDDER,
+        ],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=secondary,
+        env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "160"},
+    )
+    os.close(secondary)
+    output = b""
+    while True:
+        try:
+            data = os.read(main, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        output += data
+    process.wait(timeout=300)
+    os.close(main)
+    screen = output.decode("utf-8", "replace")
+    assert process.returncode == 0, screen
+    assert "3/3 files" in screen and "chunks" in screen and "left" in screen
+    assert "3 files seen: 3 added" in screen
