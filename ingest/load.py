@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,15 +169,25 @@ def _load_pdf(path: Path) -> LoadedDocument:
     from pypdf.errors import PdfReadError
 
     try:
-        reader = PdfReader(path)
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise LoadError("encrypted PDF: remove the password first")
-        elements: list[Element] = []
-        for number, page in enumerate(reader.pages, start=1):
-            elements.extend(_paragraphs(page.extract_text() or "", page=number))
+        with _relaxed_pdf_limits():
+            reader = PdfReader(path)
+            if reader.is_encrypted and not reader.decrypt(""):
+                raise LoadError("encrypted PDF: remove the password first")
+            elements: list[Element] = []
+            for number, page in enumerate(reader.pages, start=1):
+                elements.extend(_paragraphs(page.extract_text() or "", page=number))
     except PdfReadError as error:
         raise LoadError(f"corrupt or unreadable PDF ({error})") from None
     return LoadedDocument(elements, "pdf")
+
+
+def _relaxed_pdf_limits() -> AbstractContextManager[Any]:
+    """pypdf's default limit (100,000 array elements) rejects real filings such as 10-Qs with big tables."""
+    try:
+        from pypdf import apply_configuration
+    except ImportError:  # older pypdf: no configurable limits
+        return nullcontext()
+    return apply_configuration(array_maximum_element_count=10_000_000)
 
 
 def _load_with_unstructured(path: Path, extension: str) -> LoadedDocument:

@@ -19,9 +19,9 @@ from typing import Any
 
 from ingest.chunk import CHUNKER_VERSION, Chunk, chunk_document
 from ingest.discover import DiscoveredFile, discover, file_sha256
-from ingest.load import SUPPORTED_EXTENSIONS, LoadedDocument, LoadError, load_document
+from ingest.load import SUPPORTED_EXTENSIONS, LoadError, load_document
 from rag.embeddings import SentenceTransformerEmbeddings
-from rag.lexical import LexicalIndex
+from rag.lexical import LexicalIndex, index_body
 from rag.store import ChunkStore, FileVersion
 
 __all__ = ["FileProblem", "IngestPipeline", "IngestProgress", "IngestReport", "chunk_signature"]
@@ -77,8 +77,8 @@ class _Work:
     file: DiscoveredFile
     file_hash: str
     previous: list[FileVersion]
-    document: LoadedDocument | None = None
     chunks: list[Chunk] = field(default_factory=list)
+    lexical_bodies: list[str] = field(default_factory=list)
 
 
 class IngestPipeline:
@@ -217,24 +217,16 @@ class IngestPipeline:
             buffer.clear()
             buffered_chunks = 0
 
-        for item, error in self._loaded(work):
+        for item, error in self._prepared(work, size, overlap):
             files_done += 1
             bytes_done += item.file.size
             if error is not None:
                 self._fail(report, FileProblem(item.file.given, error))
-            else:
-                assert item.document is not None
-                try:
-                    item.chunks = chunk_document(item.document, self.embedder, max_tokens=size, overlap=overlap)
-                except ValueError as chunk_error:
-                    self._fail(report, FileProblem(item.file.given, f"cannot be chunked ({chunk_error})"))
-                    item.chunks = []
-                item.document = None  # free the text early; chunks hold what is needed
-                if item.chunks:
-                    buffer.append(item)
-                    buffered_chunks += len(item.chunks)
-                    if buffered_chunks >= self.flush_chunks:
-                        flush()
+            elif item.chunks:
+                buffer.append(item)
+                buffered_chunks += len(item.chunks)
+                if buffered_chunks >= self.flush_chunks:
+                    flush()
             if self._on_progress:
                 self._on_progress(
                     IngestProgress(files_done, len(work), bytes_done, bytes_total, chunks_done, item.file.given)
@@ -244,25 +236,35 @@ class IngestPipeline:
             if self._on_progress:
                 self._on_progress(IngestProgress(files_done, len(work), bytes_done, bytes_total, chunks_done, ""))
 
-    def _loaded(self, work: list[_Work]) -> Iterator[tuple[_Work, str | None]]:
-        """Load files in a background thread, a few ahead of the embedder, in order."""
+    def _prepare(self, item: _Work, size: int, overlap: int) -> str | None:
+        """Load, chunk and (for BM25) tokenise one file; runs in the loader thread, beside the embedder."""
+        try:
+            document = load_document(item.file.absolute)
+        except LoadError as error:
+            return str(error)
+        try:
+            item.chunks = chunk_document(document, self.embedder, max_tokens=size, overlap=overlap)
+        except ValueError as error:
+            return f"cannot be chunked ({error})"
+        if self.lexical is not None:
+            item.lexical_bodies = [index_body(chunk.embed_text) for chunk in item.chunks]
+        return None
+
+    def _prepared(self, work: list[_Work], size: int, overlap: int) -> Iterator[tuple[_Work, str | None]]:
+        """Prepare files in a background thread, a few ahead of the embedder, in order."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-load") as pool:
-            pending: deque[tuple[_Work, Future[LoadedDocument]]] = deque()
+            pending: deque[tuple[_Work, Future[str | None]]] = deque()
             queue = iter(work)
             for item in queue:
-                pending.append((item, pool.submit(load_document, item.file.absolute)))
-                if len(pending) >= 8:
+                pending.append((item, pool.submit(self._prepare, item, size, overlap)))
+                if len(pending) >= 16:
                     break
             while pending:
                 item, future = pending.popleft()
                 next_item = next(queue, None)
                 if next_item is not None:
-                    pending.append((next_item, pool.submit(load_document, next_item.file.absolute)))
-                try:
-                    item.document = future.result()
-                    yield item, None
-                except LoadError as error:
-                    yield item, str(error)
+                    pending.append((next_item, pool.submit(self._prepare, next_item, size, overlap)))
+                yield item, future.result()
 
     def _write(self, batch: list[_Work], report: IngestReport, known_hashes: set[str]) -> int:
         chunks = [chunk for item in batch for chunk in item.chunks]
@@ -276,26 +278,22 @@ class IngestPipeline:
         vectors = [reused[c.content_hash] if c.content_hash in reused else next(fresh) for c in chunks]
         report.chunks_reused += len(chunks) - len(to_embed)
 
-        position = 0
+        # One write for the whole batch (each Chroma call has a large fixed cost); a file whose chunks did not
+        # all land is still detected by its chunk_count on the next run.
+        ids = [self._chunk_id(item, chunk) for item in batch for chunk in item.chunks]
+        metadatas = [self._metadata(item, chunk) for item in batch for chunk in item.chunks]
+        self.store.upsert(ids, vectors, [chunk.text for chunk in chunks], metadatas)
+        if self.lexical is not None:
+            self.lexical.add_bodies(ids, [body for item in batch for body in item.lexical_bodies])
+        # only now that the new versions are complete do the old versions go
+        new_ids = set(ids)
+        old = [i for item in batch for v in item.previous for i in v.ids if i not in new_ids]
+        self.store.delete(old)
+        if self.lexical is not None:
+            self.lexical.delete(old)
+        report.chunks_added += len(ids)
+        report.chunks_removed += len(old)
         for item in batch:
-            count = len(item.chunks)
-            ids = [self._chunk_id(item, chunk) for chunk in item.chunks]
-            self.store.upsert(
-                ids,
-                vectors[position : position + count],
-                [chunk.text for chunk in item.chunks],
-                [self._metadata(item, chunk) for chunk in item.chunks],
-            )
-            position += count
-            # only now that the new version is complete do the old versions go
-            new_ids = set(ids)
-            old = [i for v in item.previous for i in v.ids if i not in new_ids]
-            self.store.delete(old)
-            if self.lexical is not None:
-                self.lexical.add(ids, [chunk.embed_text for chunk in item.chunks])
-                self.lexical.delete(old)
-            report.chunks_added += count
-            report.chunks_removed += len(old)
             if item.previous:
                 report.files_updated += 1
             else:

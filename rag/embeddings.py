@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import threading
 from pathlib import Path
@@ -52,6 +53,8 @@ class SentenceTransformerEmbeddings(Embeddings):
         self._setting = setting
         self._client = client
         self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._counter: Any = None
         self._query_prompt, self._document_prompt = "", ""
         for pattern, query_prompt, document_prompt in _KNOWN_PROMPTS:
             if pattern.search(model):
@@ -103,16 +106,28 @@ class SentenceTransformerEmbeddings(Embeddings):
         return limit - special - prompt
 
     # -- tokens (the chunker's TokenCounter) ---------------------------------------------------------------
+    @property
+    def _counting_tokenizer(self) -> Any:
+        # A copy of its own: the chunker counts in the loader thread while encode() uses (and reconfigures:
+        # padding, truncation) the model's tokenizer, and a fast tokenizer must not be used by two threads.
+        if self._counter is None:
+            with self._lock:
+                if self._counter is None:
+                    self._counter = copy.deepcopy(self.client.tokenizer)
+        return self._counter
+
     def count_tokens(self, texts: list[str]) -> list[int]:
         if not texts:
             return []
-        encoded = self.client.tokenizer(
-            texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False
-        )
+        with self._count_lock:
+            encoded = self._counting_tokenizer(
+                texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False
+            )
         return [len(ids) for ids in encoded["input_ids"]]
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
-        encoded = self.client.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        with self._count_lock:
+            encoded = self._counting_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return [(int(a), int(b)) for a, b in encoded["offset_mapping"] if b > a]
 
     # -- embedding -----------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rag.store import ChunkStore
 
-__all__ = ["LexicalIndex", "tokenize"]
+__all__ = ["LexicalIndex", "index_body", "tokenize"]
 
 _WORD = re.compile(r"[\w\u3400-\u9fff]+", re.UNICODE)
 _CJK = re.compile(r"[\u3400-\u9fff]")
@@ -44,6 +44,11 @@ def tokenize(text: str) -> list[str]:
         else:
             tokens.append(run)
     return tokens
+
+
+def index_body(text: str) -> str:
+    """What the index stores for a text: its tokens joined by spaces (FTS5 then splits on the spaces)."""
+    return " ".join(tokenize(text))
 
 
 def _quoted(token: str) -> str:
@@ -78,7 +83,11 @@ class LexicalIndex:
         return {row[0] for row in self._db.execute("SELECT chunk_id FROM chunks")}
 
     def add(self, ids: Sequence[str], texts: Sequence[str]) -> None:
-        rows = [(chunk_id, " ".join(tokenize(text))) for chunk_id, text in zip(ids, texts, strict=True)]
+        self.add_bodies(ids, [index_body(text) for text in texts])
+
+    def add_bodies(self, ids: Sequence[str], bodies: Sequence[str]) -> None:
+        """Add (or replace) chunks whose text was already turned into :func:`index_body`."""
+        rows = list(zip(ids, bodies, strict=True))
         with self._db as db:
             db.executemany("DELETE FROM chunks WHERE chunk_id = ?", [(chunk_id,) for chunk_id, _ in rows])
             db.executemany("INSERT INTO chunks (chunk_id, body) VALUES (?, ?)", rows)
