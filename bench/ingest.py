@@ -196,9 +196,7 @@ class Breakdown:
         self._restore.clear()
 
     def rows(self, wall: float) -> list[tuple[str, float, int]]:
-        main_thread = sum(
-            v for k, v in self.seconds.items() if not k.startswith("  ") and "bg thread" not in k
-        )
+        main_thread = sum(v for k, v in self.seconds.items() if not k.startswith("  ") and "bg thread" not in k)
         rows = [(label, seconds, self.calls[label]) for label, seconds in self.seconds.items()]
         rows.append(("other (main thread, unaccounted)", max(0.0, wall - main_thread), 0))
         return rows
@@ -252,14 +250,10 @@ def stored_chunks(data_dir: Path, collection: str) -> tuple[list[str], list[int]
     offset = 0
     while True:
         page: Any = col.get(include=["documents", "metadatas", "embeddings"], limit=5000, offset=offset)
-        for document, meta, vector in zip(
-            page["documents"], page["metadatas"], page["embeddings"], strict=True
-        ):
+        for document, meta, vector in zip(page["documents"], page["metadatas"], page["embeddings"], strict=True):
             heading = str(meta.get("heading") or "")
             text = f"{heading}\n{document}" if heading else document
-            rows.append(
-                (str(meta["source_abs"]), int(meta["chunk_index"]), text, int(meta["tokens"]), vector)
-            )
+            rows.append((str(meta["source_abs"]), int(meta["chunk_index"]), text, int(meta["tokens"]), vector))
         if len(page["ids"]) < 5000:
             break
         offset += 5000
@@ -291,9 +285,7 @@ def pdf_pages(files: list[Path]) -> tuple[dict[str, int], list[str], float]:
 def settings_for(data_dir: Path, collection: str) -> Any:
     from rag import Settings
 
-    return Settings(
-        data_dir=data_dir, collection=collection, embedding_model=MODEL, embedding_batch_size=BATCH
-    )
+    return Settings(data_dir=data_dir, collection=collection, embedding_model=MODEL, embedding_batch_size=BATCH)
 
 
 # -- the run --
@@ -311,9 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="how many crud-news source files (1,930 articles each; 0: SEC only)",
     )
-    parser.add_argument(
-        "--limit-articles", type=int, default=None, help="stop after this many articles in all"
-    )
+    parser.add_argument("--limit-articles", type=int, default=None, help="stop after this many articles in all")
     parser.add_argument("--skip-langchain", action="store_true", help="leave out the LangChain pipeline")
     parser.add_argument("--skip-sec", action="store_true", help="leave out the SEC 10-Q PDFs")
     parser.add_argument("--skip-raw", action="store_true", help="leave out the raw encode baseline")
@@ -419,9 +409,7 @@ def main(argv: list[str] | None = None) -> int:
                 "chunks_per_s": round(report.chunks_added / wall, 2),
                 "chunks_per_s_excl_model_load": round(report.chunks_added / max(wall - load_s, 1e-9), 2),
                 "encode_seconds_inside": round(encode_s, 2),
-                "breakdown": {
-                    label: {"seconds": round(s, 2), "calls": c} for label, s, c in breakdown.rows(wall)
-                },
+                "breakdown": {label: {"seconds": round(s, 2), "calls": c} for label, s, c in breakdown.rows(wall)},
                 **stage_memory(),
             }
             log(f"ours: {report.chunks_added} chunks from {report.files_added} files in {wall:.1f}s")
@@ -526,9 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_sec:
             docs = args.data / "sec-10q" / "docs"
             patterns = args.sec_glob or ["*.pdf"]
-            pdfs = sorted(
-                {path for pattern in patterns for path in docs.glob(pattern) if path.suffix == ".pdf"}
-            )
+            pdfs = sorted({path for pattern in patterns for path in docs.glob(pattern) if path.suffix == ".pdf"})
             page_map, refused, page_count_s = pdf_pages(pdfs)
             n_pdf, n_pages = len(page_map), sum(page_map.values())
             sec_dir = workdir / "sec"
@@ -564,8 +550,7 @@ def main(argv: list[str] | None = None) -> int:
                 "pages_per_s": round(ok_pages / sec_wall, 2),
                 "chunks_per_s": round(sec.chunks_added / sec_wall, 2),
                 "breakdown": {
-                    label: {"seconds": round(s, 2), "calls": c}
-                    for label, s, c in sec_breakdown.rows(sec_wall)
+                    label: {"seconds": round(s, 2), "calls": c} for label, s, c in sec_breakdown.rows(sec_wall)
                 },
                 **stage_memory(),
             }
@@ -618,9 +603,7 @@ def run_langchain(
     splitter = RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
     chunks = splitter.split_documents(documents)
     t_split = time.perf_counter()
-    store = Chroma.from_documents(
-        chunks, embeddings, collection_name="bench_news_lc", persist_directory=str(persist)
-    )
+    store = Chroma.from_documents(chunks, embeddings, collection_name="bench_news_lc", persist_directory=str(persist))
     t_store = time.perf_counter()
     wall = t_store - started
     cpu = cpu_seconds() - cpu0
@@ -685,9 +668,7 @@ def print_table(r: dict[str, Any]) -> None:
         "-" * 111,
     ]
 
-    def row(
-        name: str, wall: float, cpu: Any, files: Any, chunks: Any, fps: Any, cps: Any, tps: Any, rss: Any
-    ) -> None:
+    def row(name: str, wall: float, cpu: Any, files: Any, chunks: Any, fps: Any, cps: Any, tps: Any, rss: Any) -> None:
         def fmt(value: Any, spec: str) -> str:
             return format(value, spec) if value is not None else "-".rjust(len(format(0, spec)))
 

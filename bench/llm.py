@@ -87,9 +87,7 @@ def follow_up_ttft(model: Path, context_tokens: int, threads: int) -> dict[str, 
     llm.warm_up()
     facts, i = [], 0
     while True:
-        facts.append(
-            f"Fact {i}: the warehouse in district {i % 17} stores {i * 13} boxes of item {i * 7 % 101}."
-        )
+        facts.append(f"Fact {i}: the warehouse in district {i % 17} stores {i * 13} boxes of item {i * 7 % 101}.")
         i += 1
         if i % 20 == 0 and llm.count_prompt_tokens(" ".join(facts)) >= context_tokens:
             break
@@ -113,9 +111,7 @@ def follow_up_ttft(model: Path, context_tokens: int, threads: int) -> dict[str, 
 
     first_prompt = render_instruct_prompt(first_turn)
     t1, answer, eval1 = ttft(first_prompt)
-    follow = render_instruct_prompt(
-        [*first_turn, ("assistant", answer.strip() or "?"), ("user", "And in fact 9?")]
-    )
+    follow = render_instruct_prompt([*first_turn, ("assistant", answer.strip() or "?"), ("user", "And in fact 9?")])
     t2, _, eval2 = ttft(follow)
     client.reset()  # the same follow-up without the cache, for comparison
     t3, _, eval3 = ttft(follow)
@@ -154,12 +150,8 @@ def counting(repeats: int = 7) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--model", type=Path, default=None, help="GGUF (default: bundled SmolLM2-135M-Instruct)"
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None, help="GGUF (default: bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--tokens", type=int, default=128, help="tokens generated per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--context-tokens", type=int, default=4000)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from rag.errors import (
     ConfigError,
+    ContextOverflowError,
     EmptyStoreError,
     ModelMismatchError,
     ModelNotFoundError,
@@ -19,16 +20,22 @@ from rag.errors import (
 from rag.settings import Settings
 
 if TYPE_CHECKING:
+    from rag.chain import build_chain
     from rag.embeddings import SentenceTransformerEmbeddings
     from rag.llm import MixtralInstructLLM
-    from rag.prompt import render_instruct_prompt
+    from rag.prompt import ChatMessage, render_instruct_prompt
+    from rag.retriever import HybridRetriever
+    from rag.service import build_retriever
     from rag.store import ChunkStore
     from rag.tokens import MixtralTokenizer
 
 __all__ = [
+    "ChatMessage",
     "ChunkStore",
     "ConfigError",
+    "ContextOverflowError",
     "EmptyStoreError",
+    "HybridRetriever",
     "MixtralInstructLLM",
     "MixtralTokenizer",
     "ModelMismatchError",
@@ -37,15 +44,21 @@ __all__ = [
     "SentenceTransformerEmbeddings",
     "Settings",
     "StoreError",
+    "build_chain",
+    "build_retriever",
     "render_instruct_prompt",
 ]
 
 _LAZY = {
+    "ChatMessage": "rag.prompt",
     "MixtralInstructLLM": "rag.llm",
     "MixtralTokenizer": "rag.tokens",
     "render_instruct_prompt": "rag.prompt",
     "SentenceTransformerEmbeddings": "rag.embeddings",
     "ChunkStore": "rag.store",
+    "HybridRetriever": "rag.retriever",
+    "build_retriever": "rag.service",
+    "build_chain": "rag.chain",
 }
 
 

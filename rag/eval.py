@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +20,13 @@ from langchain_core.documents import Document
 __all__ = [
     "EvalQuestion",
     "EvalSet",
+    "cmrc_scores",
+    "is_rejection",
     "load_dataset",
     "passage_id",
+    "plot_retrieval_curve",
     "retrieval_metrics",
+    "rgb_correct",
     "write_passages",
 ]
 
@@ -159,3 +164,77 @@ def retrieval_metrics(
     metrics["precision@5"] = precision5 / n
     metrics["mrr@10"] = reciprocal / n
     return metrics
+
+
+# -- answer metrics ----------------------------------------------------------------------------------------------
+_REJECTIONS = ("信息不足", "insufficient information", "not in the documents")
+_PUNCTUATION = re.compile(r"[\s\u3000-\u303f\uff00-\uffef!-/:-@\[-`{-~，。、；：？！“”‘’（）《》【】…—·]")
+
+
+def rgb_correct(answer: str, expected: Sequence[Any]) -> bool:
+    """RGB's rule: every expected element occurs in the answer (a list element: any alternative)."""
+    text = answer.lower().replace(" ", "")
+    for element in expected:
+        alternatives = element if isinstance(element, list) else [element]
+        if not any(str(option).lower().replace(" ", "") in text for option in alternatives):
+            return False
+    return True
+
+
+def is_rejection(answer: str) -> bool:
+    lowered = answer.lower()
+    return any(marker in lowered for marker in _REJECTIONS)
+
+
+def _normalise(text: str) -> str:
+    return _PUNCTUATION.sub("", text.lower())
+
+
+def _longest_common_substring(a: str, b: str) -> int:
+    best = 0
+    previous = [0] * (len(b) + 1)
+    for char_a in a:
+        current = [0] * (len(b) + 1)
+        for j, char_b in enumerate(b, start=1):
+            if char_a == char_b:
+                current[j] = previous[j - 1] + 1
+                best = max(best, current[j])
+        previous = current
+    return best
+
+
+def cmrc_scores(answer: str, references: Sequence[str]) -> tuple[float, float]:
+    """CMRC 2018's EM and character F1 (longest common substring, punctuation removed), best over references."""
+    prediction = _normalise(answer)
+    exact = f1 = 0.0
+    for reference in references:
+        gold = _normalise(reference)
+        if not gold:
+            continue
+        exact = max(exact, float(prediction == gold))
+        common = _longest_common_substring(prediction, gold)
+        if common:
+            precision, recall = common / len(prediction), common / len(gold)
+            f1 = max(f1, 2 * precision * recall / (precision + recall))
+    return exact, f1
+
+
+def plot_retrieval_curve(results: dict[str, dict[str, float]], ks: Sequence[int], path: Path, title: str) -> None:
+    """A PNG of hit@k against k, one line per retriever."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, metrics in results.items():
+        axes.plot(list(ks), [metrics[f"hit@{k}"] for k in ks], marker="o", label=name)
+    axes.set_xlabel("k")
+    axes.set_ylabel("hit@k")
+    axes.set_ylim(0, 1.02)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

@@ -198,8 +198,7 @@ class MixtralInstructLLM(LLM):
         fields.update(overrides)
         if fields["backend"] not in ("auto", "llama_cpp", "openai", "transformers"):
             raise ConfigError(
-                f"RAG_LLM_BACKEND={fields['backend']!r} is not a backend: use auto, llama_cpp, openai or "
-                "transformers"
+                f"RAG_LLM_BACKEND={fields['backend']!r} is not a backend: use auto, llama_cpp, openai or transformers"
             )
         return cls(**fields)
 
@@ -308,9 +307,7 @@ class MixtralInstructLLM(LLM):
             raise ValueError("`stop` found in both the input and default params.")
         unknown = set(kwargs) - set(_GEN_KEYS)
         if unknown:
-            raise TypeError(
-                f"unexpected generation arguments: {', '.join(sorted(unknown))} (use {_GEN_KEYS})"
-            )
+            raise TypeError(f"unexpected generation arguments: {', '.join(sorted(unknown))} (use {_GEN_KEYS})")
         values: dict[str, Any] = {key: kwargs.get(key, getattr(self, key)) for key in _GEN_KEYS}
         return GenerationParams(stop=list(stop or self.stop or []), **values)
 
@@ -342,11 +339,7 @@ class MixtralInstructLLM(LLM):
 
     @staticmethod
     def _chunk(piece: Piece) -> GenerationChunk:
-        info = (
-            {"finish_reason": piece.finish_reason, **piece.info}
-            if piece.finish_reason or piece.info
-            else None
-        )
+        info = {"finish_reason": piece.finish_reason, **piece.info} if piece.finish_reason or piece.info else None
         return GenerationChunk(text=piece.text, generation_info=info)
 
     def _stream(

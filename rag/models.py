@@ -95,6 +95,9 @@ def resolve_gguf(name: str, *, setting: str) -> Path:
     local = Path(name).expanduser()
     if local.is_file():
         return local
+    # a path (not 'owner/repo/file.gguf') that does not exist: never ask the hub about it
+    if name.startswith((".", "/", "~")) or (local.suffix.lower() == ".gguf" and name.count("/") < 2):
+        raise ModelNotFoundError(f"{setting}={name}: no such file. Give the path of a .gguf file.")
     bundled = bundled_model_path(name)
     if bundled is not None and bundled.is_file():
         return bundled

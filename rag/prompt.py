@@ -131,9 +131,7 @@ def render_instruct_prompt(messages: Sequence[Any]) -> str:
     for index, turn in enumerate(turns):
         expected = "user" if index % 2 == 0 else "assistant"
         if turn.role != expected:
-            where = (
-                "a system message may only come first" if turn.role == "system" else "turns must alternate"
-            )
+            where = "a system message may only come first" if turn.role == "system" else "turns must alternate"
             raise ValueError(
                 f"message {index + (1 if system is not None else 0)} has role {turn.role!r}, expected "
                 f"{expected!r}: "

@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         description="auto (inferred: base_url -> openai, .gguf -> llama_cpp, folder -> transformers), "
         "llama_cpp, openai or transformers.",
     )
+    llm_prompt_format: str = Field(
+        default="auto",
+        pattern="^(auto|mixtral|native)$",
+        description="auto (Mixtral's [INST] template for Mixtral models, else the GGUF's own chat template), "
+        "mixtral or native.",
+    )
     llm_api_key: str | None = Field(default=None, description="API key for the remote server, if it wants one.")
     llm_timeout: float = Field(default=120.0, gt=0, description="Seconds to wait for a remote server.")
     llm_n_ctx: int = Field(default=32768, ge=512, le=131072, description="Context window in tokens.")

@@ -210,6 +210,18 @@ class ChunkStore:
         distances = (result["distances"] or [[]])[0]
         return [(chunk_id, 1.0 - float(d)) for chunk_id, d in zip(result["ids"][0], distances, strict=True)]
 
+    def chunks_where(self, where: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+        """(id, text, metadata) of the chunks matching a Chroma ``where`` filter on metadata."""
+        collection = self._existing()
+        if collection is None:
+            return []
+        condition: Any = where
+        page = collection.get(where=condition, include=["documents", "metadatas"])
+        return [
+            (chunk_id, text or "", dict(meta or {}))
+            for chunk_id, text, meta in zip(page["ids"], page["documents"] or [], page["metadatas"] or [], strict=True)
+        ]
+
     def chunks(self, ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         """Text and metadata of the chunks ``ids`` that exist."""
         collection = self._existing()

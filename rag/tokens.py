@@ -40,9 +40,7 @@ def mixtral_v1_model_file() -> Path:
         candidate = Path(location) / "data" / "tokenizer.model.v1"
         if candidate.is_file():
             return candidate
-    raise ModelNotFoundError(
-        "mistral-common has no data/tokenizer.model.v1: reinstall mistral-common (>=1.13)"
-    )
+    raise ModelNotFoundError("mistral-common has no data/tokenizer.model.v1: reinstall mistral-common (>=1.13)")
 
 
 class MixtralTokenizer:
@@ -67,9 +65,7 @@ class MixtralTokenizer:
             raise ConfigError("sentencepiece is not installed: pip install 'sentencepiece>=0.2'") from error
         path = self._model_file or mixtral_v1_model_file()
         if not path.is_file():
-            raise ModelNotFoundError(
-                f"tokenizer model {path} does not exist: give an existing tokenizer.model"
-            )
+            raise ModelNotFoundError(f"tokenizer model {path} does not exist: give an existing tokenizer.model")
         self._processor = sentencepiece.SentencePieceProcessor(model_file=str(path))
 
     @classmethod

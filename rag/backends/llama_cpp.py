@@ -198,9 +198,7 @@ class LlamaCppBackend(Backend):
         if prompt_format == "native":
             template = tokenizer.llama.metadata.get("tokenizer.chat_template")
             if not template:
-                logger.warning(
-                    "%s has no chat template: using the Mixtral-Instruct format", self.model_path.name
-                )
+                logger.warning("%s has no chat template: using the Mixtral-Instruct format", self.model_path.name)
                 return self.prepare(prompt, "mixtral")
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 

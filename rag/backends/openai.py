@@ -39,9 +39,7 @@ class OpenAIBackend(Backend):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         if not config.base_url:
-            raise ConfigError(
-                "the openai backend needs a server URL: set RAG_LLM_BASE_URL (http://host:port/v1)"
-            )
+            raise ConfigError("the openai backend needs a server URL: set RAG_LLM_BASE_URL (http://host:port/v1)")
         self.base_url = str(config.base_url).rstrip("/")
         self._client: Any = config.client  # an injected httpx.Client
         self._tokenizer: MixtralTokenizer | None = None
@@ -87,9 +85,7 @@ class OpenAIBackend(Backend):
         if prompt_format == "native":
             # the server renders its own template: count the plain instruction as a lower bound
             n_tokens = self.tokenizer.count(prompt) + 1
-            return PreparedPrompt(
-                text=prompt, n_tokens=n_tokens, messages=[{"role": "user", "content": prompt}]
-            )
+            return PreparedPrompt(text=prompt, n_tokens=n_tokens, messages=[{"role": "user", "content": prompt}])
         text = wrap_instruction(prompt) if prompt_format == "mixtral" else prompt
         n_tokens = self.tokenizer.count(text) if text.startswith(BOS) else self.tokenizer.count(text) + 1
         return PreparedPrompt(text=text.removeprefix(BOS), n_tokens=n_tokens)
@@ -119,31 +115,53 @@ class OpenAIBackend(Backend):
             url, body["prompt"] = f"{self.base_url}/completions", prompt.text
         finish: str | None = None
         usage: dict[str, Any] = {}
+        done = produced = False
         with self._errors(), self.http.stream("POST", url, json=body) as response:
             if response.status_code >= 400:
                 response.read()
                 self._raise_for_status(response, prompt_tokens=prompt.n_tokens, max_tokens=params.max_tokens)
-            for line in response.iter_lines():
-                if cancelled():
-                    finish = "cancelled"
-                    break
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                event = json.loads(data)
-                if "error" in event:
-                    raise RagError(f"the LLM server at {self.base_url} failed: {event['error']}")
-                usage = event.get("usage") or usage
-                for choice in event.get("choices") or []:
-                    text = choice.get("text")
-                    if text is None:
-                        text = (choice.get("delta") or {}).get("content") or ""
-                    if text:
-                        yield Piece(text)
-                    finish = choice.get("finish_reason") or finish
+            try:
+                for line in response.iter_lines():
+                    if cancelled():
+                        finish, done = "cancelled", True
+                        break
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    event = json.loads(data)
+                    if "error" in event:
+                        raise RagError(f"the LLM server at {self.base_url} failed: {event['error']}")
+                    usage = event.get("usage") or usage
+                    for choice in event.get("choices") or []:
+                        text = choice.get("text")
+                        if text is None:
+                            text = (choice.get("delta") or {}).get("content") or ""
+                        if text:
+                            produced = True
+                            yield Piece(text)
+                        finish = choice.get("finish_reason") or finish
+            except _stream_dropped():
+                pass  # the server dropped the stream: handled below
+        if not done and not finish:
+            if not produced:
+                # llama-cpp-python's server reports errors raised inside a stream (a prompt too long for its
+                # context, say) by closing it: ask again without streaming and one token to get the reason.
+                self._probe(url, body, prompt, params)
+            raise RagError(
+                f"the LLM server at {self.base_url} ended the answer without finishing; see the server's log"
+            )
         yield Piece("", finish_reason=finish, info={"prompt_tokens": prompt.n_tokens, **usage})
+
+    def _probe(self, url: str, body: dict[str, Any], prompt: PreparedPrompt, params: GenerationParams) -> None:
+        import httpx
+
+        # a fresh connection: the pooled one is the dropped stream's
+        with self._errors(), httpx.Client(timeout=self.http.timeout, headers=self.http.headers) as fresh:
+            response = fresh.post(url, json={**body, "stream": False, "max_tokens": 1})
+        self._raise_for_status(response, prompt_tokens=prompt.n_tokens, max_tokens=params.max_tokens)
 
     # -- errors
     @contextmanager
@@ -206,3 +224,10 @@ class OpenAIBackend(Backend):
 
     def describe(self) -> str:
         return f"{self.config.model} at {self.base_url}"
+
+
+def _stream_dropped() -> tuple[type[Exception], ...]:
+    """How httpx reports a server that closes a stream it had started (the connection itself worked)."""
+    import httpx
+
+    return (httpx.RemoteProtocolError, httpx.ReadError)

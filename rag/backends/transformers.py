@@ -199,9 +199,7 @@ class TransformersBackend(Backend):
                 if tail:
                     yield Piece(tail)
             finally:
-                stop_now.set()
-                for _ in streamer:  # drain so the worker never blocks on a full queue
-                    pass
+                stop_now.set()  # the worker ends at its next step (the streamer's queue is unbounded)
                 worker.join()
         if errors:
             raise errors[0]

@@ -136,9 +136,9 @@ def test_context_overflow_is_refused_before_any_work(tiny_mixtral_gguf: Path) ->
 def test_an_injected_client_is_used_as_is(tiny_mixtral_gguf: Path) -> None:
     import llama_cpp
 
-    client = llama_cpp.Llama(str(tiny_mixtral_gguf), n_ctx=300, verbose=False)
+    client = llama_cpp.Llama(str(tiny_mixtral_gguf), n_ctx=512, verbose=False)
     llm = MixtralInstructLLM(client=client, max_tokens=4, model="tiny")
-    assert llm.backend_name == "llama_cpp" and llm.is_loaded and llm.context_window == 300
+    assert llm.backend_name == "llama_cpp" and llm.is_loaded and llm.context_window == client.n_ctx() == 512
     assert isinstance(llm.invoke("你好"), str)
     assert llm.backend_instance.client is client  # type: ignore[attr-defined]
 
@@ -177,9 +177,7 @@ def test_batch(smollm2_llm: MixtralInstructLLM) -> None:
 
 
 def test_lcel_chain(smollm2_llm: MixtralInstructLLM) -> None:
-    chain = (
-        PromptTemplate.from_template("What is the capital of {country}? Answer in one word.") | smollm2_llm
-    )
+    chain = PromptTemplate.from_template("What is the capital of {country}? Answer in one word.") | smollm2_llm
     answer = (chain | StrOutputParser()).invoke({"country": "Italy"})
     assert "rome" in answer.lower()
 
@@ -217,7 +215,7 @@ def test_follow_up_reuses_the_prompt_cache(smollm2_gguf: Path) -> None:
     import llama_cpp
 
     llm = MixtralInstructLLM(model=str(smollm2_gguf), n_ctx=2048, max_tokens=8, temperature=0.0, n_threads=2)
-    context = " ".join(f"Fact {i}: the number {i} is written {i * 7}." for i in range(60))
+    context = " ".join(f"Fact {i}: the number {i} is written {i * 7}." for i in range(45))
     first_turn = [("system", "Answer from the facts."), ("user", context + "\nWhat is fact 3?")]
     first = llm.generate([render_instruct_prompt(first_turn)])
     answer = first.generations[0][0].text
@@ -233,6 +231,6 @@ def test_follow_up_reuses_the_prompt_cache(smollm2_gguf: Path) -> None:
     n_follow_up = llm.count_prompt_tokens(follow_up)
     info = second.generations[0][0].generation_info or {}
     n_first = (first.generations[0][0].generation_info or {})["prompt_tokens"]
-    assert n_first > 500
+    assert n_first > 400
     assert info["cached_prompt_tokens"] >= n_first - 1
     assert processed <= n_follow_up - n_first + 16  # only the new tokens (answer + question), not the prefix

@@ -112,9 +112,7 @@ def test_a_server_that_never_answers_times_out(silent_server: str) -> None:
 
 # -- transformers: a tiny random MixtralForCausalLM
 def test_transformers_backend_on_a_tiny_mixtral(tiny_mixtral_hf: Path) -> None:
-    llm = MixtralInstructLLM(
-        model=str(tiny_mixtral_hf), backend="transformers", max_tokens=5, temperature=0.0
-    )
+    llm = MixtralInstructLLM(model=str(tiny_mixtral_hf), backend="transformers", max_tokens=5, temperature=0.0)
     assert llm.context_window == 4096  # n_ctx 32768 clamped to max_position_embeddings
     assert not llm.is_loaded
     conversation = CONVERSATIONS[2]

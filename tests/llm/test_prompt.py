@@ -44,8 +44,7 @@ def test_rendered_text_follows_the_template() -> None:
     text = render_instruct_prompt([("system", "SYS"), ("user", "q1"), ("assistant", "a1"), ("user", "q2")])
     assert text == "<s>[INST] SYS\n\nq1 [/INST] a1</s>[INST] q2 [/INST]"
     assert (
-        render_instruct_prompt([ChatMessage("user", "q"), ChatMessage("assistant", "a")])
-        == "<s>[INST] q [/INST] a</s>"
+        render_instruct_prompt([ChatMessage("user", "q"), ChatMessage("assistant", "a")]) == "<s>[INST] q [/INST] a</s>"
     )
     assert wrap_instruction("q") == "<s>[INST] q [/INST]"
     assert wrap_instruction(text) == text

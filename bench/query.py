@@ -1,0 +1,98 @@
+"""Query latency: hybrid retrieval plus long-context assembly (no LLM) over a store built from CRUD-RAG news.
+
+    python bench/query.py --workdir /tmp/rag-bench --articles 2000          # builds the store once, then times
+    python bench/query.py --workdir /tmp/rag-bench-full --articles 21230    # >= 50,000 chunks (~25 min to build)
+
+One file per article (as a user's folder holds them), ingested with the bundled embedder; the store is cached in
+--workdir and reused. Questions: the RGB zh_refine queries. Reports p50 / p95 of retrieval, assembly and both, with
+the default 32K window budget counted with the Mixtral tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DATA = REPO.parent / "shared" / "eval-data"
+EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def write_articles(folder: Path, count: int) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for part in sorted((DATA / "crud-news").glob("documents_dup_part_*_part_1.txt")):
+        for line in part.read_text(encoding="utf-8").splitlines():
+            if written >= count:
+                return written
+            if line.strip():
+                target = folder / f"article{written:05d}.txt"
+                if not target.exists():
+                    target.write_text(line.strip() + "\n", encoding="utf-8")
+                written += 1
+    return written
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/rag-bench-query"))
+    parser.add_argument("--articles", type=int, default=2000)
+    parser.add_argument("--questions", type=int, default=40)
+    parser.add_argument("--budget", type=int, default=None, help="evidence tokens (default: a 32K window's)")
+    parser.add_argument("--k", type=int, default=5)
+    args = parser.parse_args()
+
+    from rag.chain import RagChain
+    from rag.context import ContextAssembler
+    from rag.service import build_ingest_pipeline, build_retriever
+    from rag.settings import Settings
+
+    settings = Settings.load(data_dir=args.workdir / "data", embedding_model=EMBEDDER, max_context_tokens=args.budget)
+    docs = args.workdir / "docs"
+    files = write_articles(docs, args.articles)
+    started = time.monotonic()
+    report = build_ingest_pipeline(settings).run([docs])
+    print(f"store: {files} articles, {report.chunks_total} chunks ({report.files_added} files added in "
+          f"{time.monotonic() - started:.0f} s)", flush=True)  # fmt: skip
+
+    questions = [
+        json.loads(line)["query"]
+        for line in (DATA / "rgb" / "zh_refine.even.jsonl").read_text(encoding="utf-8").splitlines()[: args.questions]
+    ]
+    retriever = build_retriever(settings)
+    rag = RagChain(retriever, None, k=args.k, max_context_tokens=settings.max_context_tokens)
+    rag.prepare(questions[0])  # warm up: embedder, jieba, tokenizer
+    retrieval, assembly, total, fills = [], [], [], []
+    for question in questions:
+        budget, _, _ = rag.budget_for(question, [])
+        t0 = time.perf_counter()
+        documents = retriever.invoke(question, k=ContextAssembler.depth_for(budget, args.k))
+        t1 = time.perf_counter()
+        packed = ContextAssembler(retriever.store, rag.count).assemble(documents, budget, k=args.k)
+        t2 = time.perf_counter()
+        retrieval.append((t1 - t0) * 1000)
+        assembly.append((t2 - t1) * 1000)
+        total.append((t2 - t0) * 1000)
+        fills.append(packed.fill)
+    for name, values in (("retrieval", retrieval), ("assembly", assembly), ("retrieval+assembly", total)):
+        print(f"{name:>20}: p50 {statistics.median(values):7.1f} ms   p95 {percentile(values, 0.95):7.1f} ms")
+    print(f"budget {budget} tokens, fill p50 {statistics.median(fills):.3f}, {len(questions)} questions")
+
+
+if __name__ == "__main__":
+    main()

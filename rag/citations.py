@@ -1,0 +1,131 @@
+"""Checking the ``[n]`` citation markers of an answer against the passages the model was shown.
+
+Pure functions (and one small streaming filter). A marker is ``[1]``, ``【1】``, ``[1,2]``, ``[1, 2]``, ``[1、2]``,
+``[1-3]`` (a range) or a run of them (``[1][2]``); each is rewritten in the canonical form ``[1][2]``. Numbers that
+point at no passage of the context are dropped, and a marker left empty disappears (with the space before it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "CitationCheck",
+    "CitationStreamFilter",
+    "check_citations",
+    "select_sources",
+]
+
+_NUM_LIST = r"\d{1,4}(?:\s*(?:[,，、;；]|[-–~～])\s*\d{1,4})*"
+_MARKER = re.compile(rf"[ \t]?(?:\[\s*(?P<a>{_NUM_LIST})\s*\]|【\s*(?P<b>{_NUM_LIST})\s*】)")
+#: The longest marker worth holding back while streaming (``[12, 13, 14-16]``...).
+_MAX_MARKER = 40
+#: The widest range ``[a-b]`` that is expanded (a wider one is not a citation).
+_MAX_RANGE = 20
+
+
+@dataclass(frozen=True)
+class CitationCheck:
+    """An answer with its markers checked."""
+
+    text: str
+    """The answer with only valid markers, in the canonical form ``[1][2]``."""
+    cited: list[int] = field(default_factory=list)
+    """Valid passage numbers, in order of first citation."""
+    invalid: list[int] = field(default_factory=list)
+    """Numbers that pointed at no passage (removed)."""
+
+
+def _numbers(group: str) -> list[int]:
+    numbers: list[int] = []
+    for part in re.split(r"\s*[,，、;；]\s*", group.strip()):
+        bounds = re.split(r"\s*[-–~～]\s*", part)
+        if len(bounds) == 2 and bounds[0] and bounds[1]:
+            low, high = int(bounds[0]), int(bounds[1])
+            if low <= high and high - low <= _MAX_RANGE:
+                numbers.extend(range(low, high + 1))
+            else:
+                numbers.extend([low, high])
+        elif part:
+            numbers.append(int(part))
+    return numbers
+
+
+def check_citations(answer: str, valid: Collection[int]) -> CitationCheck:
+    """Keep the markers of ``answer`` that point at a passage numbered in ``valid``; remove the others."""
+    cited: list[int] = []
+    invalid: list[int] = []
+
+    def replace(match: re.Match[str]) -> str:
+        lead = match.group(0)[0] if match.group(0)[0] in " \t" else ""
+        kept: list[int] = []
+        for number in _numbers(match.group("a") or match.group("b")):
+            if number in valid:
+                if number not in kept:
+                    kept.append(number)
+                if number not in cited:
+                    cited.append(number)
+            elif number not in invalid:
+                invalid.append(number)
+        return lead + "".join(f"[{n}]" for n in kept) if kept else ""
+
+    text = _MARKER.sub(replace, answer)
+    return CitationCheck(text=text, cited=cited, invalid=invalid)
+
+
+class CitationStreamFilter:
+    """:func:`check_citations` over a stream of pieces: ``feed`` returns what is safe to show now.
+
+    Text that may be the start of a marker (from a space, ``[`` or ``【`` on) is held back until it is closed or
+    clearly is not a marker; the concatenation of everything returned equals ``check_citations(whole).text``.
+    """
+
+    def __init__(self, valid: Collection[int]) -> None:
+        self.valid = set(valid)
+        self._pending = ""
+
+    def _split(self) -> tuple[str, str]:
+        """(text that is final, text to hold back)."""
+        text = self._pending
+        hold_from = len(text)
+        # an opening bracket not yet closed, near the end
+        for opener, closer in (("[", "]"), ("【", "】")):
+            position = text.rfind(opener)
+            if position >= 0 and closer not in text[position:] and len(text) - position <= _MAX_MARKER:
+                tail = text[position + 1 :]
+                if re.fullmatch(r"[\d\s,，、;；\-–~～]*", tail):
+                    hold_from = min(hold_from, position)
+        if hold_from > 0 and text[hold_from - 1 : hold_from] in (" ", "\t"):
+            hold_from -= 1  # the space before a marker goes with it when the marker is dropped
+        elif hold_from == len(text) and text.endswith((" ", "\t")):
+            hold_from -= 1
+        return text[:hold_from], text[hold_from:]
+
+    def feed(self, piece: str) -> str:
+        self._pending += piece
+        ready, held = self._split()
+        self._pending = held
+        return check_citations(ready, self.valid).text if ready else ""
+
+    def flush(self) -> str:
+        rest, self._pending = self._pending, ""
+        return check_citations(rest, self.valid).text
+
+
+def select_sources(
+    passages: Sequence[Mapping[str, Any]], cited: Sequence[int], *, top_uncited: int = 3
+) -> list[dict[str, Any]]:
+    """The sources to show: the cited passages (``"cited": True``, in passage order); with none cited, the
+    ``top_uncited`` best-scored passages (``"cited": False``).
+
+    Each passage is a mapping with at least ``n`` and ``score``; the result holds copies with ``cited`` set.
+    """
+    by_number = {int(p["n"]): p for p in passages}
+    chosen = sorted({n for n in cited if n in by_number})
+    if chosen:
+        return [{**by_number[n], "cited": True} for n in chosen]
+    best = sorted(passages, key=lambda p: (-float(p.get("score") or 0.0), int(p["n"])))[:top_uncited]
+    return [{**p, "cited": False} for p in sorted(best, key=lambda p: int(p["n"]))]

@@ -1,0 +1,517 @@
+"""Long-context assembly: packing the best evidence into an exact token budget, numbered for citation.
+
+The pure core is :func:`pack_context`: ranked candidate chunks in, numbered passages and the rendered context out,
+counted with the model's own tokenizer. It merges overlapping and adjacent chunks of a file (by their ``start`` /
+``end`` offsets: chunk text is a slice of the file's extracted text, so overlaps are never repeated), drops
+duplicates, groups passages by document in reading order and fills the budget to within a few tokens, cutting the
+last passage that does not fit at a sentence boundary.
+
+:class:`ContextAssembler` is the impure shell: it fetches the neighbours of the retrieved chunks (or whole files
+when they fit) from the :class:`rag.store.ChunkStore` in one query and calls :func:`pack_context`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from langchain_core.documents import Document
+
+    from rag.store import ChunkStore
+
+__all__ = [
+    "ContextAssembler",
+    "ContextChunk",
+    "PackedContext",
+    "Passage",
+    "TokenCounter",
+    "chunks_by_index",
+    "chunks_of_files",
+    "cut_to_tokens",
+    "pack_context",
+    "render_context",
+]
+
+TokenCounter = Callable[[str], int]
+"""Exact number of tokens of a piece of text, with the model's own tokenizer (no BOS/EOS)."""
+
+# A sentence ends after Chinese or Latin end punctuation (plus closing quotes), or at a line break.
+_SENTENCE_END = re.compile(r"[。！？；…!?]+[”’」』）)\]\"']*|[.;:][”’」』）)\]\"']*(?=\s)|\n+")
+#: Tokens reserved for the label line of a new passage / the header of a new document while planning.
+_LABEL_ESTIMATE = 12
+_HEADER_ESTIMATE = 16
+#: A cut shorter than this many tokens is not worth a passage.
+_MIN_CUT = 8
+#: Rooms at least this large take part of a sentence longer than the room (text without sentence ends).
+_MIN_CHAR_CUT = 64
+
+
+@dataclass(frozen=True)
+class ContextChunk:
+    """One chunk from the store (or a sentence-cut part of one): an exact slice ``[start, end)`` of a file."""
+
+    chunk_id: str
+    text: str
+    source_abs: str
+    source: str
+    file_name: str
+    index: int
+    start: int
+    end: int
+    page: int | None = None
+    heading: str = ""
+    score: float = 0.0
+    chunk_count: int = 0
+
+    @classmethod
+    def from_store(cls, chunk_id: str, text: str, meta: dict[str, Any], score: float = 0.0) -> ContextChunk:
+        start = int(meta.get("start", 0) or 0)
+        end = meta.get("end")
+        page = meta.get("page")
+        return cls(
+            chunk_id=chunk_id,
+            text=text,
+            source_abs=str(meta.get("source_abs") or meta.get("source") or ""),
+            source=str(meta.get("source") or meta.get("source_abs") or ""),
+            file_name=str(meta.get("file_name") or ""),
+            index=int(meta.get("chunk_index", 0) or 0),
+            start=start,
+            end=int(end) if isinstance(end, int) else start + len(text),
+            page=int(page) if isinstance(page, int) else None,
+            heading=str(meta.get("heading") or ""),
+            score=float(score),
+            chunk_count=int(meta.get("chunk_count", 0) or 0),
+        )
+
+    @classmethod
+    def from_document(cls, document: Document) -> ContextChunk:
+        meta = dict(document.metadata)
+        chunk_id = str(meta.get("chunk_id") or document.id or "")
+        return cls.from_store(chunk_id, document.page_content, meta, float(meta.get("score", 0.0) or 0.0))
+
+    def sliced(self, start: int, end: int) -> ContextChunk:
+        """The part ``[start, end)`` (absolute offsets, clipped to this chunk)."""
+        start, end = max(start, self.start), min(end, self.end)
+        return replace(self, text=self.text[start - self.start : end - self.start], start=start, end=end)
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A numbered passage of the context: merged, non-overlapping text of one file."""
+
+    n: int
+    source: str
+    source_abs: str
+    file_name: str
+    page: int | None
+    heading: str
+    start: int
+    end: int
+    text: str
+    score: float
+    chunk_ids: tuple[str, ...]
+
+    @property
+    def chunk_id(self) -> str:
+        """The passage's first chunk."""
+        return self.chunk_ids[0] if self.chunk_ids else ""
+
+    def to_source(self) -> dict[str, Any]:
+        """The passage as a source of an answer."""
+        return {
+            "n": self.n,
+            "source": self.source,
+            "file_name": self.file_name,
+            "page": self.page,
+            "heading": self.heading,
+            "chunk_id": self.chunk_id,
+            "chunk_ids": list(self.chunk_ids),
+            "score": round(self.score, 6),
+            "text": self.text,
+        }
+
+
+@dataclass(frozen=True)
+class PackedContext:
+    """The evidence block of a prompt."""
+
+    text: str
+    """What goes into the prompt."""
+    passages: list[Passage]
+    tokens: int
+    """Exact tokens of :attr:`text` (the model's tokenizer)."""
+    budget: int
+    """The budget it was packed into."""
+    truncated: bool = False
+    """Whether some candidate did not fit (was cut or left out)."""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fill(self) -> float:
+        return self.tokens / self.budget if self.budget else 0.0
+
+
+# -- rendering -------------------------------------------------------------------------------------------------
+def _label(passage: Passage) -> str:
+    details = [f"p. {passage.page}"] if passage.page is not None else []
+    if passage.heading:
+        details.append(passage.heading)
+    return f"[{passage.n}]" + (f" ({'; '.join(details)})" if details else "")
+
+
+def render_context(passages: Sequence[Passage]) -> str:
+    """Passages grouped by document (in the order given), each with its ``[n]`` label line."""
+    blocks: list[str] = []
+    current: str | None = None
+    for passage in passages:
+        if passage.source_abs != current:
+            current = passage.source_abs
+            blocks.append(f"## {passage.file_name or passage.source}")
+        blocks.append(f"{_label(passage)}\n{passage.text.strip()}")
+    return "\n\n".join(blocks)
+
+
+# -- cutting -----------------------------------------------------------------------------------------------------
+def _sentence_ends(text: str) -> list[int]:
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    if not ends or ends[-1] != len(text):
+        ends.append(len(text))
+    return ends
+
+
+def cut_to_tokens(text: str, max_tokens: int, count: TokenCounter, *, from_end: bool = False) -> str:
+    """The longest prefix (``from_end``: suffix) of ``text`` of whole sentences within ``max_tokens``.
+
+    When not even the first sentence fits a room of at least 64 tokens, the cut falls between characters instead.
+    """
+    if max_tokens <= 0 or not text:
+        return ""
+    if count(text) <= max_tokens:
+        return text
+    if from_end:
+        starts = [0, *(m.end() for m in _SENTENCE_END.finditer(text))]
+        candidates = sorted({s for s in starts if s < len(text)}, reverse=True)  # shortest suffix first
+        pieces = [text[s:] for s in candidates]
+    else:
+        pieces = [text[:e] for e in _sentence_ends(text)]
+    # binary search: the longest piece that fits (pieces grow in length)
+    low, high, best = 0, len(pieces) - 1, ""
+    while low <= high:
+        middle = (low + high) // 2
+        if count(pieces[middle]) <= max_tokens:
+            best, low = pieces[middle], middle + 1
+        else:
+            high = middle - 1
+    if best or max_tokens < _MIN_CHAR_CUT:
+        return best
+    # one sentence longer than a sizeable room: cut between characters
+    low, high, chars = 0, len(text), 0
+    while low <= high:
+        middle = (low + high) // 2
+        piece = text[len(text) - middle :] if from_end else text[:middle]
+        if count(piece) <= max_tokens:
+            chars, low = middle, middle + 1
+        else:
+            high = middle - 1
+    return text[len(text) - chars :] if from_end else text[:chars]
+
+
+# -- packing -----------------------------------------------------------------------------------------------------
+def _uncovered(chunk: ContextChunk, covered: list[tuple[int, int]]) -> list[ContextChunk]:
+    """The parts of ``chunk`` not yet in the context."""
+    parts: list[ContextChunk] = []
+    position = chunk.start
+    for start, end in sorted(covered):
+        if end <= position or start >= chunk.end:
+            continue
+        if start > position:
+            parts.append(chunk.sliced(position, start))
+        position = max(position, end)
+    if position < chunk.end:
+        parts.append(chunk.sliced(position, chunk.end))
+    return [p for p in parts if p.text.strip()]
+
+
+def _merge(chunks: list[ContextChunk]) -> list[list[ContextChunk]]:
+    """Runs of chunks of one file that overlap or touch (or are consecutive chunks), in reading order."""
+    runs: list[list[ContextChunk]] = []
+    end = -1
+    last_index = -10
+    for chunk in sorted(chunks, key=lambda c: (c.start, c.end)):
+        adjacent = chunk.index in (last_index, last_index + 1) and chunk.start - end < 4
+        if runs and (chunk.start <= end or adjacent):
+            runs[-1].append(chunk)
+        else:
+            runs.append([chunk])
+        end = max(end, chunk.end)
+        last_index = chunk.index
+    return runs
+
+
+def _passages(chosen: list[ContextChunk], order: list[str]) -> list[Passage]:
+    by_file: dict[str, list[ContextChunk]] = defaultdict(list)
+    for chunk in chosen:
+        by_file[chunk.source_abs].append(chunk)
+    passages: list[Passage] = []
+    for source in order:
+        for run in _merge(by_file.get(source, [])):
+            text, end = "", run[0].start
+            for chunk in run:
+                if chunk.end <= end and text:
+                    continue
+                if chunk.start < end and text:
+                    text += chunk.text[end - chunk.start :]
+                else:
+                    text += ("\n" if text and chunk.start > end else "") + chunk.text
+                end = max(end, chunk.end)
+            first = run[0]
+            ids = tuple(dict.fromkeys(c.chunk_id for c in run if c.chunk_id))
+            passages.append(
+                Passage(
+                    n=len(passages) + 1,
+                    source=first.source,
+                    source_abs=first.source_abs,
+                    file_name=first.file_name,
+                    page=first.page,
+                    heading=first.heading,
+                    start=first.start,
+                    end=end,
+                    text=text,
+                    score=max(c.score for c in run),
+                    chunk_ids=ids,
+                )
+            )
+    return passages
+
+
+@dataclass
+class _Plan:
+    chosen: list[ContextChunk]
+    order: list[str]
+    cut: tuple[int, ContextChunk, bool] | None
+    """The last part that was cut: its position in ``chosen``, the whole part, whether its end was kept."""
+    truncated: bool
+
+
+def _trimmed(part: ContextChunk, tokens: int, from_end: bool, count: TokenCounter) -> ContextChunk | None:
+    text = cut_to_tokens(part.text, tokens, count, from_end=from_end)
+    if not text.strip():
+        return None
+    if from_end:
+        return part.sliced(part.end - len(text), part.end)
+    return part.sliced(part.start, part.start + len(text))
+
+
+def _greedy(candidates: Sequence[ContextChunk], target: int, count: TokenCounter) -> _Plan:
+    """Take candidates in order while their estimated cost fits ``target``; cut the first that does not."""
+    chosen: list[ContextChunk] = []
+    covered: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    order: list[str] = []  # files, by their best candidate
+    owner: dict[str, str] = {}  # text fingerprint -> the file it was first seen in
+    used = 0
+    truncated = False
+    cut: tuple[int, ContextChunk, bool] | None = None
+    for candidate in candidates:
+        if target - used < _MIN_CUT:
+            truncated = True
+            break
+        fingerprint = re.sub(r"\s+", "", candidate.text)
+        if owner.setdefault(fingerprint, candidate.source_abs) != candidate.source_abs:
+            continue  # the same text in another file (a copy): once is enough
+        spans = covered[candidate.source_abs]
+        for part in _uncovered(candidate, spans):
+            new_file = part.source_abs not in order
+            touches = any(s <= part.end and part.start <= e for s, e in spans)
+            overhead = (_HEADER_ESTIMATE if new_file else 0) + (0 if touches else _LABEL_ESTIMATE)
+            cost = count(part.text) + overhead
+            if used + cost > target:
+                truncated = True
+                room = target - used - overhead
+                if room < _MIN_CUT:
+                    continue
+                before = any(s == part.end for s, _ in spans)  # text leading into a passage: keep its end
+                smaller = _trimmed(part, room, before, count)
+                if smaller is None:
+                    continue
+                cut = (len(chosen), part, before)
+                part, cost = smaller, count(smaller.text) + overhead
+            if new_file:
+                order.append(part.source_abs)
+            chosen.append(part)
+            spans.append((part.start, part.end))
+            used += cost
+    return _Plan(chosen, order, cut, truncated)
+
+
+def _rendered(plan: _Plan, count: TokenCounter) -> tuple[list[Passage], str, int]:
+    passages = _passages(plan.chosen, plan.order)
+    text = render_context(passages)
+    return passages, text, count(text) if text else 0
+
+
+def pack_context(candidates: Iterable[ContextChunk], budget: int, count: TokenCounter) -> PackedContext:
+    """Fill ``budget`` tokens with ``candidates``, best first; see the module docstring.
+
+    ``candidates`` come in priority order (a chunk's ``score`` is its retrieval score; neighbours carry the score of
+    the hit they surround). A candidate that no longer fits whole is cut at a sentence boundary to the room left;
+    smaller later candidates may still fill what remains. The result never exceeds ``budget`` (exactly counted).
+    """
+    pool = list(candidates)
+    memo: dict[str, int] = {}
+
+    def counted(text: str) -> int:
+        found = memo.get(text)
+        if found is None:
+            found = memo[text] = count(text)
+        return found
+
+    # Plan with estimated label costs, count the rendered text exactly, and plan again with the target moved by
+    # the difference (labels and joins cost less or more than estimated): a few rounds converge.
+    target = budget
+    plan = _greedy(pool, target, counted)
+    passages, text, tokens = _rendered(plan, counted)
+    best: tuple[_Plan, list[Passage], str, int] | None = (plan, passages, text, tokens) if tokens <= budget else None
+    for _ in range(4):
+        slack = budget - tokens
+        if 0 <= slack <= max(2, budget // 500) or (not plan.truncated and slack >= 0):
+            break
+        target = max(0, target + slack - (1 if slack > 0 else 2))
+        plan = _greedy(pool, target, counted)
+        passages, text, tokens = _rendered(plan, counted)
+        if tokens <= budget and (best is None or tokens > best[3]):
+            best = (plan, passages, text, tokens)
+    if best is None:  # still over: shrink the cut part (or the last one) until it fits
+        for _ in range(8):
+            if tokens <= budget or not plan.chosen:
+                break
+            position, _, from_end = plan.cut or (len(plan.chosen) - 1, plan.chosen[-1], False)
+            victim = plan.chosen[position]
+            room = counted(victim.text) - (tokens - budget) - 2
+            smaller = _trimmed(victim, room, from_end, counted) if room >= _MIN_CUT else None
+            if smaller is not None:
+                plan.chosen[position] = smaller
+            else:
+                del plan.chosen[position]
+                plan.cut = None
+                plan.order = [s for s in plan.order if any(c.source_abs == s for c in plan.chosen)]
+            plan.truncated = True
+            passages, text, tokens = _rendered(plan, counted)
+        while passages and tokens > budget:  # a last resort that keeps the promise
+            passages = passages[:-1]
+            text = render_context(passages)
+            tokens = counted(text) if text else 0
+        best = (plan, passages, text, tokens)
+    plan, passages, text, tokens = best
+    return PackedContext(text=text, passages=passages, tokens=tokens, budget=budget, truncated=plan.truncated)
+
+
+# -- fetching neighbours ---------------------------------------------------------------------------------------
+def _rows(rows: list[tuple[str, str, dict[str, Any]]]) -> list[ContextChunk]:
+    return [ContextChunk.from_store(chunk_id, text, meta) for chunk_id, text, meta in rows]
+
+
+def chunks_by_index(store: ChunkStore, wanted: Mapping[str, Iterable[int]]) -> list[ContextChunk]:
+    """The chunks ``{source_abs: chunk indices}`` of the store that exist, in one query."""
+    clauses: list[dict[str, Any]] = []
+    for source, indices in wanted.items():
+        numbers = sorted({int(i) for i in indices if int(i) >= 0})
+        if numbers:
+            clauses.append({"$and": [{"source_abs": source}, {"chunk_index": {"$in": numbers}}]})
+    if not clauses:
+        return []
+    where: dict[str, Any] = clauses[0] if len(clauses) == 1 else {"$or": clauses}
+    return _rows(store.chunks_where(where))
+
+
+def chunks_of_files(store: ChunkStore, sources: Iterable[str]) -> list[ContextChunk]:
+    """Every chunk of the files ``sources`` (``source_abs``), in one query."""
+    names = sorted(set(sources))
+    if not names:
+        return []
+    where: dict[str, Any] = {"source_abs": names[0]} if len(names) == 1 else {"source_abs": {"$in": names}}
+    return _rows(store.chunks_where(where))
+
+
+class ContextAssembler:
+    """Turns retrieved chunks into a packed context: neighbours and whole files from the store, then
+    :func:`pack_context`.
+
+    ``count`` is the model's exact token counter (``llm.tokenizer.encode_text``, or
+    :class:`rag.tokens.MixtralTokenizer`'s).
+    ``neighbours``: how many chunks on each side of a top hit to consider; ``whole_file_chunks``: files of at most
+    this many chunks are taken whole when their estimated size fits the budget.
+    """
+
+    def __init__(
+        self,
+        store: ChunkStore,
+        count: TokenCounter,
+        *,
+        neighbours: int = 2,
+        whole_file_chunks: int = 48,
+    ) -> None:
+        self.store = store
+        self.count = count
+        self.neighbours = neighbours
+        self.whole_file_chunks = whole_file_chunks
+
+    @staticmethod
+    def depth_for(budget: int, k: int, *, tokens_per_chunk: int = 128, limit: int = 256) -> int:
+        """How many chunks to ask the retriever for to fill ``budget`` (small chunks assumed: deep enough)."""
+        return max(k, min(limit, math.ceil(budget / tokens_per_chunk)))
+
+    def candidates(self, hits: Sequence[ContextChunk], budget: int, *, k: int = 5) -> list[ContextChunk]:
+        """Hits and their surroundings in priority order: each top-``k`` hit with its neighbours (or its whole file
+        when that fits), then the deeper hits with theirs."""
+        if not hits:
+            return []
+        estimate = max(1.0, sum(max(1, len(h.text)) for h in hits[:k]) / min(len(hits), k))  # chars per chunk
+        whole: list[str] = []
+        planned = 0.0
+        for hit in hits:
+            size = hit.chunk_count * estimate
+            if hit.source_abs in whole:
+                continue
+            if 0 < hit.chunk_count <= self.whole_file_chunks and planned + size <= budget * 1.5:
+                whole.append(hit.source_abs)
+                planned += size
+        # neighbours on each side: enough for the hits' surroundings to fill the budget (few hits, long files)
+        tokens_per_chunk = max(1.0, estimate / 2)  # a Chinese character is about a token, English ~4 a token
+        radius = max(self.neighbours, min(64, math.ceil(budget / (tokens_per_chunk * len(hits)))))
+        wanted: dict[str, set[int]] = defaultdict(set)
+        for hit in hits:
+            if hit.source_abs not in whole:
+                wanted[hit.source_abs].update(range(hit.index - radius, hit.index + radius + 1))
+        fetched = chunks_of_files(self.store, whole) + chunks_by_index(self.store, wanted)
+        by_position = {(c.source_abs, c.index): c for c in fetched}
+        ordered: list[ContextChunk] = []
+
+        def add(hit: ContextChunk, offsets: Iterable[int]) -> None:
+            for offset in offsets:
+                found = by_position.get((hit.source_abs, hit.index + offset))
+                if found is not None:
+                    ordered.append(replace(found, score=hit.score))
+
+        files_done: set[str] = set()
+        for rank, hit in enumerate(hits):
+            ordered.append(hit)
+            if hit.source_abs in whole and hit.source_abs not in files_done:
+                files_done.add(hit.source_abs)
+                chunks = sorted((c for c in fetched if c.source_abs == hit.source_abs), key=lambda c: c.index)
+                ordered.extend(replace(c, score=hit.score) for c in chunks)
+            elif rank < k:
+                add(hit, (-1, 1))
+        for distance in range(1, radius + 1):  # then the surroundings of every hit, nearest first
+            for hit in hits:
+                add(hit, (-distance, distance))
+        return ordered
+
+    def assemble(self, documents: Sequence[Document], budget: int, *, k: int = 5) -> PackedContext:
+        """Pack the retrieved ``documents`` (best first) and their surroundings into ``budget`` tokens."""
+        hits = [ContextChunk.from_document(d) for d in documents]
+        return pack_context(self.candidates(hits, budget, k=k), budget, self.count)

@@ -1,0 +1,85 @@
+"""``rag ask`` as a user runs it: a real subprocess, the bundled embedder, SmolLM2 through llama.cpp."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ingest.pipeline import IngestPipeline
+from rag.lexical import LexicalIndex
+from rag.store import ChunkStore, connect_chroma
+
+REPO = Path(__file__).resolve().parents[1]
+SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def run_ask(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from rag.cli import main; main()", "ask", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+@pytest.fixture(scope="module")
+def data_dir(embedder: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store as ``ingest docs --data-dir DATA`` writes it (collection 'docs')."""
+    root = tmp_path_factory.mktemp("ask-cli")
+    docs = root / "docs"
+    docs.mkdir()
+    (docs / "handbook.md").write_text(
+        "# Handbook\n\n## Remote work\n\nEmployees may work remotely up to three days per week.\n\n"
+        "## Leave\n\nEmployees get 25 days of paid leave per year.\n",
+        encoding="utf-8",
+    )
+    (docs / "rivers.txt").write_text("长江全长约6300公里，是中国第一长河。黄河全长约5464公里。\n", encoding="utf-8")
+    data = root / "data"
+    store = ChunkStore(connect_chroma(path=data / "chroma"), "docs")
+    IngestPipeline(store, embedder, lexical=LexicalIndex(data / "lexical" / "docs.sqlite3")).run([docs])
+    return data
+
+
+def test_asking_an_empty_store_says_to_ingest_first(tmp_path: Path) -> None:
+    result = run_ask("What is the leave policy?", "--data-dir", str(tmp_path / "nothing"), "--no-llm", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "ingest PATH" in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_no_llm_prints_the_assembled_context_as_json(data_dir: Path, tmp_path: Path) -> None:
+    result = run_ask(
+        "长江有多长？", "--data-dir", str(data_dir), "--no-llm", "--json", "--max-context-tokens", "300", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["budget"] == 300 and 0 < payload["context_tokens"] <= 300
+    assert "6300" in payload["context"]
+    assert {s["file_name"] for s in payload["sources"]} >= {"rivers.txt"}
+    assert all(f"[{s['n']}]" in payload["context"] for s in payload["sources"])
+
+
+def test_ask_streams_the_answer_then_the_sources(data_dir: Path, tmp_path: Path) -> None:
+    result = run_ask(
+        "How many days per week may employees work remotely?",
+        "--data-dir", str(data_dir),
+        "--llm-model", SMOLLM2,
+        "--llm-n-ctx", "2048",
+        "--max-tokens", "24",
+        "--seed", "0",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    answer, _, sources = result.stdout.partition("\nSources:" if "\nSources:" in result.stdout else "\nTop passages")
+    assert answer.strip(), result.stdout
+    assert re.search(r"^\[\d+\] (handbook\.md — Handbook > \w+|rivers\.txt)", sources.strip()), sources
+    assert "<|im_start|>" not in answer and "[INST]" not in answer  # SmolLM2 got its own chat template

