@@ -8,6 +8,7 @@ or a store shared through a Chroma server never leaves the lexical side wrong fo
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sqlite3
@@ -29,12 +30,16 @@ _STOPWORDS = frozenset(
     "谁 多少 怎么 如何 为什么 a an the of to in on for and or is are was were be what which who how".split()
 )
 _jieba_lock = threading.Lock()
+_quiet_jieba: list[bool] = []
 
 
 def tokenize(text: str) -> list[str]:
     """Lower-cased tokens: jieba words for Chinese runs, whole words for everything else."""
     import jieba
 
+    if not _quiet_jieba:
+        jieba.setLogLevel(logging.WARNING)  # it prints its dictionary loading to stderr otherwise
+        _quiet_jieba.append(True)
     tokens: list[str] = []
     for run in _WORD.findall(text.lower()):
         if _CJK.search(run):
