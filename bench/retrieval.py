@@ -55,7 +55,6 @@ def main() -> None:
     print(
         f"store: {report.chunks_total} chunks "
         f"({report.files_added} passages ingested in {time.monotonic() - started:.0f} s)"
-        f"({report.files_added} passages ingested in {time.monotonic() - started:.0f} s)"
     )
 
     store = build_store(settings)
