@@ -93,7 +93,7 @@ class IngestPipeline:
         chunk_size: int = 512,
         chunk_overlap: int = 64,
         max_file_bytes: int = 200 * 1024 * 1024,
-        flush_chunks: int = 256,
+        flush_chunks: int = 1024,
         on_progress: Callable[[IngestProgress], None] | None = None,
         on_problem: Callable[[FileProblem, bool], None] | None = None,
         on_notice: Callable[[str], None] | None = None,
