@@ -13,7 +13,7 @@ from ingest.pipeline import FileProblem, IngestProgress, IngestReport
 from rag.errors import ConfigError, RagError
 from rag.settings import Settings
 
-__all__ = ["ingest_command", "main"]
+__all__ = ["ingest_command", "main", "quiet_third_party", "settings_from_flags"]
 
 
 def quiet_third_party() -> None:
@@ -35,6 +35,14 @@ def quiet_third_party() -> None:
         transformers_logging.set_verbosity_error()
     except ImportError:
         pass
+
+
+def settings_from_flags(**flags: Any) -> Settings:
+    """Settings with the command's flags on top (unset flags are ``None``); a bad value is a usage error."""
+    try:
+        return Settings.load(**flags)
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from None
 
 
 class _ProgressView:
@@ -146,18 +154,15 @@ def ingest_command(
     ingested, 1 some file failed (each is named with the reason), 2 usage error.
     """
     quiet_third_party()
-    try:
-        settings = Settings.load(
-            config_file=config_file,
-            collection=collection,
-            data_dir=data_dir,
-            embedding_model=embedding_model,
-            chunk_size=chunk_size,
-            chunk_overlap=chunk_overlap,
-            chroma_url=chroma_url,
-        )
-    except ConfigError as error:
-        raise click.UsageError(str(error)) from None
+    settings = settings_from_flags(
+        config_file=config_file,
+        collection=collection,
+        data_dir=data_dir,
+        embedding_model=embedding_model,
+        chunk_size=chunk_size,
+        chunk_overlap=chunk_overlap,
+        chroma_url=chroma_url,
+    )
 
     from rag.service import build_ingest_pipeline
 

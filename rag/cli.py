@@ -9,10 +9,9 @@ from typing import Any
 
 import click
 
-from ingest.cli import ingest_command, quiet_third_party
+from ingest.cli import ingest_command, quiet_third_party, settings_from_flags
 from rag.errors import ConfigError, RagError
 from rag.eval_cli import eval_command
-from rag.settings import Settings
 
 __all__ = ["cli", "main"]
 
@@ -98,21 +97,18 @@ def ask_command(
     Exit status: 0 answered, 1 nothing ingested yet or a model/store problem, 2 usage error.
     """
     quiet_third_party()
-    try:
-        settings = Settings.load(
-            config_file=config_file,
-            collection=collection,
-            data_dir=data_dir,
-            chroma_url=chroma_url,
-            llm_model=llm_model,
-            llm_base_url=llm_base_url,
-            llm_n_ctx=llm_n_ctx,
-            llm_max_tokens=max_tokens,
-            llm_seed=seed,
-            max_context_tokens=max_context_tokens,
-        )
-    except ConfigError as error:
-        raise click.UsageError(str(error)) from None
+    settings = settings_from_flags(
+        config_file=config_file,
+        collection=collection,
+        data_dir=data_dir,
+        chroma_url=chroma_url,
+        llm_model=llm_model,
+        llm_base_url=llm_base_url,
+        llm_n_ctx=llm_n_ctx,
+        llm_max_tokens=max_tokens,
+        llm_seed=seed,
+        max_context_tokens=max_context_tokens,
+    )
 
     from rag.chain import build_rag
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from rag.errors import ConfigError, RagError
+from rag.errors import RagError
 from rag.settings import Settings
 
 __all__ = ["eval_command"]
@@ -80,15 +80,15 @@ def eval_command(
     Reports hit@k, precision@5 and MRR@10 for the hybrid retriever and each of its sides; with a model, RGB's
     answer accuracy and rejection rate, or CMRC's EM and F1.
     """
-    from ingest.cli import quiet_third_party
+    from ingest.cli import quiet_third_party, settings_from_flags
     from rag.eval import add_distractors, load_dataset, plot_retrieval_curve
 
     quiet_third_party()
     ks = _ks(k_list)
+    settings = settings_from_flags(config_file=config_file, embedding_model=embedding_model, llm_model=llm_model)
     try:
-        settings = Settings.load(config_file=config_file, embedding_model=embedding_model, llm_model=llm_model)
         evalset = load_dataset(dataset)
-    except (ConfigError, ValueError) as error:
+    except ValueError as error:
         raise click.UsageError(str(error)) from None
     pool = f"{len(evalset.passages)} passages of {dataset.name}"
     if distractors:

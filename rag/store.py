@@ -60,6 +60,14 @@ def connect_chroma(*, path: str | os.PathLike[str] | None = None, url: str | Non
         ) from error
 
 
+def _rows(page: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    """(id, text, metadata) of a Chroma ``get`` result that included documents and metadatas."""
+    return [
+        (chunk_id, text or "", dict(meta or {}))
+        for chunk_id, text, meta in zip(page["ids"], page["documents"] or [], page["metadatas"] or [], strict=True)
+    ]
+
+
 def with_heading(heading: str, text: str) -> str:
     """A chunk as the retrievers read it: its heading path on the first line, then its text."""
     return f"{heading}\n{text}" if heading else text
@@ -191,14 +199,8 @@ class ChunkStore:
 
     def indexed_texts(self, ids: Sequence[str]) -> list[str]:
         """What the lexical index reads for the chunks ``ids`` (heading line + text), in that order."""
-        if not ids:
-            return []
-        page = self._writable().get(ids=list(ids), include=["documents", "metadatas"])
-        by_id = {
-            chunk_id: with_heading(str((meta or {}).get("heading", "")), text or "")
-            for chunk_id, text, meta in zip(page["ids"], page["documents"] or [], page["metadatas"] or [], strict=True)
-        }
-        return [by_id[i] for i in ids]
+        found = self.chunks(ids)
+        return [with_heading(str(found[i][1].get("heading", "")), found[i][0]) for i in ids]
 
     def nearest(self, vector: Sequence[float], k: int) -> list[tuple[str, float]]:
         """The ``k`` chunks closest to ``vector``: (chunk id, cosine similarity)."""
@@ -216,22 +218,15 @@ class ChunkStore:
         if collection is None:
             return []
         condition: Any = where
-        page = collection.get(where=condition, include=["documents", "metadatas"])
-        return [
-            (chunk_id, text or "", dict(meta or {}))
-            for chunk_id, text, meta in zip(page["ids"], page["documents"] or [], page["metadatas"] or [], strict=True)
-        ]
+        return _rows(collection.get(where=condition, include=["documents", "metadatas"]))
 
     def chunks(self, ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         """Text and metadata of the chunks ``ids`` that exist."""
         collection = self._existing()
         if collection is None or not ids:
             return {}
-        page = collection.get(ids=list(ids), include=["documents", "metadatas"])
-        return {
-            chunk_id: (text or "", dict(meta or {}))
-            for chunk_id, text, meta in zip(page["ids"], page["documents"] or [], page["metadatas"] or [], strict=True)
-        }
+        rows = _rows(collection.get(ids=list(ids), include=["documents", "metadatas"]))
+        return {chunk_id: (text, meta) for chunk_id, text, meta in rows}
 
     # -- writing -------------------------------------------------------------------------------------------
     def _writable(self) -> Collection:

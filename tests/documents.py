@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 GBK_TEXT = "第一章 总则\n\n本规定适用于公司全体员工。员工每年享有带薪年假十五天！请假须提前三天申请。\n"
 UTF16_TEXT = "季度报告\n\n本季度营业收入为一百二十亿元，同比增长百分之八。净利润保持稳定。\n"
@@ -116,3 +117,20 @@ def write_corpus(folder: Path) -> dict[str, Path]:
 
 GOOD_ROLES = ("gbk", "utf16", "big5", "markdown", "html", "pdf", "docx")
 BAD_ROLES = ("corrupt_pdf", "empty", "binary_txt")
+
+
+def ingest_into_store(root: Path, documents: dict[str, str], embedder: Any) -> tuple[Any, Any]:
+    """Write ``documents`` (name -> text) under ``root/docs`` and ingest them into a real store with a BM25
+    index beside it (``root/chroma``, ``root/lexical.sqlite3``); returns (ChunkStore, LexicalIndex)."""
+    from ingest.pipeline import IngestPipeline
+    from rag.lexical import LexicalIndex
+    from rag.store import ChunkStore, connect_chroma
+
+    folder = root / "docs"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in documents.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    store = ChunkStore(connect_chroma(path=root / "chroma"), "docs")
+    lexical = LexicalIndex(root / "lexical.sqlite3")
+    IngestPipeline(store, embedder, lexical=lexical).run([folder])
+    return store, lexical

@@ -10,7 +10,6 @@ import pytest
 from langchain_core.language_models.fake import FakeListLLM
 from langchain_core.messages import AIMessage, HumanMessage
 
-from ingest.pipeline import IngestPipeline
 from rag.chain import RagChain, build_chain, choose_prompt_format
 from rag.errors import ConfigError, ContextOverflowError, EmptyStoreError
 from rag.lexical import LexicalIndex
@@ -19,6 +18,7 @@ from rag.models import bundled_model_path
 from rag.qa_prompt import clean_rewrite, instructions_for, render_qa_prompt
 from rag.retriever import HybridRetriever
 from rag.store import ChunkStore, connect_chroma
+from tests.documents import ingest_into_store
 
 DOCUMENTS = {
     "handbook.md": "# Handbook\n\n## Remote work\n\nEmployees may work remotely up to three days per week. "
@@ -30,14 +30,7 @@ DOCUMENTS = {
 
 @pytest.fixture(scope="module")
 def retriever(embedder: Any, tmp_path_factory: pytest.TempPathFactory) -> HybridRetriever:
-    root = tmp_path_factory.mktemp("chain-store")
-    docs = root / "docs"
-    docs.mkdir()
-    for name, text in DOCUMENTS.items():
-        (docs / name).write_text(text, encoding="utf-8")
-    store = ChunkStore(connect_chroma(path=root / "chroma"), "docs")
-    lexical = LexicalIndex(root / "lexical.sqlite3")
-    IngestPipeline(store, embedder, lexical=lexical).run([docs])
+    store, lexical = ingest_into_store(tmp_path_factory.mktemp("chain-store"), DOCUMENTS, embedder)
     return HybridRetriever(store=store, embedder=embedder, lexical=lexical)
 
 

@@ -16,6 +16,7 @@ from rag.lexical import LexicalIndex, tokenize
 from rag.retriever import HybridRetriever, dense_weight_for, fuse_scores
 from rag.store import ChunkStore, connect_chroma
 from tests.conftest import BUNDLED_EMBEDDER
+from tests.documents import ingest_into_store
 
 DOCUMENTS = {
     "coffee.md": "# 咖啡机说明书\n\n## 除垢\n\n每30天需要使用除垢剂清洁一次咖啡机。\n\n## 保修\n\n整机保修两年。\n",
@@ -32,14 +33,8 @@ def built_store() -> tuple[Path, Path]:
     from rag.embeddings import SentenceTransformerEmbeddings
 
     root = Path(tempfile.mkdtemp(prefix="rag-retriever-"))
-    folder = root / "docs"
-    folder.mkdir()
-    for name, text in DOCUMENTS.items():
-        (folder / name).write_text(text, encoding="utf-8")
-    store = ChunkStore(connect_chroma(path=root / "chroma"), "docs")
-    lexical = LexicalIndex(root / "lexical.sqlite3")
-    IngestPipeline(store, SentenceTransformerEmbeddings(BUNDLED_EMBEDDER), lexical=lexical).run([folder])
-    return root, folder
+    ingest_into_store(root, DOCUMENTS, SentenceTransformerEmbeddings(BUNDLED_EMBEDDER))
+    return root, root / "docs"
 
 
 def make_retriever(**fields: Any) -> HybridRetriever:
