@@ -83,7 +83,7 @@ def main() -> None:
         t0 = time.perf_counter()
         documents = retriever.invoke(question, k=ContextAssembler.depth_for(budget, args.k))
         t1 = time.perf_counter()
-        packed = ContextAssembler(retriever.store, rag.count).assemble(documents, budget, k=args.k)
+        packed = ContextAssembler(retriever.reader, rag.count).assemble(documents, budget, k=args.k)
         t2 = time.perf_counter()
         retrieval.append((t1 - t0) * 1000)
         assembly.append((t2 - t1) * 1000)

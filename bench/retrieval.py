@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--embedding-model", default="sentence-transformers/all-MiniLM-L6-v2")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rag-bench-retrieval"))
     parser.add_argument("--weights", default="", help="extra dense weights to try, e.g. 0,0.05,0.2")
+    parser.add_argument("--coverage", default="", help="extra coverage weights to try, e.g. 0,0.3,0.7")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -62,10 +63,21 @@ def main() -> None:
     lexical.sync(store)
     embedder = build_embedder(settings, store)
     variants: list[tuple[str, HybridRetriever]] = [
-        ("BM25 only (jieba, FTS5)", HybridRetriever(store=store, embedder=embedder, lexical=lexical, mode="lexical")),
+        ("BM25 only (jieba, FTS5)", HybridRetriever(store=store, embedder=embedder, lexical=lexical, mode="bm25")),
         ("dense only", HybridRetriever(store=store, embedder=embedder, lexical=lexical, mode="dense")),
+        (
+            "BM25 + coverage (no dense)",
+            HybridRetriever(store=store, embedder=embedder, lexical=lexical, mode="lexical"),
+        ),
         ("hybrid (ours, default)", HybridRetriever(store=store, embedder=embedder, lexical=lexical)),
     ]
+    for share in [float(c) for c in args.coverage.split(",") if c.strip()]:
+        variants.append(
+            (
+                f"hybrid, coverage {share}",
+                HybridRetriever(store=store, embedder=embedder, lexical=lexical, coverage_weight=share),
+            )
+        )
     for weight in [float(w) for w in args.weights.split(",") if w.strip()]:
         variants.append(
             (

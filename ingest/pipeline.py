@@ -282,9 +282,10 @@ class IngestPipeline:
         # all land is still detected by its chunk_count on the next run.
         ids = [self._chunk_id(item, chunk) for item in batch for chunk in item.chunks]
         metadatas = [self._metadata(item, chunk) for item in batch for chunk in item.chunks]
-        self.store.upsert(ids, vectors, [chunk.text for chunk in chunks], metadatas)
+        texts = [chunk.text for chunk in chunks]
+        self.store.upsert(ids, vectors, texts, metadatas)
         if self.lexical is not None:
-            self.lexical.add_bodies(ids, [body for item in batch for body in item.lexical_bodies])
+            self.lexical.add(ids, texts, metadatas, [body for item in batch for body in item.lexical_bodies])
         # only now that the new versions are complete do the old versions go
         new_ids = set(ids)
         old = [i for item in batch for v in item.previous for i in v.ids if i not in new_ids]

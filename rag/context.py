@@ -7,7 +7,8 @@ duplicates, groups passages by document in reading order and fills the budget to
 last passage that does not fit at a sentence boundary.
 
 :class:`ContextAssembler` is the impure shell: it fetches the neighbours of the retrieved chunks (or whole files
-when they fit) from the :class:`rag.store.ChunkStore` in one query and calls :func:`pack_context`.
+when they fit) from a :class:`rag.store.ChunkReader` (the local copy beside the store, or the store itself) and
+calls :func:`pack_context`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from langchain_core.documents import Document
 
-    from rag.store import ChunkStore
+    from rag.store import ChunkReader
 
 __all__ = [
     "ContextAssembler",
@@ -415,31 +416,19 @@ def _rows(rows: list[tuple[str, str, dict[str, Any]]]) -> list[ContextChunk]:
     return [ContextChunk.from_store(chunk_id, text, meta) for chunk_id, text, meta in rows]
 
 
-def chunks_by_index(store: ChunkStore, wanted: Mapping[str, Iterable[int]]) -> list[ContextChunk]:
-    """The chunks ``{source_abs: chunk indices}`` of the store that exist, in one query."""
-    clauses: list[dict[str, Any]] = []
-    for source, indices in wanted.items():
-        numbers = sorted({int(i) for i in indices if int(i) >= 0})
-        if numbers:
-            clauses.append({"$and": [{"source_abs": source}, {"chunk_index": {"$in": numbers}}]})
-    if not clauses:
-        return []
-    where: dict[str, Any] = clauses[0] if len(clauses) == 1 else {"$or": clauses}
-    return _rows(store.chunks_where(where))
+def chunks_by_index(reader: ChunkReader, wanted: Mapping[str, Iterable[int]]) -> list[ContextChunk]:
+    """The chunks ``{source_abs: chunk indices}`` that exist."""
+    return _rows(reader.chunks_by_index(wanted))
 
 
-def chunks_of_files(store: ChunkStore, sources: Iterable[str]) -> list[ContextChunk]:
-    """Every chunk of the files ``sources`` (``source_abs``), in one query."""
-    names = sorted(set(sources))
-    if not names:
-        return []
-    where: dict[str, Any] = {"source_abs": names[0]} if len(names) == 1 else {"source_abs": {"$in": names}}
-    return _rows(store.chunks_where(where))
+def chunks_of_files(reader: ChunkReader, sources: Iterable[str]) -> list[ContextChunk]:
+    """Every chunk of the files ``sources`` (``source_abs``)."""
+    return _rows(reader.chunks_of_files(sources))
 
 
 class ContextAssembler:
-    """Turns retrieved chunks into a packed context: neighbours and whole files from the store, then
-    :func:`pack_context`.
+    """Turns retrieved chunks into a packed context: neighbours and whole files from ``store`` (any
+    :class:`rag.store.ChunkReader`), then :func:`pack_context`.
 
     ``count`` is the model's exact token counter (``llm.tokenizer.encode_text``, or
     :class:`rag.tokens.MixtralTokenizer`'s).
@@ -449,7 +438,7 @@ class ContextAssembler:
 
     def __init__(
         self,
-        store: ChunkStore,
+        store: ChunkReader,
         count: TokenCounter,
         *,
         neighbours: int = 2,

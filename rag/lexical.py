@@ -1,26 +1,33 @@
-"""The lexical side of retrieval: BM25 over jieba tokens (Chinese) and words (English).
+"""The local side of retrieval: BM25 over jieba tokens (Chinese) and words (English), and a copy of every chunk.
 
-Stored in SQLite FTS5 beside the store (``data_dir/lexical/<collection>.sqlite3``): inserts and deletes are
-incremental and transactional, queries rank with FTS5's own ``bm25()``. The vector store stays the source of
-truth; :meth:`LexicalIndex.sync` reconciles the two by chunk id (cheap when they agree), so an interrupted ingest
-or a store shared through a Chroma server never leaves the lexical side wrong for long.
+Stored in SQLite beside the store (``data_dir/lexical/<collection>.sqlite3``): an FTS5 table for BM25 (queries rank
+with FTS5's own ``bm25()``) and a plain table with each chunk's text and metadata, indexed by file and position, so
+a question reads its passages and their neighbours locally in a millisecond instead of through Chroma ``get`` calls
+(tens of milliseconds each, more against a server). Inserts and deletes are incremental and transactional. The
+vector store stays the source of truth; :meth:`LexicalIndex.sync` reconciles the two by chunk id (cheap when they
+agree), so an interrupted ingest or a store shared through a Chroma server never leaves the local side wrong for
+long.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from rag.store import ChunkRow, with_heading
 
 if TYPE_CHECKING:
     from rag.store import ChunkStore
 
-__all__ = ["LexicalIndex", "index_body", "tokenize"]
+__all__ = ["LexicalHit", "LexicalIndex", "index_body", "tokenize"]
 
 _WORD = re.compile(r"[\w\u3400-\u9fff]+", re.UNICODE)
 _CJK = re.compile(r"[\u3400-\u9fff]")
@@ -29,8 +36,9 @@ _STOPWORDS = frozenset(
     "的 了 是 在 和 与 及 或 也 都 就 而 被 把 对 为 以 于 之 其 这 那 有 个 中 上 下 吗 呢 吧 啊 什么 哪 哪些 哪个 "
     "谁 多少 怎么 如何 为什么 a an the of to in on for and or is are was were be what which who how".split()
 )
-#: Stored in the index; an index written with another tokenisation is emptied and refilled from the store.
-TOKENIZER_VERSION = "jieba-search-1"
+#: Stored in the index; an index written with another tokenisation or layout is emptied and refilled from the store.
+TOKENIZER_VERSION = "jieba-search-1+rows-1"
+_BATCH = 500
 _jieba_lock = threading.Lock()
 _quiet_jieba: list[bool] = []
 
@@ -66,8 +74,16 @@ def _quoted(token: str) -> str:
     return '"' + token.replace('"', '""') + '"'
 
 
+class LexicalHit(NamedTuple):
+    """One BM25 match: its chunk, its BM25 score and the share of the query's weight (IDF) its text covers."""
+
+    chunk_id: str
+    score: float
+    coverage: float
+
+
 class LexicalIndex:
-    """A BM25 index of chunk texts keyed by chunk id."""
+    """A BM25 index of chunk texts keyed by chunk id, with a local copy of each chunk's text and metadata."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -85,10 +101,17 @@ class LexicalIndex:
                     "CREATE VIRTUAL TABLE IF NOT EXISTS chunks USING fts5("
                     "chunk_id UNINDEXED, body, tokenize='unicode61 remove_diacritics 0')"
                 )
+                connection.execute("CREATE VIRTUAL TABLE IF NOT EXISTS terms USING fts5vocab(chunks, 'row')")
+                connection.execute(
+                    "CREATE TABLE IF NOT EXISTS rows (chunk_id TEXT PRIMARY KEY, source_abs TEXT NOT NULL, "
+                    "chunk_index INTEGER NOT NULL, text TEXT NOT NULL, metadata TEXT NOT NULL)"
+                )
+                connection.execute("CREATE INDEX IF NOT EXISTS rows_position ON rows (source_abs, chunk_index)")
                 connection.execute("CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT)")
                 row = connection.execute("SELECT value FROM info WHERE key = 'tokenizer'").fetchone()
                 if row is None or row[0] != TOKENIZER_VERSION:
-                    connection.execute("DELETE FROM chunks")  # sync() refills it from the store
+                    connection.execute("DELETE FROM chunks")  # sync() refills both from the store
+                    connection.execute("DELETE FROM rows")
                     connection.execute(
                         "INSERT OR REPLACE INTO info (key, value) VALUES ('tokenizer', ?)", (TOKENIZER_VERSION,)
                     )
@@ -96,42 +119,51 @@ class LexicalIndex:
         return connection
 
     def count(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM chunks").fetchone()[0])
+        return int(self._db.execute("SELECT count(*) FROM rows").fetchone()[0])
 
     def ids(self) -> set[str]:
-        return {row[0] for row in self._db.execute("SELECT chunk_id FROM chunks")}
+        return {row[0] for row in self._db.execute("SELECT chunk_id FROM rows")}
 
-    def add(self, ids: Sequence[str], texts: Sequence[str]) -> None:
-        self.add_bodies(ids, [index_body(text) for text in texts])
-
-    def add_bodies(self, ids: Sequence[str], bodies: Sequence[str]) -> None:
-        """Add (or replace) chunks whose text was already turned into :func:`index_body`."""
-        rows = list(zip(ids, bodies, strict=True))
-        with self._db as db:
-            db.executemany("DELETE FROM chunks WHERE chunk_id = ?", [(chunk_id,) for chunk_id, _ in rows])
-            db.executemany("INSERT INTO chunks (chunk_id, body) VALUES (?, ?)", rows)
-
-    def delete(self, ids: Iterable[str]) -> None:
+    # -- writing -------------------------------------------------------------------------------------------
+    def add(
+        self,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        metadatas: Sequence[Mapping[str, Any]],
+        bodies: Sequence[str] | None = None,
+    ) -> None:
+        """Add (or replace) chunks: their stored text and metadata, and their BM25 body (:func:`index_body` of the
+        heading line and the text; computed here unless given, as the ingest pipeline does in its loader thread)."""
+        if bodies is None:
+            bodies = [
+                index_body(with_heading(str(m.get("heading", "")), t)) for t, m in zip(texts, metadatas, strict=True)
+            ]
+        rows = [
+            (
+                chunk_id,
+                str(meta.get("source_abs") or meta.get("source") or ""),
+                int(meta.get("chunk_index", 0) or 0),
+                text,
+                json.dumps(dict(meta), ensure_ascii=False),
+            )
+            for chunk_id, text, meta in zip(ids, texts, metadatas, strict=True)
+        ]
+        pairs = [(chunk_id, body) for chunk_id, body in zip(ids, bodies, strict=True)]
         with self._db as db:
             db.executemany("DELETE FROM chunks WHERE chunk_id = ?", [(chunk_id,) for chunk_id in ids])
+            db.executemany("INSERT INTO chunks (chunk_id, body) VALUES (?, ?)", pairs)
+            db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?)", rows)
+
+    def delete(self, ids: Iterable[str]) -> None:
+        keys = [(chunk_id,) for chunk_id in ids]
+        with self._db as db:
+            db.executemany("DELETE FROM chunks WHERE chunk_id = ?", keys)
+            db.executemany("DELETE FROM rows WHERE chunk_id = ?", keys)
 
     def clear(self) -> None:
         with self._db as db:
             db.execute("DELETE FROM chunks")
-
-    def search(self, query: str, k: int) -> list[tuple[str, float]]:
-        """Best ``k`` chunk ids with their BM25 scores (higher is better)."""
-        terms = list(dict.fromkeys(t for t in tokenize(query) if t not in _STOPWORDS))
-        if not terms:
-            terms = list(dict.fromkeys(tokenize(query)))
-        if not terms:
-            return []
-        expression = " OR ".join(_quoted(term) for term in terms)
-        rows = self._db.execute(
-            "SELECT chunk_id, -bm25(chunks) AS score FROM chunks WHERE chunks MATCH ? ORDER BY score DESC LIMIT ?",
-            (expression, k),
-        ).fetchall()
-        return [(chunk_id, float(score)) for chunk_id, score in rows]
+            db.execute("DELETE FROM rows")
 
     def sync(self, store: ChunkStore) -> tuple[int, int]:
         """Make the index hold exactly the store's chunks; returns (added, removed)."""
@@ -141,10 +173,101 @@ class LexicalIndex:
         extra = present - stored
         if extra:
             self.delete(extra)
-        for first in range(0, len(missing), 1000):
-            batch = missing[first : first + 1000]
-            self.add(batch, store.indexed_texts(batch))
+        for first in range(0, len(missing), _BATCH):
+            batch = missing[first : first + _BATCH]
+            found = store.chunks(batch)
+            kept = [chunk_id for chunk_id in batch if chunk_id in found]
+            self.add(kept, [found[i][0] for i in kept], [found[i][1] for i in kept])
         return len(missing), len(extra)
+
+    # -- BM25 ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _query_terms(query: str) -> list[str]:
+        terms = list(dict.fromkeys(t for t in tokenize(query) if t not in _STOPWORDS))
+        return terms or list(dict.fromkeys(tokenize(query)))
+
+    def search(self, query: str, k: int) -> list[tuple[str, float]]:
+        """Best ``k`` chunk ids with their BM25 scores (higher is better)."""
+        return [(hit.chunk_id, hit.score) for hit in self.search_hits(query, k)]
+
+    def search_hits(self, query: str, k: int) -> list[LexicalHit]:
+        """Best ``k`` chunks by BM25, each with the IDF-weighted share of the query's terms its text contains.
+
+        BM25 rewards a passage that repeats one query word many times; coverage rewards one that has *all* of the
+        question's words (the event, the date, the place). The retriever mixes the two.
+        """
+        terms = self._query_terms(query)
+        if not terms:
+            return []
+        expression = " OR ".join(_quoted(term) for term in terms)
+        rows = self._db.execute(
+            "SELECT chunk_id, -bm25(chunks) AS score, body FROM chunks WHERE chunks MATCH ? "
+            "ORDER BY score DESC LIMIT ?",
+            (expression, k),
+        ).fetchall()
+        if not rows:
+            return []
+        weights = self._idf(terms)
+        total = sum(weights.values()) or 1.0
+        hits = []
+        for chunk_id, score, body in rows:
+            present = set(body.split())
+            covered = sum(weight for term, weight in weights.items() if term in present)
+            hits.append(LexicalHit(chunk_id, float(score), covered / total))
+        return hits
+
+    def _idf(self, terms: Sequence[str]) -> dict[str, float]:
+        """BM25's IDF of each term over the indexed chunks (FTS5's own document counts)."""
+        documents = max(1, int(self._db.execute("SELECT count(*) FROM chunks").fetchone()[0]))
+        marks = ",".join("?" * len(terms))
+        found = dict(self._db.execute(f"SELECT term, doc FROM terms WHERE term IN ({marks})", list(terms)).fetchall())
+        return {
+            term: math.log(1.0 + (documents - found.get(term, 0) + 0.5) / (found.get(term, 0) + 0.5)) for term in terms
+        }
+
+    # -- reading chunks (the ChunkReader protocol of rag.store) ----------------------------------------------
+    @staticmethod
+    def _rows(rows: Iterable[tuple[str, str, str]]) -> list[ChunkRow]:
+        return [(chunk_id, text, json.loads(metadata)) for chunk_id, text, metadata in rows]
+
+    def chunks(self, ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Text and metadata of the chunks ``ids`` that are indexed."""
+        found: dict[str, tuple[str, dict[str, Any]]] = {}
+        unique = list(dict.fromkeys(ids))
+        for first in range(0, len(unique), _BATCH):
+            batch = unique[first : first + _BATCH]
+            marks = ",".join("?" * len(batch))
+            query = f"SELECT chunk_id, text, metadata FROM rows WHERE chunk_id IN ({marks})"
+            for chunk_id, text, meta in self._rows(self._db.execute(query, batch)):
+                found[chunk_id] = (text, meta)
+        return found
+
+    def chunks_by_index(self, wanted: Mapping[str, Iterable[int]]) -> list[ChunkRow]:
+        """The chunks ``{source_abs: chunk indices}`` that exist."""
+        found: list[ChunkRow] = []
+        for source, indices in wanted.items():
+            numbers = sorted({int(i) for i in indices if int(i) >= 0})
+            if not numbers:
+                continue
+            # one range scan per file: the wanted indices are a few contiguous windows
+            rows = self._db.execute(
+                "SELECT chunk_id, text, metadata, chunk_index FROM rows "
+                "WHERE source_abs = ? AND chunk_index BETWEEN ? AND ?",
+                (source, numbers[0], numbers[-1]),
+            ).fetchall()
+            keep = set(numbers)
+            found.extend(self._rows((i, t, m) for i, t, m, index in rows if index in keep))
+        return found
+
+    def chunks_of_files(self, sources: Iterable[str]) -> list[ChunkRow]:
+        """Every chunk of the files ``sources`` (``source_abs``)."""
+        found: list[ChunkRow] = []
+        for source in sorted(set(sources)):
+            rows = self._db.execute(
+                "SELECT chunk_id, text, metadata FROM rows WHERE source_abs = ? ORDER BY chunk_index", (source,)
+            )
+            found.extend(self._rows(rows))
+        return found
 
     def close(self) -> None:
         connection = getattr(self._local, "connection", None)

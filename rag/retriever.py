@@ -4,23 +4,30 @@ Naive reciprocal-rank fusion lets a weak side pull good lexical hits down (an En
 ranks close to randomly). We fuse *calibrated scores* instead: each side's scores are scaled to [0, 1] within its
 own candidates, then mixed with a weight that depends on how well the embedder fits the query's language. Known
 Chinese-capable embedders get an even mix; an English-only embedder facing a Chinese question only breaks ties.
+
+The lexical side is BM25 mixed with *coverage*, the IDF-weighted share of the question's terms a passage contains:
+BM25 alone favours a passage that repeats one query word; coverage favours one that has all of them.
+
+Passages are read from the local copy beside the BM25 index (:class:`rag.lexical.LexicalIndex`), which is
+reconciled with the store on the first query of a process, not at construction.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from rag.embeddings import SentenceTransformerEmbeddings
-from rag.lexical import LexicalIndex
-from rag.store import ChunkStore
+from rag.lexical import LexicalHit, LexicalIndex
+from rag.store import ChunkReader, ChunkStore
 
-__all__ = ["HybridRetriever", "dense_weight_for", "fuse_scores"]
+__all__ = ["HybridRetriever", "dense_weight_for", "fuse_scores", "lexical_scores"]
 
 _CJK = re.compile(r"[\u3400-\u9fff]")
 # Embedders trained on Chinese (alone or among many languages).
@@ -60,6 +67,12 @@ def fuse_scores(dense: dict[str, float], lexical: dict[str, float], dense_weight
     }
 
 
+def lexical_scores(hits: list[LexicalHit], coverage_weight: float) -> dict[str, float]:
+    """BM25 (min-max scaled within the hits) mixed with coverage (already in [0, 1])."""
+    bm25 = _scaled({hit.chunk_id: hit.score for hit in hits})
+    return {hit.chunk_id: (1.0 - coverage_weight) * bm25[hit.chunk_id] + coverage_weight * hit.coverage for hit in hits}
+
+
 class HybridRetriever(BaseRetriever):
     """Dense + BM25 retrieval over one collection; ``invoke(query, k=...)`` overrides :attr:`k`.
 
@@ -81,30 +94,55 @@ class HybridRetriever(BaseRetriever):
     """Candidates taken from each side before fusion."""
     dense_weight: float | None = Field(default=None, ge=0.0, le=1.0)
     """Weight of the dense side in the fusion; None: chosen from the embedder's language fit."""
-    mode: str = Field(default="hybrid", pattern="^(hybrid|dense|lexical)$")
-    """'hybrid', or one side alone (for evaluation)."""
+    coverage_weight: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Share of query-term coverage in the lexical score (the rest is BM25). Measured on RGB zh_refine: 0.4 to 0.7
+    all lift MRR@10 and P@5 above BM25 alone (docs/benchmarks.md)."""
+    mode: str = Field(default="hybrid", pattern="^(hybrid|dense|lexical|bm25)$")
+    """'hybrid'; or for evaluation one side alone: 'dense', 'lexical' (BM25 with coverage), 'bm25' (plain BM25)."""
+    sync_lexical: bool = True
+    """Reconcile the lexical index with the store (by chunk id) before the first query of this retriever."""
+
+    _synced: bool = PrivateAttr(default=False)
+    _sync_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    @property
+    def reader(self) -> ChunkReader:
+        """Where passages and their neighbours are read: the local copy beside the BM25 index, else the store."""
+        self._ensure_synced()
+        return self.lexical if self.lexical is not None else self.store
+
+    def _ensure_synced(self) -> None:
+        if self._synced or self.lexical is None or not self.sync_lexical:
+            return
+        with self._sync_lock:
+            if not self._synced:
+                if self.store.exists():
+                    self.lexical.sync(self.store)
+                self._synced = True
 
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun | None = None, k: int | None = None
     ) -> list[Document]:
         wanted = k or self.k
         pool = max(self.candidates, wanted)
+        reader = self.reader
         dense: dict[str, float] = {}
         lexical: dict[str, float] = {}
-        if self.mode != "lexical" and self.store.count():
+        if self.mode in ("hybrid", "dense") and self.store.count():
             vector = self.embedder.embed_query(query)
             dense = dict(self.store.nearest(vector, pool))
         if self.mode != "dense" and self.lexical is not None:
-            lexical = dict(self.lexical.search(query, pool))
+            hits = self.lexical.search_hits(query, pool)
+            lexical = lexical_scores(hits, 0.0 if self.mode == "bm25" else self.coverage_weight)
         if self.mode == "dense":
             fused = dense
-        elif self.mode == "lexical" or not dense:
+        elif self.mode in ("lexical", "bm25") or not dense:
             fused = lexical
         else:
             weight = self.dense_weight if self.dense_weight is not None else dense_weight_for(self.embedder.name, query)
             fused = fuse_scores(dense, lexical, weight)
         ranked = sorted(fused, key=lambda key: fused[key], reverse=True)
-        chunks = self.store.chunks(ranked[: wanted * 2])  # room for near-duplicates dropped below
+        chunks = reader.chunks(ranked[: wanted * 2])  # room for near-duplicates dropped below
         documents: list[Document] = []
         seen_texts: set[str] = set()
         for chunk_id in ranked[: wanted * 2]:

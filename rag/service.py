@@ -68,11 +68,13 @@ def build_ingest_pipeline(
 
 
 def build_retriever(settings: Settings, **fields: Any) -> HybridRetriever:
-    """The hybrid retriever over the collection named by ``settings``; ``fields`` set its options (k, ...)."""
+    """The hybrid retriever over the collection named by ``settings``; ``fields`` set its options (k, ...).
+
+    Instant: the embedder loads and the local index is reconciled with the store on the first query.
+    """
     from rag.retriever import HybridRetriever
 
     store = build_store(settings)
-    lexical = build_lexical_index(settings)
-    if store.exists():
-        lexical.sync(store)
-    return HybridRetriever(store=store, embedder=build_embedder(settings, store), lexical=lexical, **fields)
+    return HybridRetriever(
+        store=store, embedder=build_embedder(settings, store), lexical=build_lexical_index(settings), **fields
+    )

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
 from rag.errors import ConfigError, ModelMismatchError, StoreError
@@ -21,9 +21,23 @@ if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
 
-__all__ = ["ChunkStore", "FileVersion", "connect_chroma", "with_heading"]
+__all__ = ["ChunkReader", "ChunkRow", "ChunkStore", "FileVersion", "connect_chroma", "with_heading"]
 
 _PAGE = 5000
+
+ChunkRow = tuple[str, str, dict[str, Any]]
+"""(chunk id, text, metadata) of one stored chunk."""
+
+
+class ChunkReader(Protocol):
+    """Reads stored chunks by id and by position: the Chroma store itself, or the local copy beside it
+    (:class:`rag.lexical.LexicalIndex`), which answers the same questions without a round trip to Chroma."""
+
+    def chunks(self, ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]: ...
+
+    def chunks_by_index(self, wanted: Mapping[str, Iterable[int]]) -> list[ChunkRow]: ...
+
+    def chunks_of_files(self, sources: Iterable[str]) -> list[ChunkRow]: ...
 
 
 def connect_chroma(*, path: str | os.PathLike[str] | None = None, url: str | None = None) -> ClientAPI:
@@ -60,7 +74,7 @@ def connect_chroma(*, path: str | os.PathLike[str] | None = None, url: str | Non
         ) from error
 
 
-def _rows(page: Any) -> list[tuple[str, str, dict[str, Any]]]:
+def _rows(page: Any) -> list[ChunkRow]:
     """(id, text, metadata) of a Chroma ``get`` result that included documents and metadatas."""
     return [
         (chunk_id, text or "", dict(meta or {}))
@@ -197,11 +211,6 @@ class ChunkStore:
                 return ids
             offset += _PAGE
 
-    def indexed_texts(self, ids: Sequence[str]) -> list[str]:
-        """What the lexical index reads for the chunks ``ids`` (heading line + text), in that order."""
-        found = self.chunks(ids)
-        return [with_heading(str(found[i][1].get("heading", "")), found[i][0]) for i in ids]
-
     def nearest(self, vector: Sequence[float], k: int) -> list[tuple[str, float]]:
         """The ``k`` chunks closest to ``vector``: (chunk id, cosine similarity)."""
         collection = self._existing()
@@ -212,7 +221,7 @@ class ChunkStore:
         distances = (result["distances"] or [[]])[0]
         return [(chunk_id, 1.0 - float(d)) for chunk_id, d in zip(result["ids"][0], distances, strict=True)]
 
-    def chunks_where(self, where: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    def chunks_where(self, where: dict[str, Any]) -> list[ChunkRow]:
         """(id, text, metadata) of the chunks matching a Chroma ``where`` filter on metadata."""
         collection = self._existing()
         if collection is None:
@@ -227,6 +236,24 @@ class ChunkStore:
             return {}
         rows = _rows(collection.get(ids=list(ids), include=["documents", "metadatas"]))
         return {chunk_id: (text, meta) for chunk_id, text, meta in rows}
+
+    def chunks_by_index(self, wanted: Mapping[str, Iterable[int]]) -> list[ChunkRow]:
+        """The chunks ``{source_abs: chunk indices}`` that exist, in one query."""
+        clauses: list[dict[str, Any]] = []
+        for source, indices in wanted.items():
+            numbers = sorted({int(i) for i in indices if int(i) >= 0})
+            if numbers:
+                clauses.append({"$and": [{"source_abs": source}, {"chunk_index": {"$in": numbers}}]})
+        if not clauses:
+            return []
+        return self.chunks_where(clauses[0] if len(clauses) == 1 else {"$or": clauses})
+
+    def chunks_of_files(self, sources: Iterable[str]) -> list[ChunkRow]:
+        """Every chunk of the files ``sources`` (``source_abs``), in one query."""
+        names = sorted(set(sources))
+        if not names:
+            return []
+        return self.chunks_where({"source_abs": names[0]} if len(names) == 1 else {"source_abs": {"$in": names}})
 
     # -- writing -------------------------------------------------------------------------------------------
     def _writable(self) -> Collection:

@@ -13,7 +13,7 @@ from langchain_tests.integration_tests import RetrieversIntegrationTests
 
 from ingest.pipeline import IngestPipeline
 from rag.lexical import LexicalIndex, tokenize
-from rag.retriever import HybridRetriever, dense_weight_for, fuse_scores
+from rag.retriever import HybridRetriever, dense_weight_for, fuse_scores, lexical_scores
 from rag.store import ChunkStore, connect_chroma
 from tests.conftest import BUNDLED_EMBEDDER
 from tests.documents import ingest_into_store
@@ -41,12 +41,12 @@ def make_retriever(**fields: Any) -> HybridRetriever:
     from rag.embeddings import SentenceTransformerEmbeddings
 
     root, _ = built_store()
-    return HybridRetriever(
-        store=ChunkStore(connect_chroma(path=root / "chroma"), "docs"),
-        embedder=SentenceTransformerEmbeddings(BUNDLED_EMBEDDER),
-        lexical=LexicalIndex(root / "lexical.sqlite3"),
-        **fields,
-    )
+    collaborators: dict[str, Any] = {
+        "store": ChunkStore(connect_chroma(path=root / "chroma"), "docs"),
+        "embedder": SentenceTransformerEmbeddings(BUNDLED_EMBEDDER),
+        "lexical": LexicalIndex(root / "lexical.sqlite3"),
+    }
+    return HybridRetriever(**{**collaborators, **fields})
 
 
 # -- pure parts ---------------------------------------------------------------------------------------------------
@@ -124,6 +124,61 @@ def test_lexical_index_follows_ingest_incrementally(tmp_path: Path, embedder: An
     (folder / "a.txt").unlink()
     pipeline.run([folder])
     assert lexical.count() == 0 == store.count()
+
+
+def test_local_copy_reads_what_the_store_holds(tmp_path: Path, embedder: Any) -> None:
+    """The local rows beside the BM25 index answer by id and by position exactly as Chroma does."""
+    long_text = "".join(f"第{i}条：员工第{i}年的年假为{i + 4}天，需提前申请。" for i in range(1, 60))
+    store, lexical = ingest_into_store(tmp_path, {"policy.txt": long_text, **DOCUMENTS}, embedder)
+    ids = sorted(store.all_ids())
+    assert lexical.chunks(ids) == store.chunks(ids)
+    source = next(meta["source_abs"] for _, meta in store.chunks(ids).values() if meta["file_name"] == "policy.txt")
+    wanted = {source: [0, 2, 3, 99], "/nowhere.txt": [0]}
+    assert sorted(lexical.chunks_by_index(wanted)) == sorted(store.chunks_by_index(wanted))
+    assert [row[2]["chunk_index"] for row in lexical.chunks_by_index(wanted)] == [0, 2, 3]
+    assert lexical.chunks_of_files([source]) == sorted(
+        store.chunks_of_files([source]), key=lambda r: r[2]["chunk_index"]
+    )
+    # a store-only retriever and the default one (local reads) return the same documents
+    default, store_only = make_retriever(k=3), make_retriever(k=3, lexical=None)
+    assert [d.id for d in default.invoke("咖啡机除垢")][:1] == [d.id for d in store_only.invoke("咖啡机除垢")][:1]
+
+
+def test_coverage_prefers_the_passage_with_every_query_term(tmp_path: Path) -> None:
+    """BM25 alone lets one word repeated many times win; coverage lifts the passage that has all the words."""
+    lexical = LexicalIndex(tmp_path / "lexical.sqlite3")
+    texts = ["熊猫熊猫熊猫熊猫熊猫熊猫熊猫熊猫，熊猫。", "成都的熊猫基地在二零二三年迎来新生熊猫。", "成都今天下雨。"]
+    metas = [{"source_abs": f"/d/{i}.txt", "chunk_index": 0} for i in range(3)]
+    lexical.add(["repeat", "all", "other"], texts, metas)
+    hits = {hit.chunk_id: hit for hit in lexical.search_hits("成都熊猫基地", 5)}
+    assert hits["all"].coverage == pytest.approx(1.0)
+    assert hits["repeat"].coverage < 0.5
+    plain = lexical_scores(list(hits.values()), 0.0)
+    mixed = lexical_scores(list(hits.values()), 0.5)
+    assert max(mixed, key=mixed.__getitem__) == "all"
+    assert plain["repeat"] > 0  # BM25 alone still scores it; the mix only reorders
+    assert lexical.search("成都熊猫基地", 5)[0][0] in {"all", "repeat"}
+
+
+def test_construction_is_instant_and_the_first_query_syncs(tmp_path: Path, embedder: Any) -> None:
+    from rag.service import build_retriever
+    from rag.settings import Settings
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("熊猫喜欢吃竹子。", encoding="utf-8")
+    settings = Settings(data_dir=tmp_path / "data", embedding_model=BUNDLED_EMBEDDER)
+    from ingest import ingest
+
+    ingest([folder], settings)
+    lexical_path = tmp_path / "data" / "lexical" / "docs.sqlite3"
+    lexical_path.unlink()  # lost (or a store shared through a server): the local side must be rebuilt
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / "data" / "lexical" / f"docs.sqlite3{suffix}").unlink(missing_ok=True)
+    retriever = build_retriever(settings, k=1)
+    assert not lexical_path.exists()  # nothing read or written at construction
+    assert retriever.invoke("竹子")[0].metadata["file_name"] == "a.txt"
+    assert LexicalIndex(lexical_path).count() == 1
 
 
 class TestStandardRetriever(RetrieversIntegrationTests):
