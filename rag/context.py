@@ -98,6 +98,8 @@ class ContextChunk:
     def sliced(self, start: int, end: int) -> ContextChunk:
         """The part ``[start, end)`` (absolute offsets, clipped to this chunk)."""
         start, end = max(start, self.start), min(end, self.end)
+        if start == self.start and end == self.end:
+            return self  # frozen: the whole chunk is its own part (the common case, and replace() is slow)
         return replace(self, text=self.text[start - self.start : end - self.start], start=start, end=end)
 
 
@@ -225,6 +227,8 @@ def cut_to_tokens(text: str, max_tokens: int, count: TokenCounter, *, from_end: 
 # -- packing -----------------------------------------------------------------------------------------------------
 def _uncovered(chunk: ContextChunk, covered: list[tuple[int, int]]) -> list[ContextChunk]:
     """The parts of ``chunk`` not yet in the context."""
+    if not any(start < chunk.end and end > chunk.start for start, end in covered):
+        return [chunk] if chunk.text.strip() else []
     parts: list[ContextChunk] = []
     position = chunk.start
     for start, end in sorted(covered):
@@ -321,7 +325,7 @@ def _greedy(candidates: Sequence[ContextChunk], target: int, count: TokenCounter
         if target - used < _MIN_CUT:
             truncated = True
             break
-        fingerprint = re.sub(r"\s+", "", candidate.text)
+        fingerprint = "".join(candidate.text.split())  # whitespace-blind; str.split beats a regex here
         if owner.setdefault(fingerprint, candidate.source_abs) != candidate.source_abs:
             continue  # the same text in another file (a copy): once is enough
         spans = covered[candidate.source_abs]
