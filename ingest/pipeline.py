@@ -17,6 +17,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ingest.chunk import CHUNKER_VERSION, Chunk, chunk_document
 from ingest.discover import DiscoveredFile, discover, file_sha256
 from ingest.load import SUPPORTED_EXTENSIONS, LoadError, load_document
@@ -163,14 +165,15 @@ class IngestPipeline:
             if source not in present and any(source.startswith(root + os.sep) for root in found.roots):
                 report.files_removed += 1
                 stale_ids += [i for v in versions for i in v.ids]
+        if work:
+            self._process(work, report, all_hashes)
+        # Only now: a renamed file's vectors are taken from its old chunks while they still exist (an interrupted
+        # run leaves them, and the next run finds them gone from the folder again).
         if stale_ids:
             self.store.delete(stale_ids)
             if self.lexical is not None:
                 self.lexical.delete(stale_ids)
             report.chunks_removed += len(stale_ids)
-
-        if work:
-            self._process(work, report, all_hashes)
         report.chunks_total = self.store.count()
         report.seconds = time.monotonic() - started
         return report
@@ -275,7 +278,10 @@ class IngestPipeline:
         reused = self.store.embeddings_by_content(reusable_from)
         to_embed = [c.embed_text for c in chunks if c.content_hash not in reused]
         fresh = iter(self.embedder.embed_array(to_embed)) if to_embed else iter(())
-        vectors = [reused[c.content_hash] if c.content_hash in reused else next(fresh) for c in chunks]
+        # one float32 matrix: Chroma refuses a batch that mixes the stored vectors (lists) with fresh arrays
+        vectors = np.asarray(
+            [reused[c.content_hash] if c.content_hash in reused else next(fresh) for c in chunks], dtype=np.float32
+        )
         report.chunks_reused += len(chunks) - len(to_embed)
 
         # One write for the whole batch (each Chroma call has a large fixed cost); a file whose chunks did not

@@ -110,6 +110,21 @@ def test_incremental_runs(tmp_path: Path, embedder: Any) -> None:
     assert _comparable(snapshot(clean)) == _comparable(after)
 
 
+def test_fresh_and_reused_vectors_in_one_write(tmp_path: Path, embedder: Any) -> None:
+    """A new file written before a renamed one: fresh vectors and vectors taken from the store share one upsert."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "b.txt").write_text("长江全长约6300公里，是中国第一长河。", encoding="utf-8")
+    data = tmp_path / "data"
+    pipeline_for(data, embedder).run([folder])
+    (folder / "b.txt").rename(folder / "c.txt")
+    (folder / "a.txt").write_text("黄河全长约5464公里。", encoding="utf-8")
+    report = pipeline_for(data, embedder).run([folder])
+    assert not report.files_failed
+    assert (report.files_added, report.files_removed, report.chunks_reused) == (2, 1, 1)
+    assert sorted(m["file_name"] for _, m in snapshot(data).values()) == ["a.txt", "c.txt"]
+
+
 def _comparable(store: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, tuple[str, tuple[Any, ...]]]:
     return {i: (d, tuple(sorted(m.items()))) for i, (d, m) in store.items()}
 
