@@ -14,6 +14,7 @@ neighbours, merging, packing to the exact token budget (:mod:`rag.context`) -> t
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -216,6 +217,9 @@ class RagChain:
         history, no model, or the rewrite is unusable."""
         if not history or (self.llm is None and self.rewrite_llm is None):
             return question
+        # The rewrite replaces llama.cpp's cached prefix, but all the answer prompt could have reused from the last
+        # turn is its instructions (~180 tokens): the evidence after them changes with every question. That is
+        # under 1 % of a 32K prompt, so a second context (and its KV memory) is not worth it.
         prompt = render_rewrite_prompt(question, list(history)[-_REWRITE_TURNS:], prompt_format=self.prompt_format)
         try:
             if self.rewrite_llm is not None:
@@ -230,17 +234,24 @@ class RagChain:
     def _pack(self, query: str, budget: int) -> PackedContext:
         depth = ContextAssembler.depth_for(budget, self.k)
         documents = self.retriever.invoke(query, k=depth)
-        store = getattr(self.retriever, "store", None)
-        if store is not None:
-            return ContextAssembler(store, self.count).assemble(documents, budget, k=self.k)
+        # neighbours come from where the retriever reads passages (the local copy beside the BM25 index)
+        reader = getattr(self.retriever, "reader", None) or getattr(self.retriever, "store", None)
+        if reader is not None:
+            return ContextAssembler(reader, self.count).assemble(documents, budget, k=self.k)
         return pack_context([ContextChunk.from_document(d) for d in documents], budget, self.count)
 
-    def prepare(self, inputs: Any) -> PreparedQuestion:
-        """Rewrite, retrieve, pack and render: the prompt, within the window, and its passages."""
+    def prepare(self, inputs: Any, *, timings: dict[str, float] | None = None) -> PreparedQuestion:
+        """Rewrite, retrieve, pack and render: the prompt, within the window, and its passages.
+
+        ``timings``, when given, receives ``rewrite_ms`` (making a follow-up standalone, an LLM call) and
+        ``retrieval_ms`` (retrieval, expansion and packing): the figures a UI shows.
+        """
         question, history = self.read_input(inputs)
         self._check_store()
         budget, kept, notes = self.budget_for(question, history)
+        started = time.perf_counter()
         standalone = self.rewrite(question, kept)
+        rewritten = time.perf_counter()
         packed = self._pack(standalone, budget)
         for _ in range(3):
             prompt = render_qa_prompt(question, packed.text, kept, prompt_format=self.prompt_format)
@@ -251,10 +262,17 @@ class RagChain:
             # token boundaries where the evidence meets the prompt: pack again a little smaller
             budget = max(0, packed.tokens - excess - 2)
             packed = pack_context(_chunks_of(packed), budget, self.count)
+        if timings is not None:
+            timings["rewrite_ms"] = (rewritten - started) * 1000
+            timings["retrieval_ms"] = (time.perf_counter() - rewritten) * 1000
         return PreparedQuestion(question, standalone, kept, packed, prompt, tokens, budget, notes)
 
-    def generate(self, prepared: PreparedQuestion) -> Iterator[AddableDict]:
-        """The answer in pieces (``{"answer": piece}``), citations checked as they stream; then the sources."""
+    def generate(self, prepared: PreparedQuestion, **llm_kwargs: Any) -> Iterator[AddableDict]:
+        """The answer in pieces (``{"answer": piece}``), citations checked as they stream; then the sources.
+
+        ``llm_kwargs`` (``temperature``, ``max_tokens``, ``seed``, ...) go to the model for this answer only: a UI
+        session's own temperature without changing the shared model.
+        """
         passages = prepared.passages
         valid = {p["n"] for p in passages}
         answer = ""
@@ -265,7 +283,7 @@ class RagChain:
             if self.llm is None:
                 raise ConfigError("no language model: build the chain with an llm (or use prepare() for context only)")
             citations = CitationStreamFilter(valid)
-            for piece in self.llm.stream(prepared.prompt):
+            for piece in self.llm.stream(prepared.prompt, **llm_kwargs):
                 shown = citations.feed(piece)
                 if shown:
                     answer += shown

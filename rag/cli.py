@@ -1,4 +1,4 @@
-"""The ``rag`` command group: ``rag ingest``, ``rag ask``, ``rag eval``; ``ui`` and ``serve`` join it later."""
+"""The ``rag`` command group: ``rag ingest``, ``rag ask``, ``rag eval``, ``rag ui``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def cli() -> None:
       rag ingest ./docs
       rag ingest ./docs --collection work --json
       rag ask "年假有几天？"
+      rag ui                                   # the browser UI on http://127.0.0.1:7860
     """
 
 
@@ -108,57 +109,173 @@ def ask_command(
         llm_max_tokens=max_tokens,
         llm_seed=seed,
         max_context_tokens=max_context_tokens,
+        llm_prompt_format=prompt_format,
     )
 
-    from rag.chain import build_rag
+    from rag.assistant import AskOptions, Assistant
 
+    options = AskOptions(k=k, retrieval_only=no_llm)
     try:
-        rag = build_rag(settings, use_llm=not no_llm, k=k, prompt_format=prompt_format)
-        if no_llm:
-            prepared = rag.prepare(question)
-            if as_json:
-                payload = {
-                    "question": prepared.question,
-                    "context": prepared.packed.text,
-                    "context_tokens": prepared.packed.tokens,
-                    "budget": prepared.budget,
-                    "prompt_tokens": prepared.prompt_tokens,
-                    "sources": prepared.passages,
-                }
-                click.echo(json.dumps(payload, ensure_ascii=False))
-            else:
-                click.echo(prepared.packed.text)
-                click.echo(
-                    f"\n{prepared.packed.tokens} context tokens of a budget of {prepared.budget}; "
-                    f"{len(prepared.packed.passages)} passages.",
-                    err=True,
-                )
-                click.echo("\nSources:")
-                for source in prepared.passages:
-                    click.echo(_source_line(source))
-            return
-        chain = rag.runnable
-        if as_json:
-            click.echo(json.dumps(chain.invoke(question), ensure_ascii=False))
-            return
+        assistant = Assistant(settings)
         result: dict[str, Any] = {}
-        for chunk in chain.stream(question):
-            if "answer" in chunk:
-                click.echo(chunk["answer"], nl=False)
+        for event in assistant.ask(question, options=options):
+            if event.kind == "delta" and not as_json:
+                click.echo(event.text, nl=False)
                 sys.stdout.flush()
-            result.update({key: value for key, value in chunk.items() if key != "answer"})
-        click.echo()
-        sources = result.get("sources") or []
-        if sources:
-            cited = any(source.get("cited") for source in sources)
-            click.echo("\nSources:" if cited else "\nTop passages (none cited):")
-            for source in sources:
-                click.echo(_source_line(source))
+            elif event.kind == "done":
+                result = {
+                    "answer": event.text,
+                    "sources": event.sources,
+                    "context": event.context,
+                    "standalone_question": event.standalone_question,
+                    "stats": event.stats,
+                }
     except ConfigError as error:
         raise click.UsageError(str(error)) from None
     except RagError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
+    stats = result["stats"]
+    if no_llm:
+        if as_json:
+            payload = {
+                "question": question.strip(),
+                "context": result["context"],
+                "context_tokens": stats.context_tokens,
+                "budget": stats.budget,
+                "prompt_tokens": stats.prompt_tokens,
+                "sources": result["sources"],
+                "stats": stats.to_dict(),
+            }
+            click.echo(json.dumps(payload, ensure_ascii=False))
+        else:
+            click.echo(result["context"])
+            click.echo(
+                f"\n{stats.context_tokens} context tokens of a budget of {stats.budget}; "
+                f"{len(result['sources'])} passages; retrieval {stats.retrieval_ms:.0f} ms.",
+                err=True,
+            )
+            click.echo("\nSources:")
+            for source in result["sources"]:
+                click.echo(_source_line(source))
+        return
+    if as_json:
+        payload = {
+            "answer": result["answer"],
+            "sources": result["sources"],
+            "context_tokens": stats.context_tokens,
+            "standalone_question": result["standalone_question"],
+            "stats": stats.to_dict(),
+        }
+        click.echo(json.dumps(payload, ensure_ascii=False))
+        return
+    click.echo()
+    sources = result["sources"]
+    if sources:
+        cited = any(source.get("cited") for source in sources)
+        click.echo("\nSources:" if cited else "\nTop passages (none cited):")
+        for source in sources:
+            click.echo(_source_line(source))
+    click.echo(f"\n{_figures_line(stats)}", err=True)
+
+
+def _figures_line(stats: Any) -> str:
+    parts = [f"retrieval {stats.retrieval_ms:.0f} ms", f"{stats.context_tokens} context tokens"]
+    if stats.rewrite_ms:
+        parts.append(f"rewrite {stats.rewrite_ms:.0f} ms")
+    if stats.first_token_ms is not None:
+        parts.append(f"first token {stats.first_token_ms / 1000:.2f} s")
+    if stats.tokens_per_s is not None:
+        parts.append(f"{stats.tokens_per_s:.1f} tokens/s")
+    return " · ".join(parts)
+
+
+@cli.command("ui", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--host", help="Address to bind (RAG_UI_HOST; default 127.0.0.1: this machine only).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (RAG_UI_PORT; default 7860).")
+@click.option("--auth", help="USER:PASSWORD the page asks for (RAG_UI_AUTH; default: no login).")
+@click.option(
+    "--max-upload-mb", type=click.FloatRange(min=0, min_open=True), help="Largest upload (RAG_UI_MAX_UPLOAD_MB; 50)."
+)
+@click.option(
+    "--folder-root",
+    "folder_roots",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A server folder (and its subfolders) users may re-ingest, besides the collection's own; repeatable.",
+)
+@click.option("--no-llm", is_flag=True, help="Load no language model: retrieval-only mode for everyone.")
+@click.option("--collection", help="Collection selected at start (RAG_COLLECTION; default 'docs').")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Store and uploads location (RAG_DATA_DIR; ./data).")
+@click.option("--chroma-url", help="Chroma server, e.g. http://127.0.0.1:8000 (RAG_CHROMA_URL).")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML settings file (RAG_CONFIG).")
+@click.option(
+    "--embedding-model", help="Embedder for new collections (RAG_EMBEDDING_MODEL); existing ones keep theirs."
+)
+@click.option("--llm-model", help="GGUF path, hub 'repo/file.gguf', or the server's model name (RAG_LLM_MODEL).")
+@click.option("--llm-base-url", help="An OpenAI-compatible server instead of a local GGUF (RAG_LLM_BASE_URL).")
+@click.option("--llm-n-ctx", type=int, help="Context window in tokens (RAG_LLM_N_CTX; default 32768).")
+@click.option("--max-tokens", type=int, help="Most tokens in an answer (RAG_LLM_MAX_TOKENS; default 1024).")
+def ui_command(
+    host: str | None,
+    port: int | None,
+    auth: str | None,
+    max_upload_mb: float | None,
+    folder_roots: tuple[Path, ...],
+    no_llm: bool,
+    collection: str | None,
+    data_dir: Path | None,
+    chroma_url: str | None,
+    config_file: Path | None,
+    embedding_model: str | None,
+    llm_model: str | None,
+    llm_base_url: str | None,
+    llm_n_ctx: int | None,
+    max_tokens: int | None,
+) -> None:
+    """Start the browser UI: chat with sources and figures, upload and manage documents, per-session settings.
+
+    \b
+    Examples:
+      rag ui                                           # http://127.0.0.1:7860
+      rag ui --llm-model HuggingFaceTB/SmolLM2-135M-Instruct --llm-n-ctx 8192   # bundled small model, offline
+      rag ui --no-llm                                  # retrieval only: no model is loaded
+      rag ui --host 0.0.0.0 --auth alice:s3cret        # reachable from the network: set a password
+      RAG_UI_AUTH=alice:s3cret rag ui --folder-root ~/Documents
+
+    It binds 127.0.0.1 unless --host says otherwise. Uploads are stored under DATA_DIR/uploads/COLLECTION.
+    """
+    quiet_third_party()
+    settings = settings_from_flags(
+        config_file=config_file,
+        collection=collection,
+        data_dir=data_dir,
+        chroma_url=chroma_url,
+        embedding_model=embedding_model,
+        llm_model=llm_model,
+        llm_base_url=llm_base_url,
+        llm_n_ctx=llm_n_ctx,
+        llm_max_tokens=max_tokens,
+        ui_host=host,
+        ui_port=port,
+        ui_auth=auth,
+        ui_max_upload_mb=max_upload_mb,
+    )
+    import os
+
+    # Gradio keeps incoming uploads in its temp dir until we copy them: keep that under the data dir too (hidden,
+    # so re-ingesting the uploads folder never reads it). Read when gradio is imported, hence before the import.
+    incoming = (settings.data_dir / "uploads" / ".incoming").resolve()
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(incoming))
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+    from ui.app import build_ui, create_handlers, launch
+
+    handlers = create_handlers(settings, use_llm=not no_llm, folder_roots=folder_roots)
+    where = f"http://{settings.ui_host}:{settings.ui_port}"
+    mode = "retrieval only (no language model)" if no_llm else f"model {settings.llm_model}"
+    click.echo(f"rag ui: {where}  ·  collection '{settings.collection}' in {settings.data_dir}  ·  {mode}", err=True)
+    launch(build_ui(handlers), settings, quiet=True)
 
 
 def main() -> None:

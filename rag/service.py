@@ -47,16 +47,19 @@ def build_lexical_index(settings: Settings) -> LexicalIndex:
 def build_ingest_pipeline(
     settings: Settings,
     *,
+    embedder: SentenceTransformerEmbeddings | None = None,
     on_progress: Callable[[IngestProgress], None] | None = None,
     on_problem: Callable[[FileProblem, bool], None] | None = None,
     on_notice: Callable[[str], None] | None = None,
 ) -> IngestPipeline:
+    """The ingest pipeline for ``settings``; ``embedder``: an already loaded one to use (a long-running process
+    that also answers questions shares one)."""
     from ingest.pipeline import IngestPipeline
 
     store = build_store(settings)
     return IngestPipeline(
         store,
-        build_embedder(settings, store),
+        embedder or build_embedder(settings, store),
         lexical=build_lexical_index(settings),
         chunk_size=settings.chunk_size,
         chunk_overlap=settings.chunk_overlap,

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -96,6 +96,20 @@ class Settings(BaseSettings):
         ge=256,
         description="Token budget for retrieved evidence (default: the window less reserves).",
     )
+    ui_host: str = Field(
+        default="127.0.0.1",
+        description="Address the browser UI binds to; 127.0.0.1 keeps it on this machine (0.0.0.0: every network).",
+    )
+    ui_port: int = Field(default=7860, ge=1, le=65535, description="Port of the browser UI.")
+    ui_auth: SecretStr | None = Field(
+        default=None,
+        description="USER:PASSWORD that the browser UI asks for (unset: no login); never shown in logs or repr.",
+    )
+    ui_max_upload_mb: float = Field(
+        default=50.0,
+        gt=0,
+        description="Largest file (or zip, and everything in it) one upload to the browser UI may hold.",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -131,6 +145,22 @@ class Settings(BaseSettings):
                 "or '-', starting and ending with a letter or digit"
             )
         return name
+
+    @field_validator("ui_auth")
+    @classmethod
+    def _valid_auth(cls, value: SecretStr | None) -> SecretStr | None:
+        raw = value.get_secret_value() if value is not None else None
+        if raw is not None and (":" not in raw or not raw.split(":", 1)[0] or not raw.split(":", 1)[1]):
+            raise ValueError("give USER:PASSWORD (both non-empty), e.g. alice:correct-horse")
+        return value
+
+    @property
+    def ui_credentials(self) -> tuple[str, str] | None:
+        """(user, password) from ``ui_auth``; the password may itself contain ':'."""
+        if not self.ui_auth:
+            return None
+        user, password = self.ui_auth.get_secret_value().split(":", 1)
+        return user, password
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

@@ -9,6 +9,7 @@ side file to fall out of step, and it works the same against a shared Chroma ser
 from __future__ import annotations
 
 import os
+import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 __all__ = ["ChunkReader", "ChunkRow", "ChunkStore", "FileVersion", "connect_chroma", "with_heading"]
 
 _PAGE = 5000
+# chromadb builds its per-path client system lazily: two threads opening a path at once can see it half-built
+# ("'RustBindingsAPI' object has no attribute 'bindings'"), so clients are made one at a time.
+_CONNECT_LOCK = threading.Lock()
 
 ChunkRow = tuple[str, str, dict[str, Any]]
 """(chunk id, text, metadata) of one stored chunk."""
@@ -47,6 +51,11 @@ def connect_chroma(*, path: str | os.PathLike[str] | None = None, url: str | Non
     from chromadb.config import Settings as ChromaSettings
 
     chroma_settings = ChromaSettings(anonymized_telemetry=False)
+    with _CONNECT_LOCK:
+        return _connect(chromadb, chroma_settings, path=path, url=url)
+
+
+def _connect(chromadb: Any, chroma_settings: Any, *, path: str | os.PathLike[str] | None, url: str | None) -> ClientAPI:
     if url:
         parsed = urlparse(url)
         if parsed.scheme not in {"http", "https"} or not parsed.hostname:

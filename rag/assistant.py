@@ -1,0 +1,220 @@
+"""Answering questions as a stream of events with the figures a user wants: what ``rag ask`` and the UI call.
+
+>>> assistant = Assistant(Settings.load())                 # instant: nothing loads yet
+>>> for event in assistant.ask("年假有几天？", history=[], options=AskOptions(k=5, temperature=0.2)):
+...     if event.kind == "delta":
+...         print(event.text, end="")
+...     elif event.kind == "done":
+...         print(event.sources, event.stats.first_token_ms, event.stats.tokens_per_s)
+
+Events, in order: one ``passages`` (the retrieved evidence and the retrieval figures, before any generation), then
+``delta`` pieces of the answer, then one ``done`` (the whole answer, its checked sources and every figure). In
+retrieval-only mode (no language model) ``passages`` is followed directly by ``done`` with the assembled context.
+
+One :class:`Assistant` serves every user of a process: chains are cached per (collection, retrieval-only), they share
+one language model and one embedder per model name, so a second question reloads nothing. llama.cpp is not
+thread-safe: everything that touches the model runs under one lock, so concurrent askers wait their turn.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Generator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from rag.settings import Settings
+
+if TYPE_CHECKING:
+    from rag.chain import RagChain
+    from rag.embeddings import SentenceTransformerEmbeddings
+    from rag.llm import MixtralInstructLLM
+
+__all__ = ["AnswerEvent", "AnswerStats", "AskOptions", "Assistant"]
+
+
+@dataclass(frozen=True)
+class AskOptions:
+    """What one asker chooses per question (a UI session's settings)."""
+
+    collection: str | None = None
+    """None: the collection of the assistant's settings."""
+    k: int = 5
+    """Top hits expanded first."""
+    max_context_tokens: int | None = None
+    """Evidence budget; None: the settings' (default: the window less the prompt and the answer)."""
+    temperature: float | None = None
+    """None: the model's configured temperature."""
+    max_tokens: int | None = None
+    """Most tokens in this answer (at most the model's configured ``max_tokens``, which the budget reserves)."""
+    retrieval_only: bool = False
+    """Return the assembled evidence without generating; loads no language model."""
+
+
+@dataclass
+class AnswerStats:
+    """The figures of one answer. Times in milliseconds, measured with a monotonic clock."""
+
+    rewrite_ms: float = 0.0
+    """Making a follow-up question standalone with the model (0 for a first question)."""
+    retrieval_ms: float = 0.0
+    """Hybrid retrieval, expansion to neighbours and packing into the budget."""
+    context_tokens: int = 0
+    """Tokens of evidence given to the model (counted with its own tokenizer)."""
+    budget: int = 0
+    """Tokens the evidence could have taken."""
+    prompt_tokens: int = 0
+    first_token_ms: float | None = None
+    """From receiving the question to the first piece of the answer (what the user waits); None without a model."""
+    answer_tokens: int = 0
+    tokens_per_s: float | None = None
+    """Generation speed after the first token; None when fewer than two tokens came."""
+    total_ms: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: (round(value, 1) if isinstance(value, float) else value) for key, value in self.__dict__.items()}
+
+
+@dataclass
+class AnswerEvent:
+    kind: Literal["passages", "delta", "done"]
+    text: str = ""
+    """``delta``: the new piece; ``done``: the whole answer (empty in retrieval-only mode)."""
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    """``passages``: every passage given to the model; ``done``: the sources of the answer, ``cited`` marked."""
+    stats: AnswerStats = field(default_factory=AnswerStats)
+    context: str = ""
+    """The evidence block as the model reads it (``passages`` and retrieval-only ``done``)."""
+    standalone_question: str = ""
+    retrieval_only: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+class Assistant:
+    """Answers questions over the collections of one data dir (or Chroma server) with one language model.
+
+    ``llm``: a model to use instead of the one ``settings`` names (tests pass a loaded one). ``use_llm=False``:
+    never load a model; every answer is retrieval-only.
+    """
+
+    def __init__(self, settings: Settings, *, llm: MixtralInstructLLM | None = None, use_llm: bool = True) -> None:
+        self.settings = settings
+        self.use_llm = use_llm
+        self._llm = llm
+        self._chains: dict[tuple[str, bool], RagChain] = {}
+        self._embedders: dict[str, SentenceTransformerEmbeddings] = {}
+        self._build_lock = threading.Lock()
+        # llama.cpp is not thread-safe: one generation (or rewrite, or tokenisation) at a time, across all users
+        self._model_lock = threading.RLock()
+
+    # -- composition ---------------------------------------------------------------------------------------
+    def settings_for(self, collection: str | None) -> Settings:
+        """The settings with another collection (a bad name is a :class:`ConfigError`)."""
+        from rag.library import with_collection
+
+        return with_collection(self.settings, collection)
+
+    def shared_embedder(self, embedder: SentenceTransformerEmbeddings) -> SentenceTransformerEmbeddings:
+        """One loaded embedder per model name for the whole process (loading takes seconds to minutes)."""
+        with self._build_lock:
+            return self._embedders.setdefault(embedder.name, embedder)
+
+    def chain(self, collection: str | None = None, *, retrieval_only: bool = False) -> RagChain:
+        """The cached chain for (collection, retrieval-only); built on first use, instantly (models load later)."""
+        from rag.chain import build_rag
+        from rag.service import build_retriever
+
+        retrieval_only = retrieval_only or not self.use_llm
+        settings = self.settings_for(collection)
+        key = (settings.collection, retrieval_only)
+        with self._build_lock:
+            cached = self._chains.get(key)
+        if cached is not None:
+            return cached
+        retriever = build_retriever(settings)
+        retriever.embedder = self.shared_embedder(retriever.embedder)
+        if retrieval_only:
+            built = build_rag(settings, retriever=retriever, use_llm=False)
+        else:
+            with self._model_lock:
+                built = build_rag(settings, retriever=retriever, llm=self._llm)
+                if self._llm is None:
+                    assert built.llm is not None
+                    self._llm = built.llm
+                    _ = built.prompt_format  # decided once (reads the GGUF): every later chain shares the model
+        with self._build_lock:
+            return self._chains.setdefault(key, built)
+
+    @property
+    def llm(self) -> MixtralInstructLLM | None:
+        """The shared model once a chain has made it (None before the first question, and without a model)."""
+        return self._llm if self.use_llm else None
+
+    # -- questions -----------------------------------------------------------------------------------------
+    def ask(
+        self,
+        question: str,
+        history: Sequence[Any] = (),
+        options: AskOptions | None = None,
+    ) -> Generator[AnswerEvent, None, None]:
+        """Answer ``question`` given the conversation so far (``[(role, text), ...]`` or LangChain messages).
+
+        Raises the :mod:`rag.errors` types (nothing ingested, a model that cannot be found, ...) from the first
+        ``next()``; closing the iterator early (a stop button) stops generation and frees the model.
+        """
+        options = options or AskOptions()
+        started = time.perf_counter()
+        retrieval_only = options.retrieval_only or not self.use_llm
+        chain = copy.copy(self.chain(options.collection, retrieval_only=retrieval_only))
+        chain.k = options.k
+        if options.max_context_tokens is not None:
+            chain.max_context_tokens = options.max_context_tokens
+        timings: dict[str, float] = {}
+        with nullcontext() if retrieval_only else self._model_lock:
+            prepared = chain.prepare({"question": question, "chat_history": list(history)}, timings=timings)
+            stats = AnswerStats(
+                rewrite_ms=timings.get("rewrite_ms", 0.0),
+                retrieval_ms=timings.get("retrieval_ms", 0.0),
+                context_tokens=prepared.packed.tokens,
+                budget=prepared.budget,
+                prompt_tokens=prepared.prompt_tokens,
+            )
+            passages = AnswerEvent(
+                "passages",
+                sources=prepared.passages,
+                stats=stats,
+                context=prepared.packed.text,
+                standalone_question=prepared.standalone_question,
+                retrieval_only=retrieval_only,
+                notes=list(prepared.notes),
+            )
+            yield passages
+            if retrieval_only:
+                stats.total_ms = (time.perf_counter() - started) * 1000
+                yield replace(passages, kind="done")
+                return
+
+            generation: dict[str, Any] = {}
+            if options.temperature is not None:
+                generation["temperature"] = options.temperature
+            if options.max_tokens is not None:
+                generation["max_tokens"] = min(options.max_tokens, chain.max_tokens)
+            answer, first, sources = "", 0.0, prepared.passages
+            for chunk in chain.generate(prepared, **generation):
+                if "answer" in chunk:
+                    if not answer:
+                        first = time.perf_counter()
+                        stats.first_token_ms = (first - started) * 1000
+                    answer += chunk["answer"]
+                    yield replace(passages, kind="delta", text=chunk["answer"], sources=[], context="")
+                else:
+                    sources = list(chunk.get("sources") or [])
+            ended = time.perf_counter()
+            stats.answer_tokens = chain.count(answer) if answer else 0
+            if stats.answer_tokens > 1 and ended > first:
+                stats.tokens_per_s = (stats.answer_tokens - 1) / (ended - first)
+            stats.total_ms = (ended - started) * 1000
+            yield replace(passages, kind="done", text=answer, sources=sources, context="")

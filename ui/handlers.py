@@ -1,0 +1,362 @@
+"""What the UI's events do, as plain functions of their inputs (testable without a browser or Gradio).
+
+Every handler takes the session's :class:`SessionSettings` (kept in ``gr.State``, one per browser session) and
+returns new values; nothing about one user is stored on the shared objects. Library errors become messages here,
+at the edge, in the session's language.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import logging
+import os
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rag.assistant import AnswerStats, AskOptions, Assistant
+from rag.errors import ModelNotFoundError, RagError
+from rag.library import DocumentLibrary, UploadResult
+from ui.i18n import Language, language_from_header, text
+
+__all__ = ["ChatTurn", "DocumentsView", "SessionSettings", "UiHandlers"]
+
+logger = logging.getLogger("ui")
+
+#: (role, text) turns the model sees as the conversation.
+ChatTurn = tuple[str, str]
+#: Reports a fraction done (0..1) and what is being done.
+ProgressCallback = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """One browser session's choices (``gr.State``): never shared between sessions."""
+
+    collection: str
+    k: int = 5
+    context_budget: int = 0
+    """Most tokens of evidence; 0: as many as the window allows."""
+    temperature: float = 0.2
+    retrieval_only: bool = False
+    language: Language = "en"
+
+
+@dataclass(frozen=True)
+class DocumentsView:
+    """What the Documents tab shows for a session's collection."""
+
+    collections: list[list[Any]]
+    documents: list[list[Any]]
+    document_choices: list[tuple[str, str]]
+    """(label, path) for the delete dropdown."""
+    folder_choices: list[str]
+    collection_names: list[str]
+
+
+class UiHandlers:
+    """The UI's behaviour over one :class:`Assistant` and one :class:`DocumentLibrary` shared by all sessions.
+
+    ``max_tokens``: most tokens per answer (default: the model's setting).
+    """
+
+    def __init__(self, assistant: Assistant, library: DocumentLibrary, *, max_tokens: int | None = None) -> None:
+        self.assistant = assistant
+        self.library = library
+        self.max_tokens = max_tokens
+
+    def new_session(self, accept_language: str | None = None) -> SessionSettings:
+        settings = self.assistant.settings
+        return SessionSettings(
+            collection=settings.collection,
+            temperature=settings.llm_temperature,
+            retrieval_only=not self.assistant.use_llm,
+            language=language_from_header(accept_language),
+        )
+
+    def banner(self, language: str) -> str:
+        if not self.assistant.use_llm:
+            return text(language, "banner_no_model")
+        return text(language, "banner_model", model=self.assistant.settings.llm_model)
+
+    # -- settings ------------------------------------------------------------------------------------------
+    def apply_settings(
+        self,
+        session: SessionSettings,
+        collection: str | None,
+        k: float,
+        context_budget: float | None,
+        temperature: float,
+        retrieval_only: bool,
+    ) -> SessionSettings:
+        budget = int(context_budget or 0)
+        return replace(
+            session,
+            collection=(collection or session.collection).strip(),
+            k=max(1, int(k)),
+            context_budget=budget if budget >= 256 else 0,  # below 256 is not a useful budget: automatic
+            temperature=float(temperature),
+            retrieval_only=bool(retrieval_only) or not self.assistant.use_llm,
+        )
+
+    def set_language(self, session: SessionSettings, language: str) -> SessionSettings:
+        return replace(session, language="zh" if language == "zh" else "en")
+
+    # -- chat ----------------------------------------------------------------------------------------------
+    def respond(
+        self, message: str, history: Sequence[ChatTurn], session: SessionSettings
+    ) -> Generator[tuple[list[dict[str, str]], list[ChatTurn], str, str], None, None]:
+        """Stream an answer: yields (chat messages to show, the conversation for the model, sources HTML, figures).
+
+        The conversation gains the turn only when an answer was written (not in retrieval-only mode, not on error).
+        """
+        language = session.language
+        shown = _as_messages(history)
+        question = (message or "").strip()
+        if not question:
+            yield list(shown), list(history), "", ""
+            return
+        shown.append({"role": "user", "content": question})
+        shown.append({"role": "assistant", "content": "…"})
+        yield list(shown), list(history), "", ""
+        options = AskOptions(
+            collection=session.collection,
+            k=session.k,
+            max_context_tokens=session.context_budget or None,
+            temperature=session.temperature,
+            max_tokens=self.max_tokens,
+            retrieval_only=session.retrieval_only,
+        )
+        answer, sources_html, figures = "", "", ""
+        # closing(): a stop (this generator closed) closes the model's stream at once and frees the model
+        with contextlib.closing(self.assistant.ask(question, history, options)) as events:
+            try:
+                for event in events:
+                    if event.kind == "passages":
+                        sources_html = render_sources(event.sources, language, final=False)
+                        figures = render_figures(event.stats, language, final=False)
+                    elif event.kind == "delta":
+                        answer += event.text
+                        shown[-1] = {"role": "assistant", "content": answer}
+                    elif event.retrieval_only:
+                        count = len(event.sources)
+                        shown[-1] = {
+                            "role": "assistant",
+                            "content": text(language, "retrieval_only_answer", count=count),
+                        }
+                        yield (
+                            list(shown),
+                            list(history),
+                            render_sources(event.sources, language, final=False),
+                            render_figures(event.stats, language),
+                        )
+                        return
+                    else:
+                        shown[-1] = {"role": "assistant", "content": event.text}
+                        kept = [*history, ("user", question), ("assistant", event.text)]
+                        yield (
+                            shown,
+                            kept,
+                            render_sources(event.sources, language, final=True),
+                            render_figures(event.stats, language),
+                        )
+                        return
+                    yield list(shown), list(history), sources_html, figures
+            except RagError as error:
+                message_text = text(language, "error", message=str(error))
+                if isinstance(error, ModelNotFoundError):
+                    message_text += "\n\n" + text(language, "model_hint")
+                shown[-1] = {"role": "assistant", "content": message_text}
+                yield list(shown), list(history), sources_html, figures
+
+    @staticmethod
+    def clear() -> tuple[list[dict[str, str]], list[ChatTurn], str, str, str]:
+        """(chat, conversation, sources, figures, question box): all empty."""
+        return [], [], "", "", ""
+
+    # -- documents -----------------------------------------------------------------------------------------
+    def documents_view(self, session: SessionSettings) -> DocumentsView:
+        try:
+            collections = self.library.collections()
+            documents = self.library.documents(session.collection)
+            folders = [str(folder) for folder in self.library.reingest_folders(session.collection)]
+        except RagError as error:
+            logger.warning("cannot list documents: %s", error)
+            collections, documents, folders = [], [], []
+        uploads = self.library.uploads_dir(session.collection)
+        return DocumentsView(
+            collections=[[c.name, c.chunks, c.embedding_model] for c in collections],
+            documents=[[d.file_name, d.chunks, _where(d.path, uploads)] for d in documents],
+            document_choices=[(f"{d.file_name} — {_where(d.path, uploads)}", d.path) for d in documents],
+            folder_choices=folders,
+            collection_names=sorted({c.name for c in collections} | {session.collection}),
+        )
+
+    def upload_and_ingest(
+        self,
+        files: Sequence[str | os.PathLike[str]] | None,
+        session: SessionSettings,
+        progress: ProgressCallback | None = None,
+    ) -> str:
+        """Save the uploads under the data dir and ingest them into the session's collection; a Markdown report
+        naming every refused or failed file with its reason."""
+        language = session.language
+        if not files:
+            return text(language, "no_files")
+        if progress:
+            progress(0.0, text(language, "ingest_saving"))
+        try:
+            upload = self.library.save_uploads(session.collection, [(Path(f).name, f) for f in files])
+            report = self.library.ingest_uploads(
+                session.collection, upload, on_progress=_progress_reporter(progress, language)
+            )
+        except RagError as error:
+            return text(language, "error", message=str(error))
+        return self._report(session, upload, report)
+
+    def delete_document(self, path: str | None, session: SessionSettings) -> str:
+        language = session.language
+        if not path:
+            return text(language, "pick_document")
+        try:
+            removed = self.library.delete_document(session.collection, path)
+        except RagError as error:
+            return text(language, "error", message=str(error))
+        return text(language, "deleted", file=os.path.basename(path), chunks=removed, collection=session.collection)
+
+    def reingest(self, folder: str | None, session: SessionSettings, progress: ProgressCallback | None = None) -> str:
+        language = session.language
+        if not folder:
+            return text(language, "pick_folder")
+        try:
+            report = self.library.reingest(
+                session.collection, folder, on_progress=_progress_reporter(progress, language)
+            )
+        except RagError as error:
+            return text(language, "error", message=str(error))
+        return self._report(session, UploadResult(), report)
+
+    def _report(self, session: SessionSettings, upload: UploadResult, report: Any) -> str:
+        language = session.language
+        uploads = self.library.uploads_dir(session.collection)
+        lines = []
+        if report is None:
+            lines.append(text(language, "ingest_nothing"))
+        else:
+            lines.append(
+                text(
+                    language,
+                    "ingest_done",
+                    collection=session.collection,
+                    added=report.files_added,
+                    updated=report.files_updated,
+                    unchanged=report.files_unchanged,
+                    failed=len(report.files_failed) + len(upload.problems),
+                    chunks_added=report.chunks_added,
+                    chunks_total=report.chunks_total,
+                    seconds=f"{report.seconds:.1f}",
+                )
+            )
+        problems = list(upload.problems) + (list(report.files_failed) if report is not None else [])
+        for problem in problems:
+            lines.append(text(language, "problem", file=_where(problem.path, uploads), reason=problem.error))
+        for note in upload.notes:
+            lines.append(text(language, "note", note=note))
+        return "\n\n".join(lines)
+
+
+def _progress_reporter(progress: ProgressCallback | None, language: str) -> Callable[[Any], None] | None:
+    if progress is None:
+        return None
+
+    def report(event: Any) -> None:
+        fraction = event.bytes_done / event.bytes_total if event.bytes_total else 1.0
+        current = os.path.basename(event.current) if event.current else ""
+        progress(
+            min(1.0, fraction),
+            text(
+                language,
+                "ingest_progress",
+                files_done=event.files_done,
+                files_total=event.files_total,
+                chunks=event.chunks_done,
+                current=current,
+            ),
+        )
+
+    return report
+
+
+def _where(path: str, uploads: Path) -> str:
+    """A path as users know it: relative to the uploads folder for uploaded files (the server's layout is not
+    their business), else as ingested."""
+    try:
+        return str(Path(os.path.realpath(path)).relative_to(uploads))
+    except ValueError:
+        return path
+
+
+def _as_messages(history: Sequence[ChatTurn]) -> list[dict[str, str]]:
+    return [{"role": role, "content": content} for role, content in history]
+
+
+def render_sources(sources: Sequence[dict[str, Any]], language: str, *, final: bool) -> str:
+    """Passages as HTML: file name, page and heading in the summary, the passage text when expanded.
+
+    ``final``: sources of a written answer (cited ones first, uncited ones marked); else the evidence found.
+    """
+    if not sources:
+        return f"<p>{html.escape(text(language, 'sources_none'))}</p>"
+    parts = [f"<div class='rag-sources'><h4>{html.escape(text(language, 'sources'))}</h4>"]
+    if final and not any(source.get("cited") for source in sources):
+        parts.append(f"<p>{html.escape(text(language, 'sources_uncited'))}</p>")
+    for source in sources:
+        where = [
+            f"<b>[{int(source.get('n', 0))}] {html.escape(str(source.get('file_name') or source.get('source')))}</b>"
+        ]
+        if source.get("page") is not None:
+            where.append(html.escape(text(language, "page", page=source["page"])))
+        if source.get("heading"):
+            where.append(html.escape(str(source["heading"])))
+        if final and source.get("cited") is False and any(s.get("cited") for s in sources):
+            where.append(f"<i>{html.escape(text(language, 'not_cited'))}</i>")
+        body = html.escape(str(source.get("text", "")))
+        parts.append(
+            f"<details class='rag-source'><summary>{' · '.join(where)}</summary>"
+            f"<div class='rag-passage' style='white-space: pre-wrap'>{body}</div></details>"
+        )
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def render_figures(stats: AnswerStats, language: str, *, final: bool = True) -> str:
+    """One line of figures: retrieval ms and context tokens; when ``final``, also the time to the first token and
+    tokens/s (— without a written answer)."""
+    if not final:
+        return text(
+            language, "figures_retrieval", retrieval_ms=f"{stats.retrieval_ms:.0f}", context_tokens=stats.context_tokens
+        )
+    none = text(language, "not_applicable")
+    first_token = (
+        text(language, "seconds", value=f"{stats.first_token_ms / 1000:.2f}")
+        if stats.first_token_ms is not None
+        else none
+    )
+    speed = (
+        text(language, "tokens_per_s", value=f"{stats.tokens_per_s:.1f}")
+        if stats.tokens_per_s is not None
+        else text(language, "tokens_per_s", value=none)
+    )
+    line = text(
+        language,
+        "figures",
+        retrieval_ms=f"{stats.retrieval_ms:.0f}",
+        context_tokens=stats.context_tokens,
+        first_token=first_token,
+        tokens_per_s=speed,
+    )
+    if stats.rewrite_ms >= 1:  # a first question is not rewritten (microseconds): nothing to show
+        line += text(language, "figures_rewrite", rewrite_ms=f"{stats.rewrite_ms:.0f}")
+    return line
