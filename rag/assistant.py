@@ -108,7 +108,9 @@ class Assistant:
         self._embedders: dict[str, SentenceTransformerEmbeddings] = {}
         self._build_lock = threading.Lock()
         # llama.cpp is not thread-safe: one generation (or rewrite, or tokenisation) at a time, across all users
-        self._model_lock = threading.RLock()
+        # a Lock, not an RLock: Gradio steps a streaming answer from any worker thread, so the thread that releases
+        # the lock (at the end, or at a stop) is often not the one that took it
+        self._model_lock = threading.Lock()
 
     # -- composition ---------------------------------------------------------------------------------------
     def settings_for(self, collection: str | None) -> Settings:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,29 @@ def test_upload_ingest_ask_stream_and_follow_up(handlers: UiHandlers, tmp_path: 
     assert len(conversation_2) == 4 and conversation_2[:2] == conversation
     assert "follow-up rewrite" in figures  # the follow-up went through the model first
     assert handlers.clear() == ([], [], "", "", "")
+
+
+def in_a_new_thread(step: Any, *args: Any) -> Any:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(step, *args).result()
+
+
+def test_gradio_may_step_an_answer_from_any_thread(handlers: UiHandlers) -> None:
+    """Gradio runs each next() of a streaming handler (and the close of a stopped one) on whichever worker thread is
+    free: the model lock must not belong to a thread, and a stopped answer must free the model."""
+    session = handlers.new_session("en")
+    question = "How many days per week may employees work remotely?"
+    events = handlers.respond(question, [], session)
+    steps = []
+    while (item := in_a_new_thread(next, events, None)) is not None:
+        steps.append(item)
+    assert "tokens/s" in steps[-1][3]
+
+    stopped = handlers.respond(question, [], session)
+    in_a_new_thread(next, stopped)
+    in_a_new_thread(next, stopped)
+    in_a_new_thread(stopped.close)  # the stop button
+    assert "tokens/s" in in_a_new_thread(lambda: run(handlers.respond(question, [], session)))[-1][3]
 
 
 def test_figures_are_measured(handlers: UiHandlers) -> None:
