@@ -120,6 +120,7 @@ class RagChain:
         self.top_uncited = top_uncited
         self.empty_message = empty_message
         self._mixtral_tokenizer: Any = None
+        self._counts_like_mixtral: bool | None = None
 
     # -- the model's numbers ---------------------------------------------------------------------------------
     @property
@@ -154,6 +155,25 @@ class RagChain:
         """Exact tokens of a piece of text with the model's tokenizer."""
         tokenizer = self._tokenizer()
         return lambda text: len(tokenizer.encode_text(text))
+
+    @property
+    def counts_like_mixtral(self) -> bool:
+        """Whether the model's tokenizer is the Mixtral vocabulary (Chinese-Mixtral keeps it), so the token counts
+        kept with chunks at ingest hold for it. Decided once, on a probe text, without trusting the model's name."""
+        if self._counts_like_mixtral is None:
+            if self.llm is None:
+                self._counts_like_mixtral = True
+            else:
+                from rag.tokens import MixtralTokenizer
+
+                probe = "长江全长约6300公里。The Yangtze is 6,300 km long; 黄河 5464 km!"
+                try:
+                    self._counts_like_mixtral = self._tokenizer().encode_text(probe) == (
+                        MixtralTokenizer().encode_text(probe)
+                    )
+                except Exception:  # the model cannot be read yet: count everything
+                    return False
+        return self._counts_like_mixtral
 
     def count_prompt(self, prompt: str) -> int:
         if self.llm is not None:
@@ -237,7 +257,8 @@ class RagChain:
         # neighbours come from where the retriever reads passages (the local copy beside the BM25 index)
         reader = getattr(self.retriever, "reader", None) or getattr(self.retriever, "store", None)
         if reader is not None:
-            return ContextAssembler(reader, self.count).assemble(documents, budget, k=self.k)
+            assembler = ContextAssembler(reader, self.count, mixtral_counts=self.counts_like_mixtral)
+            return assembler.assemble(documents, budget, k=self.k)
         return pack_context([ContextChunk.from_document(d) for d in documents], budget, self.count)
 
     def prepare(self, inputs: Any, *, timings: dict[str, float] | None = None) -> PreparedQuestion:

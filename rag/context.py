@@ -68,6 +68,8 @@ class ContextChunk:
     heading: str = ""
     score: float = 0.0
     chunk_count: int = 0
+    mixtral_tokens: int | None = None
+    """Tokens of ``text`` with the Mixtral vocabulary, counted at ingest (None: not known)."""
 
     @classmethod
     def from_store(cls, chunk_id: str, text: str, meta: dict[str, Any], score: float = 0.0) -> ContextChunk:
@@ -87,6 +89,7 @@ class ContextChunk:
             heading=str(meta.get("heading") or ""),
             score=float(score),
             chunk_count=int(meta.get("chunk_count", 0) or 0),
+            mixtral_tokens=meta["mixtral_tokens"] if isinstance(meta.get("mixtral_tokens"), int) else None,
         )
 
     @classmethod
@@ -100,7 +103,8 @@ class ContextChunk:
         start, end = max(start, self.start), min(end, self.end)
         if start == self.start and end == self.end:
             return self  # frozen: the whole chunk is its own part (the common case, and replace() is slow)
-        return replace(self, text=self.text[start - self.start : end - self.start], start=start, end=end)
+        text = self.text[start - self.start : end - self.start]
+        return replace(self, text=text, start=start, end=end, mixtral_tokens=None)
 
 
 @dataclass(frozen=True)
@@ -359,15 +363,21 @@ def _rendered(plan: _Plan, count: TokenCounter) -> tuple[list[Passage], str, int
     return passages, text, count(text) if text else 0
 
 
-def pack_context(candidates: Iterable[ContextChunk], budget: int, count: TokenCounter) -> PackedContext:
+def pack_context(
+    candidates: Iterable[ContextChunk], budget: int, count: TokenCounter, *, mixtral_counts: bool = False
+) -> PackedContext:
     """Fill ``budget`` tokens with ``candidates``, best first; see the module docstring.
 
     ``candidates`` come in priority order (a chunk's ``score`` is its retrieval score; neighbours carry the score of
     the hit they surround). A candidate that no longer fits whole is cut at a sentence boundary to the room left;
     smaller later candidates may still fill what remains. The result never exceeds ``budget`` (exactly counted).
+    ``mixtral_counts``: ``count`` is the Mixtral vocabulary's, so the counts kept with whole chunks at ingest are
+    used instead of counting them again (the rendered context is always counted).
     """
     pool = list(candidates)
     memo: dict[str, int] = {}
+    if mixtral_counts:
+        memo.update((c.text, c.mixtral_tokens) for c in pool if c.mixtral_tokens is not None)
 
     def counted(text: str) -> int:
         found = memo.get(text)
@@ -435,7 +445,8 @@ class ContextAssembler:
     :class:`rag.store.ChunkReader`), then :func:`pack_context`.
 
     ``count`` is the model's exact token counter (``llm.tokenizer.encode_text``, or
-    :class:`rag.tokens.MixtralTokenizer`'s).
+    :class:`rag.tokens.MixtralTokenizer`'s); ``mixtral_counts``: it counts like the Mixtral vocabulary (see
+    :func:`pack_context`).
     ``neighbours``: how many chunks on each side of a top hit to consider; ``whole_file_chunks``: files of at most
     this many chunks are taken whole when their estimated size fits the budget.
     """
@@ -447,9 +458,11 @@ class ContextAssembler:
         *,
         neighbours: int = 2,
         whole_file_chunks: int = 48,
+        mixtral_counts: bool = False,
     ) -> None:
         self.store = store
         self.count = count
+        self.mixtral_counts = mixtral_counts
         self.neighbours = neighbours
         self.whole_file_chunks = whole_file_chunks
 
@@ -507,4 +520,5 @@ class ContextAssembler:
     def assemble(self, documents: Sequence[Document], budget: int, *, k: int = 5) -> PackedContext:
         """Pack the retrieved ``documents`` (best first) and their surroundings into ``budget`` tokens."""
         hits = [ContextChunk.from_document(d) for d in documents]
-        return pack_context(self.candidates(hits, budget, k=k), budget, self.count)
+        candidates = self.candidates(hits, budget, k=k)
+        return pack_context(candidates, budget, self.count, mixtral_counts=self.mixtral_counts)

@@ -37,7 +37,7 @@ _STOPWORDS = frozenset(
     "谁 多少 怎么 如何 为什么 a an the of to in on for and or is are was were be what which who how".split()
 )
 #: Stored in the index; an index written with another tokenisation or layout is emptied and refilled from the store.
-TOKENIZER_VERSION = "jieba-search-1+rows-1"
+TOKENIZER_VERSION = "jieba-search-1+rows-2"
 _BATCH = 500
 _jieba_lock = threading.Lock()
 _quiet_jieba: list[bool] = []
@@ -68,6 +68,25 @@ def tokenize(text: str) -> list[str]:
 def index_body(text: str) -> str:
     """What the index stores for a text: its tokens joined by spaces (FTS5 then splits on the spaces)."""
     return " ".join(tokenize(text))
+
+
+_mixtral: list[Any] = []
+
+
+def _mixtral_counts(texts: Sequence[str]) -> list[int | None]:
+    """Each text's tokens with the Mixtral vocabulary (what packing the context for Chinese-Mixtral counts), kept
+    with the chunk so a question need not count whole chunks again; None when mistral-common is unavailable."""
+    if not _mixtral:
+        try:
+            from rag.tokens import MixtralTokenizer
+
+            _mixtral.append(MixtralTokenizer())
+        except Exception:  # counting at question time still works: this is only a head start
+            _mixtral.append(None)
+    tokenizer = _mixtral[0]
+    if tokenizer is None:
+        return [None] * len(texts)
+    return [len(ids) for ids in tokenizer.encode_many(texts)]
 
 
 def _quoted(token: str) -> str:
@@ -104,14 +123,19 @@ class LexicalIndex:
                 connection.execute("CREATE VIRTUAL TABLE IF NOT EXISTS terms USING fts5vocab(chunks, 'row')")
                 connection.execute(
                     "CREATE TABLE IF NOT EXISTS rows (chunk_id TEXT PRIMARY KEY, source_abs TEXT NOT NULL, "
-                    "chunk_index INTEGER NOT NULL, text TEXT NOT NULL, metadata TEXT NOT NULL)"
+                    "chunk_index INTEGER NOT NULL, text TEXT NOT NULL, metadata TEXT NOT NULL, mixtral_tokens INTEGER)"
                 )
                 connection.execute("CREATE INDEX IF NOT EXISTS rows_position ON rows (source_abs, chunk_index)")
                 connection.execute("CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT)")
                 row = connection.execute("SELECT value FROM info WHERE key = 'tokenizer'").fetchone()
                 if row is None or row[0] != TOKENIZER_VERSION:
                     connection.execute("DELETE FROM chunks")  # sync() refills both from the store
-                    connection.execute("DELETE FROM rows")
+                    connection.execute("DROP TABLE rows")
+                    connection.execute(
+                        "CREATE TABLE rows (chunk_id TEXT PRIMARY KEY, source_abs TEXT NOT NULL, chunk_index INTEGER "
+                        "NOT NULL, text TEXT NOT NULL, metadata TEXT NOT NULL, mixtral_tokens INTEGER)"
+                    )
+                    connection.execute("CREATE INDEX rows_position ON rows (source_abs, chunk_index)")
                     connection.execute(
                         "INSERT OR REPLACE INTO info (key, value) VALUES ('tokenizer', ?)", (TOKENIZER_VERSION,)
                     )
@@ -138,6 +162,7 @@ class LexicalIndex:
             bodies = [
                 index_body(with_heading(str(m.get("heading", "")), t)) for t, m in zip(texts, metadatas, strict=True)
             ]
+        counts = _mixtral_counts(texts)
         rows = [
             (
                 chunk_id,
@@ -145,14 +170,15 @@ class LexicalIndex:
                 int(meta.get("chunk_index", 0) or 0),
                 text,
                 json.dumps(dict(meta), ensure_ascii=False),
+                tokens,
             )
-            for chunk_id, text, meta in zip(ids, texts, metadatas, strict=True)
+            for chunk_id, text, meta, tokens in zip(ids, texts, metadatas, counts, strict=True)
         ]
         pairs = [(chunk_id, body) for chunk_id, body in zip(ids, bodies, strict=True)]
         with self._db as db:
             db.executemany("DELETE FROM chunks WHERE chunk_id = ?", [(chunk_id,) for chunk_id in ids])
             db.executemany("INSERT INTO chunks (chunk_id, body) VALUES (?, ?)", pairs)
-            db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?)", rows)
+            db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     def delete(self, ids: Iterable[str]) -> None:
         keys = [(chunk_id,) for chunk_id in ids]
@@ -228,8 +254,14 @@ class LexicalIndex:
 
     # -- reading chunks (the ChunkReader protocol of rag.store) ----------------------------------------------
     @staticmethod
-    def _rows(rows: Iterable[tuple[str, str, str]]) -> list[ChunkRow]:
-        return [(chunk_id, text, json.loads(metadata)) for chunk_id, text, metadata in rows]
+    def _rows(rows: Iterable[tuple[str, str, str, int | None]]) -> list[ChunkRow]:
+        found: list[ChunkRow] = []
+        for chunk_id, text, metadata, tokens in rows:
+            meta = json.loads(metadata)
+            if tokens is not None:
+                meta["mixtral_tokens"] = tokens
+            found.append((chunk_id, text, meta))
+        return found
 
     def chunks(self, ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         """Text and metadata of the chunks ``ids`` that are indexed."""
@@ -238,7 +270,7 @@ class LexicalIndex:
         for first in range(0, len(unique), _BATCH):
             batch = unique[first : first + _BATCH]
             marks = ",".join("?" * len(batch))
-            query = f"SELECT chunk_id, text, metadata FROM rows WHERE chunk_id IN ({marks})"
+            query = f"SELECT chunk_id, text, metadata, mixtral_tokens FROM rows WHERE chunk_id IN ({marks})"
             for chunk_id, text, meta in self._rows(self._db.execute(query, batch)):
                 found[chunk_id] = (text, meta)
         return found
@@ -252,12 +284,12 @@ class LexicalIndex:
                 continue
             # one range scan per file: the wanted indices are a few contiguous windows
             rows = self._db.execute(
-                "SELECT chunk_id, text, metadata, chunk_index FROM rows "
+                "SELECT chunk_id, text, metadata, mixtral_tokens, chunk_index FROM rows "
                 "WHERE source_abs = ? AND chunk_index BETWEEN ? AND ?",
                 (source, numbers[0], numbers[-1]),
             ).fetchall()
             keep = set(numbers)
-            found.extend(self._rows((i, t, m) for i, t, m, index in rows if index in keep))
+            found.extend(self._rows((i, t, m, n) for i, t, m, n, index in rows if index in keep))
         return found
 
     def chunks_of_files(self, sources: Iterable[str]) -> list[ChunkRow]:
@@ -265,7 +297,8 @@ class LexicalIndex:
         found: list[ChunkRow] = []
         for source in sorted(set(sources)):
             rows = self._db.execute(
-                "SELECT chunk_id, text, metadata FROM rows WHERE source_abs = ? ORDER BY chunk_index", (source,)
+                "SELECT chunk_id, text, metadata, mixtral_tokens FROM rows WHERE source_abs = ? ORDER BY chunk_index",
+                (source,),
             )
             found.extend(self._rows(rows))
         return found

@@ -128,7 +128,7 @@ class HybridRetriever(BaseRetriever):
         reader = self.reader
         dense: dict[str, float] = {}
         lexical: dict[str, float] = {}
-        if self.mode in ("hybrid", "dense") and self.store.count():
+        if self.mode in ("hybrid", "dense") and self.store.exists():
             vector = self.embedder.embed_query(query)
             dense = dict(self.store.nearest(vector, pool))
         if self.mode != "dense" and self.lexical is not None:

@@ -83,6 +83,27 @@ def test_a_32k_budget_is_filled_to_98_percent_and_never_exceeded(big_store: Any)
     assert all(f"[{p.n}]" in packed.text for p in packed.passages)
 
 
+def test_token_counts_kept_at_ingest_give_the_same_context(big_store: Any) -> None:
+    """The local copy keeps each chunk's Mixtral token count; packing with those counts (no recounting of whole
+    chunks) gives exactly the context that counting everything gives."""
+    store, retriever, _ = big_store
+    rows = retriever.reader.chunks(sorted(store.all_ids())[:50])
+    assert all(meta["mixtral_tokens"] == count(text) for text, meta in rows.values())
+    query, budget = "长江 经济 发展", 32768
+    documents = retriever.invoke(query, k=ContextAssembler.depth_for(budget, 5))
+    counted = ContextAssembler(store, count).assemble(documents, budget, k=5)
+    calls: list[str] = []
+
+    def counting(text: str) -> int:
+        calls.append(text)
+        return count(text)
+
+    kept = ContextAssembler(retriever.reader, counting, mixtral_counts=True).assemble(documents, budget, k=5)
+    assert (kept.text, kept.tokens) == (counted.text, counted.tokens)
+    whole_chunks = {text for text, _ in rows.values()}
+    assert not whole_chunks & set(calls)  # whole chunks were not counted again
+
+
 @pytest.mark.parametrize("budget", [300, 1000, 4321, 12000])
 def test_smaller_budgets_are_filled_exactly_too(big_store: Any, budget: int) -> None:
     store, retriever, _ = big_store
