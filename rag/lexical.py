@@ -11,6 +11,7 @@ long.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -70,20 +71,21 @@ def index_body(text: str) -> str:
     return " ".join(tokenize(text))
 
 
-_mixtral: list[Any] = []
+@functools.cache
+def _mixtral_tokenizer() -> Any:
+    """The Mixtral vocabulary's tokenizer, loaded once; None when mistral-common is unavailable."""
+    try:
+        from rag.tokens import MixtralTokenizer
+
+        return MixtralTokenizer()
+    except Exception:  # counting at question time still works: the kept counts are only a head start
+        return None
 
 
 def _mixtral_counts(texts: Sequence[str]) -> list[int | None]:
     """Each text's tokens with the Mixtral vocabulary (what packing the context for Chinese-Mixtral counts), kept
     with the chunk so a question need not count whole chunks again; None when mistral-common is unavailable."""
-    if not _mixtral:
-        try:
-            from rag.tokens import MixtralTokenizer
-
-            _mixtral.append(MixtralTokenizer())
-        except Exception:  # counting at question time still works: this is only a head start
-            _mixtral.append(None)
-    tokenizer = _mixtral[0]
+    tokenizer = _mixtral_tokenizer()
     if tokenizer is None:
         return [None] * len(texts)
     return [len(ids) for ids in tokenizer.encode_many(texts)]
@@ -121,24 +123,19 @@ class LexicalIndex:
                     "chunk_id UNINDEXED, body, tokenize='unicode61 remove_diacritics 0')"
                 )
                 connection.execute("CREATE VIRTUAL TABLE IF NOT EXISTS terms USING fts5vocab(chunks, 'row')")
+                connection.execute("CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT)")
+                row = connection.execute("SELECT value FROM info WHERE key = 'tokenizer'").fetchone()
+                if row is None or row[0] != TOKENIZER_VERSION:
+                    connection.execute("DELETE FROM chunks")  # sync() refills both from the store
+                    connection.execute("DROP TABLE IF EXISTS rows")  # its columns may have changed too
+                    connection.execute(
+                        "INSERT OR REPLACE INTO info (key, value) VALUES ('tokenizer', ?)", (TOKENIZER_VERSION,)
+                    )
                 connection.execute(
                     "CREATE TABLE IF NOT EXISTS rows (chunk_id TEXT PRIMARY KEY, source_abs TEXT NOT NULL, "
                     "chunk_index INTEGER NOT NULL, text TEXT NOT NULL, metadata TEXT NOT NULL, mixtral_tokens INTEGER)"
                 )
                 connection.execute("CREATE INDEX IF NOT EXISTS rows_position ON rows (source_abs, chunk_index)")
-                connection.execute("CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT)")
-                row = connection.execute("SELECT value FROM info WHERE key = 'tokenizer'").fetchone()
-                if row is None or row[0] != TOKENIZER_VERSION:
-                    connection.execute("DELETE FROM chunks")  # sync() refills both from the store
-                    connection.execute("DROP TABLE rows")
-                    connection.execute(
-                        "CREATE TABLE rows (chunk_id TEXT PRIMARY KEY, source_abs TEXT NOT NULL, chunk_index INTEGER "
-                        "NOT NULL, text TEXT NOT NULL, metadata TEXT NOT NULL, mixtral_tokens INTEGER)"
-                    )
-                    connection.execute("CREATE INDEX rows_position ON rows (source_abs, chunk_index)")
-                    connection.execute(
-                        "INSERT OR REPLACE INTO info (key, value) VALUES ('tokenizer', ?)", (TOKENIZER_VERSION,)
-                    )
             self._local.connection = connection
         return connection
 
