@@ -340,7 +340,7 @@ def _chunks_of(packed: PackedContext) -> list[ContextChunk]:
             source_abs=p.source_abs,
             source=p.source,
             file_name=p.file_name,
-            index=0,
+            chunk_index=0,
             start=p.start,
             end=p.start + len(p.text),
             page=p.page,

@@ -13,13 +13,12 @@ calls :func:`pack_context`.
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from langchain_core.documents import Document
@@ -32,8 +31,6 @@ __all__ = [
     "PackedContext",
     "Passage",
     "TokenCounter",
-    "chunks_by_index",
-    "chunks_of_files",
     "cut_to_tokens",
     "pack_context",
     "render_context",
@@ -53,16 +50,19 @@ _MIN_CUT = 8
 _MIN_CHAR_CUT = 64
 
 
-@dataclass(frozen=True)
-class ContextChunk:
-    """One chunk from the store (or a sentence-cut part of one): an exact slice ``[start, end)`` of a file."""
+class ContextChunk(NamedTuple):
+    """One chunk from the store (or a sentence-cut part of one): an exact slice ``[start, end)`` of a file.
+
+    A named tuple, not a dataclass: assembly builds thousands per question at small chunk sizes, and a tuple is
+    made five times faster than a frozen dataclass (``__init__`` through ``object.__setattr__``).
+    """
 
     chunk_id: str
     text: str
     source_abs: str
     source: str
     file_name: str
-    index: int
+    chunk_index: int
     start: int
     end: int
     page: int | None = None
@@ -73,29 +73,30 @@ class ContextChunk:
     """Tokens of ``text`` with the Mixtral vocabulary, counted at ingest (None: not known)."""
 
     @classmethod
-    def from_store(cls, chunk_id: str, text: str, meta: dict[str, Any], score: float = 0.0) -> ContextChunk:
+    def from_store(cls, chunk_id: str, text: str, meta: Mapping[str, Any], score: float = 0.0) -> ContextChunk:
         start = int(meta.get("start", 0) or 0)
         end = meta.get("end")
         page = meta.get("page")
+        tokens = meta.get("mixtral_tokens")
         return cls(
             chunk_id=chunk_id,
             text=text,
             source_abs=str(meta.get("source_abs") or meta.get("source") or ""),
             source=str(meta.get("source") or meta.get("source_abs") or ""),
             file_name=str(meta.get("file_name") or ""),
-            index=int(meta.get("chunk_index", 0) or 0),
+            chunk_index=int(meta.get("chunk_index", 0) or 0),
             start=start,
             end=int(end) if isinstance(end, int) else start + len(text),
             page=int(page) if isinstance(page, int) else None,
             heading=str(meta.get("heading") or ""),
             score=float(score),
             chunk_count=int(meta.get("chunk_count", 0) or 0),
-            mixtral_tokens=meta["mixtral_tokens"] if isinstance(meta.get("mixtral_tokens"), int) else None,
+            mixtral_tokens=tokens if isinstance(tokens, int) else None,
         )
 
     @classmethod
     def from_document(cls, document: Document) -> ContextChunk:
-        meta = dict(document.metadata)
+        meta = document.metadata
         chunk_id = str(meta.get("chunk_id") or document.id or "")
         return cls.from_store(chunk_id, document.page_content, meta, float(meta.get("score", 0.0) or 0.0))
 
@@ -103,18 +104,13 @@ class ContextChunk:
         """The part ``[start, end)`` (absolute offsets, clipped to this chunk)."""
         start, end = max(start, self.start), min(end, self.end)
         if start == self.start and end == self.end:
-            return self  # frozen: the whole chunk is its own part (the common case, and replace() is slow)
+            return self  # the whole chunk is its own part (the common case)
         text = self.text[start - self.start : end - self.start]
-        return replace(self, text=text, start=start, end=end, mixtral_tokens=None)
+        return self._replace(text=text, start=start, end=end, mixtral_tokens=None)
 
     def scored(self, score: float) -> ContextChunk:
-        """This chunk carrying ``score`` (a neighbour takes its hit's). A shallow copy: assembly makes thousands
-        per question at small chunk sizes, and ``dataclasses.replace`` (a full ``__init__``) is 5x slower."""
-        if score == self.score:
-            return self
-        twin = copy.copy(self)
-        object.__setattr__(twin, "score", score)
-        return twin
+        """This chunk carrying ``score`` (a neighbour takes its hit's)."""
+        return self if score == self.score else self._replace(score=score)
 
 
 @dataclass(frozen=True)
@@ -262,13 +258,13 @@ def _merge(chunks: list[ContextChunk]) -> list[list[ContextChunk]]:
     end = -1
     last_index = -10
     for chunk in sorted(chunks, key=lambda c: (c.start, c.end)):
-        adjacent = chunk.index in (last_index, last_index + 1) and chunk.start - end < 4
+        adjacent = chunk.chunk_index in (last_index, last_index + 1) and chunk.start - end < 4
         if runs and (chunk.start <= end or adjacent):
             runs[-1].append(chunk)
         else:
             runs.append([chunk])
         end = max(end, chunk.end)
-        last_index = chunk.index
+        last_index = chunk.chunk_index
     return runs
 
 
@@ -326,7 +322,9 @@ def _trimmed(part: ContextChunk, tokens: int, from_end: bool, count: TokenCounte
     return part.sliced(part.start, part.start + len(text))
 
 
-def _greedy(candidates: Sequence[ContextChunk], target: int, count: TokenCounter) -> _Plan:
+def _greedy(
+    candidates: Iterable[ContextChunk], target: int, count: TokenCounter, cost_of: Callable[[ContextChunk], int]
+) -> _Plan:
     """Take candidates in order while their estimated cost fits ``target``; cut the first that does not."""
     chosen: list[ContextChunk] = []
     covered: dict[str, list[tuple[int, int]]] = defaultdict(list)
@@ -347,7 +345,7 @@ def _greedy(candidates: Sequence[ContextChunk], target: int, count: TokenCounter
             new_file = part.source_abs not in order
             touches = any(s <= part.end and part.start <= e for s, e in spans)
             overhead = (_HEADER_ESTIMATE if new_file else 0) + (0 if touches else _LABEL_ESTIMATE)
-            cost = count(part.text) + overhead
+            cost = cost_of(part) + overhead
             if used + cost > target:
                 truncated = True
                 room = target - used - overhead
@@ -373,21 +371,40 @@ def _rendered(plan: _Plan, count: TokenCounter) -> tuple[list[Passage], str, int
     return passages, text, count(text) if text else 0
 
 
+class _Pool:
+    """Candidates read from an iterator as far as packing gets, kept for the next planning round: the candidates
+    beyond the budget (most of them, with many small hits) are never read from the store."""
+
+    def __init__(self, candidates: Iterable[ContextChunk]) -> None:
+        self._items: list[ContextChunk] = []
+        self._source: Iterator[ContextChunk] = iter(candidates)
+
+    def __iter__(self) -> Iterator[ContextChunk]:
+        position = 0
+        while True:
+            if position == len(self._items):
+                following = next(self._source, None)
+                if following is None:
+                    return
+                self._items.append(following)
+            yield self._items[position]
+            position += 1
+
+
 def pack_context(
     candidates: Iterable[ContextChunk], budget: int, count: TokenCounter, *, mixtral_counts: bool = False
 ) -> PackedContext:
     """Fill ``budget`` tokens with ``candidates``, best first; see the module docstring.
 
     ``candidates`` come in priority order (a chunk's ``score`` is its retrieval score; neighbours carry the score of
-    the hit they surround). A candidate that no longer fits whole is cut at a sentence boundary to the room left;
-    smaller later candidates may still fill what remains. The result never exceeds ``budget`` (exactly counted).
+    the hit they surround); an iterator is read only as far as the budget needs. A candidate that no longer fits
+    whole is cut at a sentence boundary to the room left; smaller later candidates may still fill what remains. The
+    result never exceeds ``budget`` (exactly counted).
     ``mixtral_counts``: ``count`` is the Mixtral vocabulary's, so the counts kept with whole chunks at ingest are
     used instead of counting them again (the rendered context is always counted).
     """
-    pool = list(candidates)
+    pool = _Pool(candidates)
     memo: dict[str, int] = {}
-    if mixtral_counts:
-        memo.update((c.text, c.mixtral_tokens) for c in pool if c.mixtral_tokens is not None)
 
     def counted(text: str) -> int:
         found = memo.get(text)
@@ -395,10 +412,16 @@ def pack_context(
             found = memo[text] = count(text)
         return found
 
+    def cost_of(part: ContextChunk) -> int:
+        if mixtral_counts and part.mixtral_tokens is not None:
+            memo[part.text] = part.mixtral_tokens  # for cutting it, should it not fit
+            return part.mixtral_tokens
+        return counted(part.text)
+
     # Plan with estimated label costs, count the rendered text exactly, and plan again with the target moved by
     # the difference (labels and joins cost less or more than estimated): a few rounds converge.
     target = budget
-    plan = _greedy(pool, target, counted)
+    plan = _greedy(pool, target, counted, cost_of)
     passages, text, tokens = _rendered(plan, counted)
     best: tuple[_Plan, list[Passage], str, int] | None = (plan, passages, text, tokens) if tokens <= budget else None
     for _ in range(4):
@@ -406,7 +429,7 @@ def pack_context(
         if 0 <= slack <= max(2, budget // 500) or (not plan.truncated and slack >= 0):
             break
         target = max(0, target + slack - (1 if slack > 0 else 2))
-        plan = _greedy(pool, target, counted)
+        plan = _greedy(pool, target, counted, cost_of)
         passages, text, tokens = _rendered(plan, counted)
         if tokens <= budget and (best is None or tokens > best[3]):
             best = (plan, passages, text, tokens)
@@ -436,20 +459,6 @@ def pack_context(
 
 
 # -- fetching neighbours ---------------------------------------------------------------------------------------
-def _rows(rows: list[tuple[str, str, dict[str, Any]]]) -> list[ContextChunk]:
-    return [ContextChunk.from_store(chunk_id, text, meta) for chunk_id, text, meta in rows]
-
-
-def chunks_by_index(reader: ChunkReader, wanted: Mapping[str, Iterable[int]]) -> list[ContextChunk]:
-    """The chunks ``{source_abs: chunk indices}`` that exist."""
-    return _rows(reader.chunks_by_index(wanted))
-
-
-def chunks_of_files(reader: ChunkReader, sources: Iterable[str]) -> list[ContextChunk]:
-    """Every chunk of the files ``sources`` (``source_abs``)."""
-    return _rows(reader.chunks_of_files(sources))
-
-
 class ContextAssembler:
     """Turns retrieved chunks into a packed context: neighbours and whole files from ``store`` (any
     :class:`rag.store.ChunkReader`), then :func:`pack_context`.
@@ -481,11 +490,12 @@ class ContextAssembler:
         """How many chunks to ask the retriever for to fill ``budget`` (small chunks assumed: deep enough)."""
         return max(k, min(limit, math.ceil(budget / tokens_per_chunk)))
 
-    def candidates(self, hits: Sequence[ContextChunk], budget: int, *, k: int = 5) -> list[ContextChunk]:
-        """Hits and their surroundings in priority order: each top-``k`` hit with its neighbours (or its whole file
-        when that fits), then the deeper hits with theirs."""
+    def candidates(self, hits: Sequence[ContextChunk], budget: int, *, k: int = 5) -> Iterator[ContextChunk]:
+        """Hits and their surroundings in priority order, each chunk once: each top-``k`` hit with its neighbours
+        (or its whole file when that fits), then the deeper hits with theirs, then rings of neighbours around every
+        hit, nearest first. Read from the store ring by ring, as far as the consumer iterates."""
         if not hits:
-            return []
+            return
         estimate = max(1.0, sum(max(1, len(h.text)) for h in hits[:k]) / min(len(hits), k))  # chars per chunk
         whole: list[str] = []
         planned = 0.0
@@ -499,35 +509,50 @@ class ContextAssembler:
         # neighbours on each side: enough for the hits' surroundings to fill the budget (few hits, long files)
         tokens_per_chunk = max(1.0, estimate / 2)  # a Chinese character is about a token, English ~4 a token
         radius = max(self.neighbours, min(64, math.ceil(budget / (tokens_per_chunk * len(hits)))))
-        wanted: dict[str, set[int]] = defaultdict(set)
-        for hit in hits:
-            if hit.source_abs not in whole:
-                wanted[hit.source_abs].update(range(hit.index - radius, hit.index + radius + 1))
-        fetched = chunks_of_files(self.store, whole) + chunks_by_index(self.store, wanted)
-        by_position = {(c.source_abs, c.index): c for c in fetched}
+        in_whole = set(whole)
         by_file: dict[str, list[ContextChunk]] = defaultdict(list)
-        for chunk in sorted(fetched, key=lambda c: c.index):
+        for chunk in sorted(self.store.chunks_of_files(whole), key=lambda c: c.chunk_index):
             by_file[chunk.source_abs].append(chunk)
-        ordered: list[ContextChunk] = []
+        by_position: dict[tuple[str, int], ContextChunk] = {
+            (c.source_abs, c.chunk_index): c for chunks in by_file.values() for c in chunks
+        }
 
-        def add(hit: ContextChunk, offsets: Iterable[int]) -> None:
+        def fetch(offsets: Iterable[int], ranked: Sequence[ContextChunk]) -> None:
+            wanted: dict[str, set[int]] = defaultdict(set)
+            for hit in ranked:
+                if hit.source_abs not in in_whole:
+                    for offset in offsets:
+                        index = hit.chunk_index + offset
+                        if index >= 0 and (hit.source_abs, index) not in by_position:
+                            wanted[hit.source_abs].add(index)
+            if wanted:
+                by_position.update(((c.source_abs, c.chunk_index), c) for c in self.store.chunks_by_index(wanted))
+
+        seen: set[str] = set()
+
+        def near(hit: ContextChunk, offsets: Iterable[int]) -> Iterator[ContextChunk]:
             for offset in offsets:
-                found = by_position.get((hit.source_abs, hit.index + offset))
-                if found is not None:
-                    ordered.append(found.scored(hit.score))
+                found = by_position.get((hit.source_abs, hit.chunk_index + offset))
+                if found is not None and found.chunk_id not in seen:
+                    seen.add(found.chunk_id)
+                    yield found.scored(hit.score)
 
-        files_done: set[str] = set()
+        fetch((-1, 1), hits[:k])
         for rank, hit in enumerate(hits):
-            ordered.append(hit)
-            if hit.source_abs in whole and hit.source_abs not in files_done:
-                files_done.add(hit.source_abs)
-                ordered.extend(c.scored(hit.score) for c in by_file[hit.source_abs])
+            if hit.chunk_id not in seen:
+                seen.add(hit.chunk_id)
+                yield hit
+            if hit.source_abs in in_whole:
+                for chunk in by_file.pop(hit.source_abs, []):  # popped: each whole file once
+                    if chunk.chunk_id not in seen:
+                        seen.add(chunk.chunk_id)
+                        yield chunk.scored(hit.score)
             elif rank < k:
-                add(hit, (-1, 1))
+                yield from near(hit, (-1, 1))
         for distance in range(1, radius + 1):  # then the surroundings of every hit, nearest first
+            fetch((-distance, distance), hits)
             for hit in hits:
-                add(hit, (-distance, distance))
-        return ordered
+                yield from near(hit, (-distance, distance))
 
     def assemble(self, documents: Sequence[Document], budget: int, *, k: int = 5) -> PackedContext:
         """Pack the retrieved ``documents`` (best first) and their surroundings into ``budget`` tokens."""

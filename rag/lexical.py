@@ -23,7 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from rag.store import ChunkRow, with_heading
+from rag.context import ContextChunk
+from rag.store import with_heading
 
 if TYPE_CHECKING:
     from rag.store import ChunkStore
@@ -37,8 +38,23 @@ _STOPWORDS = frozenset(
     "的 了 是 在 和 与 及 或 也 都 就 而 被 把 对 为 以 于 之 其 这 那 有 个 中 上 下 吗 呢 吧 啊 什么 哪 哪些 哪个 "
     "谁 多少 怎么 如何 为什么 a an the of to in on for and or is are was were be what which who how".split()
 )
-#: Stored in the index; an index written with another tokenisation or layout is emptied and refilled from the store.
-TOKENIZER_VERSION = "jieba-search-1+rows-2"
+#: How BM25 bodies are tokenised, stored in the index: an index of another tokenisation is refilled from the store.
+TOKENIZER_VERSION = "jieba-search-1"
+#: The columns of the ``rows`` table: a table of another layout is refilled from the store (bodies are kept).
+ROWS_LAYOUT = "rows-3"
+# The rows table: each chunk's position, the fields of rag.context.ContextChunk (so assembly reads them without
+# parsing JSON) and its whole metadata as JSON (what a retrieved Document carries).
+_ROWS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS rows (chunk_id TEXT PRIMARY KEY, source_abs TEXT NOT NULL, "
+    "chunk_index INTEGER NOT NULL, text TEXT NOT NULL, source TEXT NOT NULL, file_name TEXT NOT NULL, "
+    "start_char INTEGER NOT NULL, end_char INTEGER NOT NULL, page INTEGER, heading TEXT NOT NULL, "
+    "chunk_count INTEGER NOT NULL, mixtral_tokens INTEGER, metadata TEXT NOT NULL)"
+)
+# In ContextChunk's field order (the score, 0.0, is the retriever's to set).
+_CHUNK_COLUMNS = (
+    "chunk_id, text, source_abs, source, file_name, chunk_index, start_char, end_char, page, heading, 0.0, "
+    "chunk_count, mixtral_tokens"
+)
 _BATCH = 500
 _jieba_lock = threading.Lock()
 _quiet_jieba: list[bool] = []
@@ -117,6 +133,7 @@ class LexicalIndex:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(self.path, timeout=30)
             connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA mmap_size=268435456")  # reads straight from the page cache
             with connection:
                 connection.execute(
                     "CREATE VIRTUAL TABLE IF NOT EXISTS chunks USING fts5("
@@ -124,20 +141,30 @@ class LexicalIndex:
                 )
                 connection.execute("CREATE VIRTUAL TABLE IF NOT EXISTS terms USING fts5vocab(chunks, 'row')")
                 connection.execute("CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT)")
-                row = connection.execute("SELECT value FROM info WHERE key = 'tokenizer'").fetchone()
-                if row is None or row[0] != TOKENIZER_VERSION:
-                    connection.execute("DELETE FROM chunks")  # sync() refills both from the store
-                    connection.execute("DROP TABLE IF EXISTS rows")  # its columns may have changed too
-                    connection.execute(
-                        "INSERT OR REPLACE INTO info (key, value) VALUES ('tokenizer', ?)", (TOKENIZER_VERSION,)
-                    )
-                connection.execute(
-                    "CREATE TABLE IF NOT EXISTS rows (chunk_id TEXT PRIMARY KEY, source_abs TEXT NOT NULL, "
-                    "chunk_index INTEGER NOT NULL, text TEXT NOT NULL, metadata TEXT NOT NULL, mixtral_tokens INTEGER)"
-                )
+                self._upgrade(connection)
+                connection.execute(_ROWS_TABLE)
                 connection.execute("CREATE INDEX IF NOT EXISTS rows_position ON rows (source_abs, chunk_index)")
             self._local.connection = connection
         return connection
+
+    @staticmethod
+    def _upgrade(connection: sqlite3.Connection) -> None:
+        """Empty what an index of an older tokenisation or layout holds wrongly; :meth:`sync` refills it."""
+        info = dict(connection.execute("SELECT key, value FROM info").fetchall())
+        tokenizer, layout = info.get("tokenizer"), info.get("layout")
+        if tokenizer is not None and "+" in tokenizer:  # written when one string named both ("jieba-search-1+rows-2")
+            tokenizer, layout = tokenizer.split("+", 1)
+        if tokenizer != TOKENIZER_VERSION:
+            connection.execute("DELETE FROM chunks")
+            connection.execute("DROP TABLE IF EXISTS rows")
+        elif layout != ROWS_LAYOUT:
+            connection.execute("DROP TABLE IF EXISTS rows")
+            # the bodies stay: sync() refills the rows alone, and drops bodies the store no longer has
+            connection.execute("INSERT OR REPLACE INTO info (key, value) VALUES ('refill_rows', '1')")
+        connection.executemany(
+            "INSERT OR REPLACE INTO info (key, value) VALUES (?, ?)",
+            [("tokenizer", TOKENIZER_VERSION), ("layout", ROWS_LAYOUT)],
+        )
 
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM rows").fetchone()[0])
@@ -159,23 +186,40 @@ class LexicalIndex:
             bodies = [
                 index_body(with_heading(str(m.get("heading", "")), t)) for t, m in zip(texts, metadatas, strict=True)
             ]
-        counts = _mixtral_counts(texts)
-        rows = [
-            (
-                chunk_id,
-                str(meta.get("source_abs") or meta.get("source") or ""),
-                int(meta.get("chunk_index", 0) or 0),
-                text,
-                json.dumps(dict(meta), ensure_ascii=False),
-                tokens,
-            )
-            for chunk_id, text, meta, tokens in zip(ids, texts, metadatas, counts, strict=True)
-        ]
-        pairs = [(chunk_id, body) for chunk_id, body in zip(ids, bodies, strict=True)]
         with self._db as db:
             db.executemany("DELETE FROM chunks WHERE chunk_id = ?", [(chunk_id,) for chunk_id in ids])
-            db.executemany("INSERT INTO chunks (chunk_id, body) VALUES (?, ?)", pairs)
-            db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?, ?)", rows)
+            db.executemany("INSERT INTO chunks (chunk_id, body) VALUES (?, ?)", zip(ids, bodies, strict=True))
+            self._write_rows(db, ids, texts, metadatas)
+
+    @staticmethod
+    def _write_rows(
+        db: sqlite3.Connection, ids: Sequence[str], texts: Sequence[str], metadatas: Sequence[Mapping[str, Any]]
+    ) -> None:
+        rows = []
+        for chunk_id, text, meta, tokens in zip(ids, texts, metadatas, _mixtral_counts(texts), strict=True):
+            chunk = ContextChunk.from_store(chunk_id, text, meta)
+            rows.append(
+                (
+                    chunk_id,
+                    chunk.source_abs,
+                    chunk.chunk_index,
+                    text,
+                    chunk.source,
+                    chunk.file_name,
+                    chunk.start,
+                    chunk.end,
+                    chunk.page,
+                    chunk.heading,
+                    chunk.chunk_count,
+                    tokens,
+                    json.dumps(dict(meta), ensure_ascii=False),
+                )
+            )
+        db.executemany(
+            "INSERT OR REPLACE INTO rows (chunk_id, source_abs, chunk_index, text, source, file_name, start_char, "
+            "end_char, page, heading, chunk_count, mixtral_tokens, metadata) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            rows,
+        )
 
     def delete(self, ids: Iterable[str]) -> None:
         keys = [(chunk_id,) for chunk_id in ids]
@@ -192,15 +236,26 @@ class LexicalIndex:
         """Make the index hold exactly the store's chunks; returns (added, removed)."""
         stored = store.all_ids()
         present = self.ids()
+        refill = self._db.execute("SELECT 1 FROM info WHERE key = 'refill_rows'").fetchone() is not None
+        # after a layout change the rows are gone but the bodies are not: they need no tokenising again
+        bodied = {row[0] for row in self._db.execute("SELECT chunk_id FROM chunks")} if refill else set()
         missing = sorted(stored - present)
-        extra = present - stored
+        extra = (present | bodied) - stored
         if extra:
             self.delete(extra)
         for first in range(0, len(missing), _BATCH):
             batch = missing[first : first + _BATCH]
             found = store.chunks(batch)
             kept = [chunk_id for chunk_id in batch if chunk_id in found]
-            self.add(kept, [found[i][0] for i in kept], [found[i][1] for i in kept])
+            texts, metadatas = [found[i][0] for i in kept], [found[i][1] for i in kept]
+            if all(chunk_id in bodied for chunk_id in kept):
+                with self._db as db:
+                    self._write_rows(db, kept, texts, metadatas)
+            else:
+                self.add(kept, texts, metadatas)
+        if refill:
+            with self._db as db:
+                db.execute("DELETE FROM info WHERE key = 'refill_rows'")
         return len(missing), len(extra)
 
     # -- BM25 ------------------------------------------------------------------------------------------------
@@ -250,16 +305,6 @@ class LexicalIndex:
         }
 
     # -- reading chunks (the ChunkReader protocol of rag.store) ----------------------------------------------
-    @staticmethod
-    def _rows(rows: Iterable[tuple[str, str, str, int | None]]) -> list[ChunkRow]:
-        found: list[ChunkRow] = []
-        for chunk_id, text, metadata, tokens in rows:
-            meta = json.loads(metadata)
-            if tokens is not None:
-                meta["mixtral_tokens"] = tokens
-            found.append((chunk_id, text, meta))
-        return found
-
     def chunks(self, ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         """Text and metadata of the chunks ``ids`` that are indexed."""
         found: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -268,36 +313,39 @@ class LexicalIndex:
             batch = unique[first : first + _BATCH]
             marks = ",".join("?" * len(batch))
             query = f"SELECT chunk_id, text, metadata, mixtral_tokens FROM rows WHERE chunk_id IN ({marks})"
-            for chunk_id, text, meta in self._rows(self._db.execute(query, batch)):
+            for chunk_id, text, metadata, tokens in self._db.execute(query, batch):
+                meta = json.loads(metadata)
+                if tokens is not None:
+                    meta["mixtral_tokens"] = tokens
                 found[chunk_id] = (text, meta)
         return found
 
-    def chunks_by_index(self, wanted: Mapping[str, Iterable[int]]) -> list[ChunkRow]:
+    def chunks_by_index(self, wanted: Mapping[str, Iterable[int]]) -> list[ContextChunk]:
         """The chunks ``{source_abs: chunk indices}`` that exist."""
-        found: list[ChunkRow] = []
-        for source, indices in wanted.items():
-            numbers = sorted({int(i) for i in indices if int(i) >= 0})
-            if not numbers:
-                continue
-            # one range scan per file: the wanted indices are a few contiguous windows
-            rows = self._db.execute(
-                "SELECT chunk_id, text, metadata, mixtral_tokens, chunk_index FROM rows "
-                "WHERE source_abs = ? AND chunk_index BETWEEN ? AND ?",
-                (source, numbers[0], numbers[-1]),
-            ).fetchall()
-            keep = set(numbers)
-            found.extend(self._rows((i, t, m, n) for i, t, m, n, index in rows if index in keep))
+        positions = [(source, int(i)) for source, indices in wanted.items() for i in set(indices) if int(i) >= 0]
+        found: list[ContextChunk] = []
+        for first in range(0, len(positions), _BATCH):
+            batch = positions[first : first + _BATCH]
+            # one indexed join for all the windows (a query per file costs twice as much)
+            values = ",".join(["(?,?)"] * len(batch))
+            query = (
+                f"WITH wanted (wanted_source, position) AS (VALUES {values}) SELECT {_CHUNK_COLUMNS} FROM wanted "
+                "JOIN rows ON rows.source_abs = wanted_source AND rows.chunk_index = position"
+            )
+            found.extend(map(ContextChunk._make, self._db.execute(query, [v for pair in batch for v in pair])))
         return found
 
-    def chunks_of_files(self, sources: Iterable[str]) -> list[ChunkRow]:
-        """Every chunk of the files ``sources`` (``source_abs``)."""
-        found: list[ChunkRow] = []
-        for source in sorted(set(sources)):
-            rows = self._db.execute(
-                "SELECT chunk_id, text, metadata, mixtral_tokens FROM rows WHERE source_abs = ? ORDER BY chunk_index",
-                (source,),
+    def chunks_of_files(self, sources: Iterable[str]) -> list[ContextChunk]:
+        """Every chunk of the files ``sources`` (``source_abs``), in reading order per file."""
+        names = sorted(set(sources))
+        found: list[ContextChunk] = []
+        for first in range(0, len(names), _BATCH):
+            batch = names[first : first + _BATCH]
+            query = (
+                f"SELECT {_CHUNK_COLUMNS} FROM rows WHERE source_abs IN ({','.join('?' * len(batch))}) "
+                "ORDER BY source_abs, chunk_index"
             )
-            found.extend(self._rows(rows))
+            found.extend(map(ContextChunk._make, self._db.execute(query, batch)))
         return found
 
     def close(self) -> None:

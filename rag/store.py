@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
+from rag.context import ContextChunk
 from rag.errors import ConfigError, ModelMismatchError, StoreError
 
 if TYPE_CHECKING:
@@ -37,11 +38,17 @@ class ChunkReader(Protocol):
     """Reads stored chunks by id and by position: the Chroma store itself, or the local copy beside it
     (:class:`rag.lexical.LexicalIndex`), which answers the same questions without a round trip to Chroma."""
 
-    def chunks(self, ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]: ...
+    def chunks(self, ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Text and metadata of the chunks ``ids`` that exist."""
+        ...
 
-    def chunks_by_index(self, wanted: Mapping[str, Iterable[int]]) -> list[ChunkRow]: ...
+    def chunks_by_index(self, wanted: Mapping[str, Iterable[int]]) -> list[ContextChunk]:
+        """The chunks ``{source_abs: chunk indices}`` that exist, in no particular order."""
+        ...
 
-    def chunks_of_files(self, sources: Iterable[str]) -> list[ChunkRow]: ...
+    def chunks_of_files(self, sources: Iterable[str]) -> list[ContextChunk]:
+        """Every chunk of the files ``sources`` (``source_abs``)."""
+        ...
 
 
 def connect_chroma(*, path: str | os.PathLike[str] | None = None, url: str | None = None) -> ClientAPI:
@@ -81,6 +88,10 @@ def _connect(chromadb: Any, chroma_settings: Any, *, path: str | os.PathLike[str
         raise StoreError(
             f"cannot open the store at {path} ({error}). Check RAG_DATA_DIR and its permissions."
         ) from error
+
+
+def _positioned(rows: list[ChunkRow]) -> list[ContextChunk]:
+    return [ContextChunk.from_store(chunk_id, text, meta) for chunk_id, text, meta in rows]
 
 
 def _rows(page: Any) -> list[ChunkRow]:
@@ -246,7 +257,7 @@ class ChunkStore:
         rows = _rows(collection.get(ids=list(ids), include=["documents", "metadatas"]))
         return {chunk_id: (text, meta) for chunk_id, text, meta in rows}
 
-    def chunks_by_index(self, wanted: Mapping[str, Iterable[int]]) -> list[ChunkRow]:
+    def chunks_by_index(self, wanted: Mapping[str, Iterable[int]]) -> list[ContextChunk]:
         """The chunks ``{source_abs: chunk indices}`` that exist, in one query."""
         clauses: list[dict[str, Any]] = []
         for source, indices in wanted.items():
@@ -255,14 +266,15 @@ class ChunkStore:
                 clauses.append({"$and": [{"source_abs": source}, {"chunk_index": {"$in": numbers}}]})
         if not clauses:
             return []
-        return self.chunks_where(clauses[0] if len(clauses) == 1 else {"$or": clauses})
+        return _positioned(self.chunks_where(clauses[0] if len(clauses) == 1 else {"$or": clauses}))
 
-    def chunks_of_files(self, sources: Iterable[str]) -> list[ChunkRow]:
+    def chunks_of_files(self, sources: Iterable[str]) -> list[ContextChunk]:
         """Every chunk of the files ``sources`` (``source_abs``), in one query."""
         names = sorted(set(sources))
         if not names:
             return []
-        return self.chunks_where({"source_abs": names[0]} if len(names) == 1 else {"source_abs": {"$in": names}})
+        where: dict[str, Any] = {"source_abs": names[0]} if len(names) == 1 else {"source_abs": {"$in": names}}
+        return _positioned(self.chunks_where(where))
 
     # -- writing -------------------------------------------------------------------------------------------
     def _writable(self) -> Collection:

@@ -12,6 +12,7 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_tests.integration_tests import RetrieversIntegrationTests
 
 from ingest.pipeline import IngestPipeline
+from rag.context import ContextChunk
 from rag.lexical import LexicalIndex, tokenize
 from rag.retriever import HybridRetriever, dense_weight_for, fuse_scores, lexical_scores
 from rag.store import ChunkStore, connect_chroma
@@ -126,14 +127,49 @@ def test_lexical_index_follows_ingest_incrementally(tmp_path: Path, embedder: An
     assert lexical.count() == 0 == store.count()
 
 
+def test_an_older_layout_refills_its_rows_without_tokenising_again(
+    tmp_path: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An index written before the rows table had its columns (one version string named both) keeps its BM25
+    bodies: only the rows are read again from the store, and a body the store no longer has is dropped."""
+    import sqlite3
+
+    import rag.lexical
+
+    store, lexical = ingest_into_store(tmp_path, DOCUMENTS, embedder)
+    path, expected = lexical.path, lexical.search("咖啡机除垢", 3)
+    lexical.close()
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM info WHERE key = 'layout'")
+        db.execute("UPDATE info SET value = 'jieba-search-1+rows-2' WHERE key = 'tokenizer'")
+        db.execute("DROP TABLE rows")
+        db.execute("CREATE TABLE rows (chunk_id TEXT PRIMARY KEY, metadata TEXT)")  # the old layout's shape
+        db.execute("INSERT INTO chunks (chunk_id, body) VALUES ('gone', '咖啡机 除垢')")  # deleted from the store
+    reopened = LexicalIndex(path)
+    assert reopened.count() == 0
+
+    def no_tokenising(text: str) -> str:
+        raise AssertionError("bodies were tokenised again")
+
+    monkeypatch.setattr(rag.lexical, "index_body", no_tokenising)
+    assert reopened.sync(store) == (store.count(), 1)
+    assert reopened.search("咖啡机除垢", 3) == expected
+    assert reopened.ids() == store.all_ids()
+    ids = sorted(store.all_ids())
+    assert {
+        i: (t, {k: v for k, v in m.items() if k != "mixtral_tokens"}) for i, (t, m) in reopened.chunks(ids).items()
+    } == store.chunks(ids)
+    assert reopened.sync(store) == (0, 0)  # and once refilled, a sync is cheap again
+
+
 def count_mixtral(text: str) -> int:
     from rag.tokens import MixtralTokenizer
 
     return len(MixtralTokenizer().encode_text(text))
 
 
-def without_counts(rows: list[Any]) -> list[Any]:
-    return [(i, t, {k: v for k, v in m.items() if k != "mixtral_tokens"}) for i, t, m in rows]
+def without_counts(chunks: list[ContextChunk]) -> list[ContextChunk]:
+    return sorted((chunk._replace(mixtral_tokens=None) for chunk in chunks), key=lambda c: c.chunk_index)
 
 
 def test_local_copy_reads_what_the_store_holds(tmp_path: Path, embedder: Any) -> None:
@@ -147,11 +183,12 @@ def test_local_copy_reads_what_the_store_holds(tmp_path: Path, embedder: Any) ->
     assert local == store.chunks(ids)
     source = next(meta["source_abs"] for _, meta in store.chunks(ids).values() if meta["file_name"] == "policy.txt")
     wanted = {source: [0, 2, 3, 99], "/nowhere.txt": [0]}
-    assert sorted(without_counts(lexical.chunks_by_index(wanted))) == sorted(store.chunks_by_index(wanted))
-    assert [row[2]["chunk_index"] for row in lexical.chunks_by_index(wanted)] == [0, 2, 3]
-    assert without_counts(lexical.chunks_of_files([source])) == sorted(
-        store.chunks_of_files([source]), key=lambda r: r[2]["chunk_index"]
-    )
+    assert without_counts(lexical.chunks_by_index(wanted)) == without_counts(store.chunks_by_index(wanted))
+    assert [chunk.chunk_index for chunk in without_counts(lexical.chunks_by_index(wanted))] == [0, 2, 3]
+    whole_file = lexical.chunks_of_files([source])
+    assert [c.chunk_index for c in whole_file] == list(range(len(whole_file)))  # in reading order
+    assert all(c.mixtral_tokens == count_mixtral(c.text) for c in whole_file)
+    assert without_counts(whole_file) == without_counts(store.chunks_of_files([source]))
     # a store-only retriever and the default one (local reads) return the same documents
     default, store_only = make_retriever(k=3), make_retriever(k=3, lexical=None)
     assert [d.id for d in default.invoke("咖啡机除垢")][:1] == [d.id for d in store_only.invoke("咖啡机除垢")][:1]
