@@ -13,6 +13,7 @@ calls :func:`pack_context`.
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections import defaultdict
@@ -41,9 +42,8 @@ TokenCounter = Callable[[str], int]
 
 # A sentence ends after Chinese or Latin end punctuation (plus closing quotes), or at a line break.
 _SENTENCE_END = re.compile(r"[。！？；…!?]+[”’」』）)\]\"']*|[.;:][”’」』）)\]\"']*(?=\s)|\n+")
-#: Tokens reserved for the label line of a new passage / the header of a new document while planning.
-_LABEL_ESTIMATE = 12
-_HEADER_ESTIMATE = 16
+#: Candidates in a row that may fail to fit before planning stops looking for smaller ones further down.
+_PATIENCE = 32
 #: A cut shorter than this many tokens is not worth a passage.
 _MIN_CUT = 8
 #: Rooms at least this large take part of a sentence longer than the room (text without sentence ends).
@@ -170,11 +170,17 @@ class PackedContext:
 
 
 # -- rendering -------------------------------------------------------------------------------------------------
+def _label_text(n: int, page: int | None, heading: str) -> str:
+    details = ([f"p. {page}"] if page is not None else []) + ([heading] if heading else [])
+    return f"[{n}]" + (f" ({'; '.join(details)})" if details else "")
+
+
 def _label(passage: Passage) -> str:
-    details = [f"p. {passage.page}"] if passage.page is not None else []
-    if passage.heading:
-        details.append(passage.heading)
-    return f"[{passage.n}]" + (f" ({'; '.join(details)})" if details else "")
+    return _label_text(passage.n, passage.page, passage.heading)
+
+
+def _header(passage: Passage | ContextChunk) -> str:
+    return f"## {passage.file_name or passage.source}"
 
 
 def render_context(passages: Sequence[Passage]) -> str:
@@ -184,7 +190,7 @@ def render_context(passages: Sequence[Passage]) -> str:
     for passage in passages:
         if passage.source_abs != current:
             current = passage.source_abs
-            blocks.append(f"## {passage.file_name or passage.source}")
+            blocks.append(_header(passage))
         blocks.append(f"{_label(passage)}\n{passage.text.strip()}")
     return "\n\n".join(blocks)
 
@@ -235,7 +241,7 @@ def cut_to_tokens(text: str, max_tokens: int, count: TokenCounter, *, from_end: 
 
 
 # -- packing -----------------------------------------------------------------------------------------------------
-def _uncovered(chunk: ContextChunk, covered: list[tuple[int, int]]) -> list[ContextChunk]:
+def _uncovered(chunk: ContextChunk, covered: Sequence[list[int]]) -> list[ContextChunk]:
     """The parts of ``chunk`` not yet in the context."""
     if not any(start < chunk.end and end > chunk.start for start, end in covered):
         return [chunk] if chunk.text.strip() else []
@@ -311,6 +317,8 @@ class _Plan:
     cut: tuple[int, ContextChunk, bool] | None
     """The last part that was cut: its position in ``chosen``, the whole part, whether its end was kept."""
     truncated: bool
+    used: int
+    """The plan's estimated tokens."""
 
 
 def _trimmed(part: ContextChunk, tokens: int, from_end: bool, count: TokenCounter) -> ContextChunk | None:
@@ -322,53 +330,143 @@ def _trimmed(part: ContextChunk, tokens: int, from_end: bool, count: TokenCounte
     return part.sliced(part.start, part.start + len(text))
 
 
-def _greedy(
-    candidates: Iterable[ContextChunk], target: int, count: TokenCounter, cost_of: Callable[[ContextChunk], int]
-) -> _Plan:
-    """Take candidates in order while their estimated cost fits ``target``; cut the first that does not."""
+def _join(runs: list[list[int]], start: int, end: int) -> int:
+    """Add ``[start, end)`` to a file's runs (sorted, disjoint; touching spans merge); returns the runs it joined."""
+    touched = [run for run in runs if run[0] <= end and start <= run[1]]
+    if not touched:
+        bisect.insort(runs, [start, end])
+        return 0
+    first = touched[0]
+    first[0], first[1] = min(start, first[0]), max(end, touched[-1][1])
+    for run in touched[1:]:
+        runs.remove(run)
+    return len(touched)
+
+
+def _greedy(candidates: Iterable[ContextChunk], target: int, costs: _Costs) -> _Plan:
+    """Take candidates in order while their cost in the rendered context fits ``target``; cut the first that does
+    not; stop when nothing has fitted for a while (the rest of the candidates is never read)."""
     chosen: list[ContextChunk] = []
-    covered: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    runs: dict[str, list[list[int]]] = defaultdict(list)  # per file: the spans taken, merged as passages will be
     order: list[str] = []  # files, by their best candidate
     owner: dict[str, str] = {}  # text fingerprint -> the file it was first seen in
+    passages = 0
     used = 0
     truncated = False
+    misses = 0
     cut: tuple[int, ContextChunk, bool] | None = None
     for candidate in candidates:
-        if target - used < _MIN_CUT:
+        if target - used < _MIN_CUT or misses > _PATIENCE:
             truncated = True
             break
         fingerprint = "".join(candidate.text.split())  # whitespace-blind; str.split beats a regex here
         if owner.setdefault(fingerprint, candidate.source_abs) != candidate.source_abs:
             continue  # the same text in another file (a copy): once is enough
-        spans = covered[candidate.source_abs]
+        spans = runs[candidate.source_abs]
         for part in _uncovered(candidate, spans):
-            new_file = part.source_abs not in order
-            touches = any(s <= part.end and part.start <= e for s, e in spans)
-            overhead = (_HEADER_ESTIMATE if new_file else 0) + (0 if touches else _LABEL_ESTIMATE)
-            cost = cost_of(part) + overhead
+            new_file = not spans
+            joins = sum(1 for run in spans if run[0] <= part.end and part.start <= run[1])
+            # a part that starts a passage pays for its label; one that bridges two passages saves one
+            overhead = (costs.header(part) if new_file else 0) + costs.label(part, passages + 1) * (1 - joins)
+            cost = costs.inline(part, candidate) + overhead
             if used + cost > target:
                 truncated = True
+                misses += 1
                 room = target - used - overhead
                 if room < _MIN_CUT:
                     continue
-                before = any(s == part.end for s, _ in spans)  # text leading into a passage: keep its end
-                smaller = _trimmed(part, room, before, count)
+                before = any(run[0] == part.end for run in spans)  # text leading into a passage: keep its end
+                smaller = _trimmed(part, room, before, costs.count)
                 if smaller is None:
                     continue
                 cut = (len(chosen), part, before)
-                part, cost = smaller, count(smaller.text) + overhead
+                part, cost = smaller, costs.inline(smaller, candidate) + overhead
+            misses = 0
             if new_file:
                 order.append(part.source_abs)
             chosen.append(part)
-            spans.append((part.start, part.end))
+            passages += 1 - _join(spans, part.start, part.end)
             used += cost
-    return _Plan(chosen, order, cut, truncated)
+    return _Plan(chosen, order, cut, truncated, used)
 
 
-def _rendered(plan: _Plan, count: TokenCounter) -> tuple[list[Passage], str, int]:
+class _Costs:
+    """Token counts for planning and for the rendered context, memoised for the rounds of one packing.
+
+    Planning counts a part as it appears in the context: after a line break or another part, where SentencePiece
+    adds no leading space (a chunk counted on its own pays a token for it when it starts with a Chinese character);
+    a part cut from a chunk is estimated in proportion to the chunk's count. With the Mixtral vocabulary
+    (``mixtral_counts``), the rendered context is counted exactly passage by passage: no token of that vocabulary
+    spans a line break, so a text's count is its lines' counts added up, and a later round recounts only the
+    passages it changed. Other tokenizers count the whole rendered text.
+    """
+
+    def __init__(self, count: TokenCounter, mixtral_counts: bool) -> None:
+        self._count = count
+        self._mixtral_counts = mixtral_counts
+        self._memo: dict[str, int] = {}
+        self._space: dict[str, int] = {}  # first character -> tokens its leading space costs on its own
+        self._newline = count("\n")
+
+    def count(self, text: str) -> int:
+        """Exact tokens of ``text`` on its own (memoised)."""
+        found = self._memo.get(text)
+        if found is None:
+            found = self._memo[text] = self._count(text)
+        return found
+
+    def alone(self, chunk: ContextChunk) -> int:
+        """Tokens of a chunk on its own: the count kept from ingest when there is one."""
+        if self._mixtral_counts and chunk.mixtral_tokens is not None:
+            self._memo[chunk.text] = chunk.mixtral_tokens  # for cutting it, should it not fit
+            return chunk.mixtral_tokens
+        return self.count(chunk.text)
+
+    def _after_newline(self, text: str) -> int:
+        return self.count("\n" + text) - self._newline if text else 0
+
+    def inline(self, part: ContextChunk, whole: ContextChunk) -> int:
+        """Tokens of ``part`` (``whole`` or a slice of it) after a line break or another part."""
+        if part is whole:
+            tokens = self.alone(whole)
+        else:
+            tokens = max(1, round(self.alone(whole) * len(part.text) / max(1, len(whole.text))))
+        first = part.text[:1]
+        if "\u3400" <= first <= "\u9fff":
+            first = "中"  # Chinese characters all pay alike (the Mixtral vocabulary has no "▁" + CJK piece)
+        space = self._space.get(first)
+        if space is None:
+            space = self._space[first] = self.count(first) - self._after_newline(first)
+        return tokens - space
+
+    def label(self, part: ContextChunk, n: int) -> int:
+        """A new passage: the blank line before it, its ``[n] (p. ...)`` label and the line break after it."""
+        return 3 + self._after_newline(_label_text(n, part.page, part.heading))
+
+    def header(self, part: ContextChunk) -> int:
+        """A new document: the blank line before it and its ``## file`` header."""
+        return 2 + self._after_newline(_header(part))
+
+    def rendered(self, passages: Sequence[Passage]) -> tuple[str, int]:
+        """:func:`render_context` of ``passages`` and its exact token count."""
+        text = render_context(passages)
+        if not text or not self._mixtral_counts:
+            return text, self.count(text) if text else 0
+        tokens = 0
+        current: str | None = None
+        for passage in passages:  # the blocks of render_context, each after a blank line but the first
+            if passage.source_abs != current:
+                header = _header(passage)
+                tokens += self.count(header) if current is None else 2 + self._after_newline(header)
+                current = passage.source_abs
+            tokens += 2 + self._after_newline(_label(passage)) + 1 + self._after_newline(passage.text.strip())
+        return text, tokens
+
+
+def _rendered(plan: _Plan, costs: _Costs) -> tuple[list[Passage], str, int]:
     passages = _passages(plan.chosen, plan.order)
-    text = render_context(passages)
-    return passages, text, count(text) if text else 0
+    text, tokens = costs.rendered(passages)
+    return passages, text, tokens
 
 
 class _Pool:
@@ -401,36 +499,29 @@ def pack_context(
     whole is cut at a sentence boundary to the room left; smaller later candidates may still fill what remains. The
     result never exceeds ``budget`` (exactly counted).
     ``mixtral_counts``: ``count`` is the Mixtral vocabulary's, so the counts kept with whole chunks at ingest are
-    used instead of counting them again (the rendered context is always counted).
+    used instead of counting them again, and the rendered context is counted passage by passage (exactly: see
+    ``_Costs``).
     """
     pool = _Pool(candidates)
-    memo: dict[str, int] = {}
+    costs = _Costs(count, mixtral_counts)
+    counted = costs.count
 
-    def counted(text: str) -> int:
-        found = memo.get(text)
-        if found is None:
-            found = memo[text] = count(text)
-        return found
-
-    def cost_of(part: ContextChunk) -> int:
-        if mixtral_counts and part.mixtral_tokens is not None:
-            memo[part.text] = part.mixtral_tokens  # for cutting it, should it not fit
-            return part.mixtral_tokens
-        return counted(part.text)
-
-    # Plan with estimated label costs, count the rendered text exactly, and plan again with the target moved by
+    # Plan with estimated costs, count the rendered text exactly, and plan again with the target moved by
     # the difference (labels and joins cost less or more than estimated): a few rounds converge.
     target = budget
-    plan = _greedy(pool, target, counted, cost_of)
-    passages, text, tokens = _rendered(plan, counted)
+    plan = _greedy(pool, target, costs)
+    passages, text, tokens = _rendered(plan, costs)
     best: tuple[_Plan, list[Passage], str, int] | None = (plan, passages, text, tokens) if tokens <= budget else None
     for _ in range(4):
         slack = budget - tokens
         if 0 <= slack <= max(2, budget // 500) or (not plan.truncated and slack >= 0):
             break
-        target = max(0, target + slack - (1 if slack > 0 else 2))
-        plan = _greedy(pool, target, counted, cost_of)
-        passages, text, tokens = _rendered(plan, counted)
+        # aim a little under: the estimate errs by a few tokens either way, and over the budget costs a round
+        target = max(0, target + slack - max(2, budget // 1000))
+        plan, previous = _greedy(pool, target, costs), tokens
+        passages, text, tokens = _rendered(plan, costs)
+        if tokens == previous:
+            break  # the cut falls on the same sentence boundary: another round changes nothing
         if tokens <= budget and (best is None or tokens > best[3]):
             best = (plan, passages, text, tokens)
     if best is None:  # still over: shrink the cut part (or the last one) until it fits
@@ -448,11 +539,10 @@ def pack_context(
                 plan.cut = None
                 plan.order = [s for s in plan.order if any(c.source_abs == s for c in plan.chosen)]
             plan.truncated = True
-            passages, text, tokens = _rendered(plan, counted)
+            passages, text, tokens = _rendered(plan, costs)
         while passages and tokens > budget:  # a last resort that keeps the promise
             passages = passages[:-1]
-            text = render_context(passages)
-            tokens = counted(text) if text else 0
+            text, tokens = costs.rendered(passages)
         best = (plan, passages, text, tokens)
     plan, passages, text, tokens = best
     return PackedContext(text=text, passages=passages, tokens=tokens, budget=budget, truncated=plan.truncated)

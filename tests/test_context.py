@@ -197,3 +197,32 @@ def test_cut_to_tokens_ends_at_a_sentence_boundary() -> None:
     endless = "一句很长很长没有句号的话" * 20
     assert cut_to_tokens(endless, 30, count) == ""  # a small room takes no sentence fragment
     assert 60 <= count(cut_to_tokens(endless, 80, count)) <= 80  # a sizeable one takes part of the sentence
+
+
+MIXED_TEXTS = [
+    "长江是中国第一长河，全长约6300公里。",
+    "  Leading spaces, then English words: the quick brown fox.\nA second line.",
+    "Émile's café served crème brûlée 🍮 at 3 p.m.; 价格 ¥38。",
+    "表格\t列一\t列二\n1\t2\n\n空行之后的文字",
+    "ｆｕｌｌ－ｗｉｄｔｈ ＡＢＣ，１２３！",
+    '代码 `x = y[0]` 与 <tag attr="v">内容</tag> ...',
+    "𠀀𠀁 rare CJK extension B characters 𪚥",
+    "Der Fluss heißt Jangtsekiang. Ça va? Да.",
+]
+
+
+def test_counting_passage_by_passage_equals_counting_the_whole_context() -> None:
+    """With the Mixtral vocabulary the rendered context is counted passage by passage (no token spans a line
+    break); on texts of every kind that must equal counting the whole context at once."""
+    chunks = []
+    for i, text in enumerate(MIXED_TEXTS * 3):
+        source = f"/d/file{i % 5}.txt"
+        start = (i // 5) * 1000
+        chunks.append(
+            ContextChunk(f"{source}#{i}", text, source, source, Path(source).name, i // 5, start, start + len(text),
+                         page=i % 3 or None, heading="第一章 > 节" if i % 2 else "", mixtral_tokens=count(text))
+        )  # fmt: skip
+    for budget in (60, 150, 400, 10_000):
+        packed = pack_context(chunks, budget, count, mixtral_counts=True)
+        assert packed.tokens == count(packed.text) <= budget
+        assert packed.tokens == pack_context(chunks, budget, count).tokens  # and the plan is the same
