@@ -142,15 +142,20 @@ class HybridRetriever(BaseRetriever):
             weight = self.dense_weight if self.dense_weight is not None else dense_weight_for(self.embedder.name, query)
             fused = fuse_scores(dense, lexical, weight)
         ranked = sorted(fused, key=lambda key: (-fused[key], key))  # ties in a fixed order: reproducible runs
-        chunks = reader.chunks(ranked[: wanted * 2])  # room for near-duplicates dropped below
         documents: list[Document] = []
         seen_texts: set[str] = set()
-        for chunk_id in ranked[: wanted * 2]:
+        chunks: dict[str, tuple[str, dict[str, Any]]] = {}
+        read = 0
+        for position, chunk_id in enumerate(ranked):
+            if position == read:  # read in batches: what is still wanted, and a few more for near-duplicates
+                batch = ranked[read : read + wanted - len(documents) + max(8, wanted // 8)]
+                chunks.update(reader.chunks(batch))
+                read += len(batch)
             chunk = chunks.get(chunk_id)
             if chunk is None:  # deleted since the lexical index saw it
                 continue
             text, metadata = chunk
-            fingerprint = re.sub(r"\s+", "", text)
+            fingerprint = "".join(text.split())
             if fingerprint in seen_texts:
                 continue
             seen_texts.add(fingerprint)
