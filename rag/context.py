@@ -44,6 +44,8 @@ TokenCounter = Callable[[str], int]
 _SENTENCE_END = re.compile(r"[。！？；…!?]+[”’」』）)\]\"']*|[.;:][”’」』）)\]\"']*(?=\s)|\n+")
 #: Candidates in a row that may fail to fit before planning stops looking for smaller ones further down.
 _PATIENCE = 32
+#: Whole files read from the store at a time.
+_FILE_BATCH = 16
 #: A cut shorter than this many tokens is not worth a passage.
 _MIN_CUT = 8
 #: Rooms at least this large take part of a sentence longer than the room (text without sentence ends).
@@ -343,36 +345,71 @@ def _join(runs: list[list[int]], start: int, end: int) -> int:
     return len(touched)
 
 
-def _greedy(candidates: Iterable[ContextChunk], target: int, costs: _Costs) -> _Plan:
+@dataclass
+class _Progress:
+    """How far a greedy plan has got: the next candidate to consider and what it has taken so far."""
+
+    position: int = 0
+    chosen: list[ContextChunk] = field(default_factory=list)
+    runs: dict[str, list[list[int]]] = field(default_factory=lambda: defaultdict(list))
+    """Per file: the spans taken, merged as the passages will be."""
+    order: list[str] = field(default_factory=list)
+    """Files, by their best candidate."""
+    owner: dict[str, str] = field(default_factory=dict)
+    """Text fingerprint -> the file it was first seen in."""
+    passages: int = 0
+    used: int = 0
+
+    def copy(self) -> _Progress:
+        runs: dict[str, list[list[int]]] = defaultdict(list)
+        runs.update((source, [run[:] for run in spans]) for source, spans in self.runs.items())
+        return _Progress(self.position, self.chosen[:], runs, self.order[:], dict(self.owner), self.passages, self.used)
+
+
+def _greedy(pool: _Pool, target: int, costs: _Costs, start: _Progress | None = None) -> tuple[_Plan, _Progress | None]:
     """Take candidates in order while their cost in the rendered context fits ``target``; cut the first that does
-    not; stop when nothing has fitted for a while (the rest of the candidates is never read)."""
-    chosen: list[ContextChunk] = []
-    runs: dict[str, list[list[int]]] = defaultdict(list)  # per file: the spans taken, merged as passages will be
-    order: list[str] = []  # files, by their best candidate
-    owner: dict[str, str] = {}  # text fingerprint -> the file it was first seen in
-    passages = 0
-    used = 0
+    not; stop when nothing has fitted for a while (the rest of the candidates is never read).
+
+    Also returns a checkpoint: the progress just before the first candidate that did not fit whole. Up to there
+    the plan is the same for any target of at least the checkpoint's ``used`` plus ``_MIN_CUT``, so a later round
+    with such a target resumes from it (``start``) instead of planning everything again.
+    """
+    state = start.copy() if start is not None else _Progress()
+    chosen, runs, order, owner = state.chosen, state.runs, state.order, state.owner
     truncated = False
     misses = 0
     cut: tuple[int, ContextChunk, bool] | None = None
-    for candidate in candidates:
-        if target - used < _MIN_CUT or misses > _PATIENCE:
+    checkpoint: _Progress | None = None
+    while (candidate := pool.get(state.position)) is not None:
+        if target - state.used < _MIN_CUT or misses > _PATIENCE:
+            if checkpoint is None:
+                checkpoint = state.copy()
             truncated = True
             break
+        state.position += 1
         fingerprint = "".join(candidate.text.split())  # whitespace-blind; str.split beats a regex here
+        new_text = fingerprint not in owner
         if owner.setdefault(fingerprint, candidate.source_abs) != candidate.source_abs:
             continue  # the same text in another file (a copy): once is enough
         spans = runs[candidate.source_abs]
+        undo = (len(chosen), len(order), state.passages, state.used, [run[:] for run in spans])
         for part in _uncovered(candidate, spans):
             new_file = not spans
             joins = sum(1 for run in spans if run[0] <= part.end and part.start <= run[1])
             # a part that starts a passage pays for its label; one that bridges two passages saves one
-            overhead = (costs.header(part) if new_file else 0) + costs.label(part, passages + 1) * (1 - joins)
+            overhead = (costs.header(part) if new_file else 0) + costs.label(part, state.passages + 1) * (1 - joins)
             cost = costs.inline(part, candidate) + overhead
-            if used + cost > target:
+            if state.used + cost > target:
+                if checkpoint is None:  # the progress before this candidate
+                    checkpoint = state.copy()
+                    checkpoint.position -= 1
+                    taken, files, checkpoint.passages, checkpoint.used, checkpoint.runs[candidate.source_abs] = undo
+                    del checkpoint.chosen[taken:], checkpoint.order[files:]
+                    if new_text:
+                        del checkpoint.owner[fingerprint]
                 truncated = True
                 misses += 1
-                room = target - used - overhead
+                room = target - state.used - overhead
                 if room < _MIN_CUT:
                     continue
                 before = any(run[0] == part.end for run in spans)  # text leading into a passage: keep its end
@@ -385,9 +422,9 @@ def _greedy(candidates: Iterable[ContextChunk], target: int, costs: _Costs) -> _
             if new_file:
                 order.append(part.source_abs)
             chosen.append(part)
-            passages += 1 - _join(spans, part.start, part.end)
-            used += cost
-    return _Plan(chosen, order, cut, truncated, used)
+            state.passages += 1 - _join(spans, part.start, part.end)
+            state.used += cost
+    return _Plan(chosen, order, cut, truncated, state.used), checkpoint
 
 
 class _Costs:
@@ -477,16 +514,14 @@ class _Pool:
         self._items: list[ContextChunk] = []
         self._source: Iterator[ContextChunk] = iter(candidates)
 
-    def __iter__(self) -> Iterator[ContextChunk]:
-        position = 0
-        while True:
-            if position == len(self._items):
-                following = next(self._source, None)
-                if following is None:
-                    return
-                self._items.append(following)
-            yield self._items[position]
-            position += 1
+    def get(self, position: int) -> ContextChunk | None:
+        """The candidate at ``position``; None past the last one."""
+        while position >= len(self._items):
+            following = next(self._source, None)
+            if following is None:
+                return None
+            self._items.append(following)
+        return self._items[position]
 
 
 def pack_context(
@@ -509,7 +544,8 @@ def pack_context(
     # Plan with estimated costs, count the rendered text exactly, and plan again with the target moved by
     # the difference (labels and joins cost less or more than estimated): a few rounds converge.
     target = budget
-    plan = _greedy(pool, target, costs)
+    plan, checkpoint = _greedy(pool, target, costs)
+    checkpoints = [checkpoint] if checkpoint is not None else []
     passages, text, tokens = _rendered(plan, costs)
     best: tuple[_Plan, list[Passage], str, int] | None = (plan, passages, text, tokens) if tokens <= budget else None
     for _ in range(4):
@@ -518,7 +554,11 @@ def pack_context(
             break
         # aim a little under: the estimate errs by a few tokens either way, and over the budget costs a round
         target = max(0, target + slack - max(2, budget // 1000))
-        plan, previous = _greedy(pool, target, costs), tokens
+        valid = [c for c in checkpoints if c.used + _MIN_CUT <= target]
+        start = max(valid, key=lambda c: c.used) if valid else None
+        (plan, checkpoint), previous = _greedy(pool, target, costs, start), tokens
+        if checkpoint is not None:
+            checkpoints.append(checkpoint)
         passages, text, tokens = _rendered(plan, costs)
         if tokens == previous:
             break  # the cut falls on the same sentence boundary: another round changes nothing
@@ -583,7 +623,7 @@ class ContextAssembler:
     def candidates(self, hits: Sequence[ContextChunk], budget: int, *, k: int = 5) -> Iterator[ContextChunk]:
         """Hits and their surroundings in priority order, each chunk once: each top-``k`` hit with its neighbours
         (or its whole file when that fits), then the deeper hits with theirs, then rings of neighbours around every
-        hit, nearest first. Read from the store ring by ring, as far as the consumer iterates."""
+        hit, nearest first. Read from the store a few files or a ring at a time, as far as the consumer iterates."""
         if not hits:
             return
         estimate = max(1.0, sum(max(1, len(h.text)) for h in hits[:k]) / min(len(hits), k))  # chars per chunk
@@ -599,13 +639,17 @@ class ContextAssembler:
         # neighbours on each side: enough for the hits' surroundings to fill the budget (few hits, long files)
         tokens_per_chunk = max(1.0, estimate / 2)  # a Chinese character is about a token, English ~4 a token
         radius = max(self.neighbours, min(64, math.ceil(budget / (tokens_per_chunk * len(hits)))))
-        in_whole = set(whole)
-        by_file: dict[str, list[ContextChunk]] = defaultdict(list)
-        for chunk in sorted(self.store.chunks_of_files(whole), key=lambda c: c.chunk_index):
-            by_file[chunk.source_abs].append(chunk)
-        by_position: dict[tuple[str, int], ContextChunk] = {
-            (c.source_abs, c.chunk_index): c for chunks in by_file.values() for c in chunks
-        }
+        in_whole = {source: rank for rank, source in enumerate(whole)}
+        by_file: dict[str, list[ContextChunk]] = {}
+        by_position: dict[tuple[str, int], ContextChunk] = {}
+
+        def fetch_files(source: str) -> list[ContextChunk]:
+            if source not in by_file:  # with the next few whole files: packing may stop before it needs them
+                batch = [s for s in whole[in_whole[source] : in_whole[source] + _FILE_BATCH] if s not in by_file]
+                by_file.update((s, []) for s in batch)
+                for chunk in sorted(self.store.chunks_of_files(batch), key=lambda c: c.chunk_index):
+                    by_file[chunk.source_abs].append(chunk)
+            return by_file[source]
 
         def fetch(offsets: Iterable[int], ranked: Sequence[ContextChunk]) -> None:
             wanted: dict[str, set[int]] = defaultdict(set)
@@ -633,7 +677,7 @@ class ContextAssembler:
                 seen.add(hit.chunk_id)
                 yield hit
             if hit.source_abs in in_whole:
-                for chunk in by_file.pop(hit.source_abs, []):  # popped: each whole file once
+                for chunk in fetch_files(hit.source_abs):  # the chunks seen make a file's second visit empty
                     if chunk.chunk_id not in seen:
                         seen.add(chunk.chunk_id)
                         yield chunk.scored(hit.score)
