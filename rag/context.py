@@ -388,7 +388,6 @@ def _greedy(pool: _Pool, target: int, costs: _Costs, start: _Progress | None = N
             break
         state.position += 1
         fingerprint = "".join(candidate.text.split())  # whitespace-blind; str.split beats a regex here
-        new_text = fingerprint not in owner
         if owner.setdefault(fingerprint, candidate.source_abs) != candidate.source_abs:
             continue  # the same text in another file (a copy): once is enough
         spans = runs[candidate.source_abs]
@@ -404,9 +403,7 @@ def _greedy(pool: _Pool, target: int, costs: _Costs, start: _Progress | None = N
                     checkpoint = state.copy()
                     checkpoint.position -= 1
                     taken, files, checkpoint.passages, checkpoint.used, checkpoint.runs[candidate.source_abs] = undo
-                    del checkpoint.chosen[taken:], checkpoint.order[files:]
-                    if new_text:
-                        del checkpoint.owner[fingerprint]
+                    del checkpoint.chosen[taken:], checkpoint.order[files:]  # (its fingerprint maps to its own file)
                 truncated = True
                 misses += 1
                 room = target - state.used - overhead

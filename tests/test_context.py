@@ -226,3 +226,38 @@ def test_counting_passage_by_passage_equals_counting_the_whole_context() -> None
         packed = pack_context(chunks, budget, count, mixtral_counts=True)
         assert packed.tokens == count(packed.text) <= budget
         assert packed.tokens == pack_context(chunks, budget, count).tokens  # and the plan is the same
+
+
+def test_a_round_resumed_from_its_checkpoint_plans_what_planning_afresh_does() -> None:
+    """Later packing rounds resume from the progress before the first candidate that did not fit; for any larger
+    target that must give exactly the plan that starting over gives."""
+    from rag.context import _MIN_CUT, _Costs, _greedy, _Pool
+
+    rng = random.Random(7)
+    texts = {f"/d/{name}.txt": article(i, 40, rng) for i, name in enumerate("abcdef")}
+    candidates = []
+    for _ in range(120):  # overlapping windows of random files, in a random priority order
+        source = rng.choice(sorted(texts))
+        start = rng.randrange(0, len(texts[source]) - 80)
+        end = start + rng.randrange(40, 80)
+        index = start // 30
+        candidates.append(ContextChunk(f"{source}#{start}", texts[source][start:end], source, source,
+                                       Path(source).name, index, start, end, score=rng.random()))  # fmt: skip
+    costs = _Costs(count, mixtral_counts=False)
+    pool = _Pool(candidates)
+    resumed = 0
+    for first_target in (300, 800, 1500, 2500):
+        _, checkpoint = _greedy(pool, first_target, costs)
+        assert checkpoint is not None
+        for extra in (0, 7, 40, 150, 900):
+            target = max(first_target, checkpoint.used + _MIN_CUT) + extra
+            fresh, _ = _greedy(pool, target, costs)
+            again, _ = _greedy(pool, target, costs, checkpoint)
+            assert (again.chosen, again.order, again.cut, again.used) == (
+                fresh.chosen,
+                fresh.order,
+                fresh.cut,
+                fresh.used,
+            )
+            resumed += checkpoint.position > 0
+    assert resumed  # the checkpoints were not all at the start

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ def built_store() -> tuple[Path, Path]:
     from rag.embeddings import SentenceTransformerEmbeddings
 
     root = Path(tempfile.mkdtemp(prefix="rag-retriever-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # not a tmp_path: the class-level tests need it too
     ingest_into_store(root, DOCUMENTS, SentenceTransformerEmbeddings(BUNDLED_EMBEDDER))
     return root, root / "docs"
 
