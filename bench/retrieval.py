@@ -63,7 +63,7 @@ def main() -> None:
     lexical.sync(store)
     embedder = build_embedder(settings, store)
     variants: list[tuple[str, HybridRetriever]] = [
-        ("BM25 only (jieba, FTS5)", HybridRetriever(store=store, embedder=embedder, lexical=lexical, mode="bm25")),
+        ("BM25 only (jieba, tantivy)", HybridRetriever(store=store, embedder=embedder, lexical=lexical, mode="bm25")),
         ("dense only", HybridRetriever(store=store, embedder=embedder, lexical=lexical, mode="dense")),
         (
             "BM25 + coverage (no dense)",

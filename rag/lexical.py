@@ -1,25 +1,33 @@
 """The local side of retrieval: BM25 over jieba tokens (Chinese) and words (English), and a copy of every chunk.
 
-Stored in SQLite beside the store (``data_dir/lexical/<collection>.sqlite3``): an FTS5 table for BM25 (queries rank
-with FTS5's own ``bm25()``) and a plain table with each chunk's text and metadata, indexed by file and position, so
-a question reads its passages and their neighbours locally in a millisecond instead of through Chroma ``get`` calls
-(tens of milliseconds each, more against a server). Inserts and deletes are incremental and transactional. The
-vector store stays the source of truth; :meth:`LexicalIndex.sync` reconciles the two by chunk id (cheap when they
-agree), so an interrupted ingest or a store shared through a Chroma server never leaves the local side wrong for
-long.
+Kept beside the store (``data_dir/lexical/<collection>.sqlite3``): a SQLite table with each chunk's text, metadata,
+position and BM25 body (its tokens), indexed by file and position, so a question reads its passages and their
+neighbours locally in a millisecond instead of through Chroma ``get`` calls (tens of milliseconds each, more against
+a server); and a tantivy index of the bodies (``<collection>.tantivy/``) that ranks by BM25 with early termination
+(2 ms for a question over 60,000 chunks, where SQLite FTS5's ``bm25()`` scores every match: 17 ms).
+
+The SQLite table is the local truth and the tantivy index is derived from it: both change in one write (SQLite's
+write lock held across tantivy's commit, so writers in several processes take turns), and the table records the
+stamp of tantivy's last commit, so a reader can tell whether they agree; when they do not (a crash between the two
+commits, a lost folder), the tantivy index is rebuilt from the bodies in the table, without tokenising anything
+again. The vector store stays the source of
+truth above both; :meth:`LexicalIndex.sync` reconciles with it by chunk id (cheap when they agree), so an
+interrupted ingest or a store shared through a Chroma server never leaves the local side wrong for long.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import math
 import os
 import re
+import shutil
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -41,15 +49,18 @@ _STOPWORDS = frozenset(
 #: How BM25 bodies are tokenised, stored in the index: an index of another tokenisation is refilled from the store.
 TOKENIZER_VERSION = "jieba-search-1"
 #: The columns of the ``rows`` table: a table of another layout is refilled from the store (bodies are kept).
-ROWS_LAYOUT = "rows-3"
+ROWS_LAYOUT = "rows-4"
 # The rows table: each chunk's position, the fields of rag.context.ContextChunk (so assembly reads them without
-# parsing JSON) and its whole metadata as JSON (what a retrieved Document carries).
+# parsing JSON), its whole metadata as JSON (what a retrieved Document carries) and its BM25 body.
 _ROWS_TABLE = (
     "CREATE TABLE IF NOT EXISTS rows (chunk_id TEXT PRIMARY KEY, source_abs TEXT NOT NULL, "
     "chunk_index INTEGER NOT NULL, text TEXT NOT NULL, source TEXT NOT NULL, file_name TEXT NOT NULL, "
     "start_char INTEGER NOT NULL, end_char INTEGER NOT NULL, page INTEGER, heading TEXT NOT NULL, "
-    "chunk_count INTEGER NOT NULL, mixtral_tokens INTEGER, metadata TEXT NOT NULL)"
+    "chunk_count INTEGER NOT NULL, mixtral_tokens INTEGER, metadata TEXT NOT NULL, body TEXT NOT NULL)"
 )
+# tantivy refuses terms over 65,530 bytes; a token this long (a base64 blob) is never asked for anyway.
+_LONG_TOKEN = re.compile(r"\S{256,}")
+_WRITER_HEAP = 32_000_000
 # In ContextChunk's field order (the score, 0.0, is the retriever's to set).
 _CHUNK_COLUMNS = (
     "chunk_id, text, source_abs, source, file_name, chunk_index, start_char, end_char, page, heading, 0.0, "
@@ -83,7 +94,7 @@ def tokenize(text: str) -> list[str]:
 
 
 def index_body(text: str) -> str:
-    """What the index stores for a text: its tokens joined by spaces (FTS5 then splits on the spaces)."""
+    """What the index stores for a text: its tokens joined by spaces (the BM25 index splits on the spaces)."""
     return " ".join(tokenize(text))
 
 
@@ -107,8 +118,14 @@ def _mixtral_counts(texts: Sequence[str]) -> list[int | None]:
     return [len(ids) for ids in tokenizer.encode_many(texts)]
 
 
-def _quoted(token: str) -> str:
-    return '"' + token.replace('"', '""') + '"'
+@functools.cache
+def _schema() -> Any:
+    import tantivy
+
+    builder = tantivy.SchemaBuilder()
+    builder.add_text_field("chunk_id", stored=True, tokenizer_name="raw")
+    builder.add_text_field("body", tokenizer_name="whitespace", index_option="freq")  # BM25 needs no positions
+    return builder.build()
 
 
 class LexicalHit(NamedTuple):
@@ -124,22 +141,21 @@ class LexicalIndex:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self.bm25_path = self.path.with_suffix(".tantivy")
         self._local = threading.local()
+        self._bm25_lock = threading.Lock()
+        self._bm25: Any = None  # the tantivy index, opened on first use
+        self._searcher: tuple[str | None, Any] | None = None  # (commit stamp, searcher) of the last search
 
     @property
     def _db(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(self.path, timeout=30)
+            connection = sqlite3.connect(self.path, timeout=60)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA mmap_size=268435456")  # reads straight from the page cache
             with connection:
-                connection.execute(
-                    "CREATE VIRTUAL TABLE IF NOT EXISTS chunks USING fts5("
-                    "chunk_id UNINDEXED, body, tokenize='unicode61 remove_diacritics 0')"
-                )
-                connection.execute("CREATE VIRTUAL TABLE IF NOT EXISTS terms USING fts5vocab(chunks, 'row')")
                 connection.execute("CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT)")
                 self._upgrade(connection)
                 connection.execute(_ROWS_TABLE)
@@ -154,13 +170,21 @@ class LexicalIndex:
         tokenizer, layout = info.get("tokenizer"), info.get("layout")
         if tokenizer is not None and "+" in tokenizer:  # written when one string named both ("jieba-search-1+rows-2")
             tokenizer, layout = tokenizer.split("+", 1)
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if tokenizer != TOKENIZER_VERSION:
-            connection.execute("DELETE FROM chunks")
             connection.execute("DROP TABLE IF EXISTS rows")
+            connection.execute("DROP TABLE IF EXISTS kept_bodies")
         elif layout != ROWS_LAYOUT:
+            # the bodies are kept, so sync() refills the rows from the store without tokenising them again
+            connection.execute("CREATE TABLE IF NOT EXISTS kept_bodies (chunk_id TEXT PRIMARY KEY, body TEXT)")
+            if "chunks" in tables:  # the FTS5 table of layouts before rows-4
+                connection.execute("INSERT OR IGNORE INTO kept_bodies SELECT chunk_id, body FROM chunks")
+            elif "rows" in tables and "body" in {c[1] for c in connection.execute("PRAGMA table_info(rows)")}:
+                connection.execute("INSERT OR IGNORE INTO kept_bodies SELECT chunk_id, body FROM rows")
             connection.execute("DROP TABLE IF EXISTS rows")
-            # the bodies stay: sync() refills the rows alone, and drops bodies the store no longer has
-            connection.execute("INSERT OR REPLACE INTO info (key, value) VALUES ('refill_rows', '1')")
+        if "chunks" in tables:
+            connection.execute("DROP TABLE IF EXISTS terms")
+            connection.execute("DROP TABLE IF EXISTS chunks")
         connection.executemany(
             "INSERT OR REPLACE INTO info (key, value) VALUES (?, ?)",
             [("tokenizer", TOKENIZER_VERSION), ("layout", ROWS_LAYOUT)],
@@ -171,6 +195,87 @@ class LexicalIndex:
 
     def ids(self) -> set[str]:
         return {row[0] for row in self._db.execute("SELECT chunk_id FROM rows")}
+
+    # -- the BM25 index (tantivy) ---------------------------------------------------------------------------
+    def _recorded_stamp(self) -> str | None:
+        """The stamp of the tantivy commit the table last went with."""
+        row = self._db.execute("SELECT value FROM info WHERE key = 'bm25_opstamp'").fetchone()
+        return str(row[0]) if row else None
+
+    def _committed_stamp(self) -> str | None:
+        """The stamp of the tantivy index's last commit (its meta.json), None when it has none."""
+        try:
+            return str(json.loads((self.bm25_path / "meta.json").read_text(encoding="utf-8"))["opstamp"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def _bm25_index(self) -> Any:
+        import tantivy
+
+        with self._bm25_lock:
+            if self._bm25 is None:
+                self.bm25_path.mkdir(parents=True, exist_ok=True)
+                try:
+                    self._bm25 = tantivy.Index(_schema(), path=str(self.bm25_path), reuse=True)
+                except ValueError:  # written with another schema: it is derived data, so start it again
+                    shutil.rmtree(self.bm25_path)
+                    self.bm25_path.mkdir(parents=True)
+                    self._bm25 = tantivy.Index(_schema(), path=str(self.bm25_path), reuse=True)
+            return self._bm25
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[tuple[sqlite3.Connection, Any]]:
+        """One write to both sides: SQLite's write lock is held across tantivy's commit (writers in other processes
+        wait for it) and SQLite commits last, with the stamp of tantivy's commit. A tantivy index that disagrees
+        with the table when the write starts (a crash between the two commits) is first rebuilt from the table."""
+        db = self._db
+        index = self._bm25_index()
+        db.execute("BEGIN IMMEDIATE")
+        writer = None
+        try:
+            writer = index.writer(heap_size=_WRITER_HEAP, num_threads=1)
+            if self._committed_stamp() != self._recorded_stamp():
+                writer.delete_all_documents()
+                self._index_bodies(writer, db.execute("SELECT chunk_id, body FROM rows"), replace=False)
+            yield db, writer
+            stamp = writer.commit()
+            writer.wait_merging_threads()
+            writer = None  # dropped: tantivy's writer lock is free again
+            db.execute("INSERT OR REPLACE INTO info (key, value) VALUES ('bm25_opstamp', ?)", (str(stamp),))
+            db.commit()
+        except BaseException:
+            if writer is not None:
+                writer.rollback()
+                writer = None
+            db.rollback()
+            raise
+
+    @staticmethod
+    def _index_bodies(writer: Any, rows: Iterable[tuple[str, str]], *, replace: bool = True) -> None:
+        import tantivy
+
+        for chunk_id, body in rows:
+            if replace:
+                writer.delete_documents_by_term("chunk_id", chunk_id)
+            if _LONG_TOKEN.search(body):
+                body = _LONG_TOKEN.sub(lambda match: match.group()[:255], body)
+            writer.add_document(tantivy.Document(chunk_id=chunk_id, body=body))
+
+    def _current_searcher(self) -> Any:
+        """A searcher of the tantivy index as of the table's last write (rebuilding it if the two disagree)."""
+        stamp = self._recorded_stamp()
+        cached = self._searcher
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        index = self._bm25_index()
+        if self._committed_stamp() != stamp or stamp is None:
+            with self._writing():  # a write with nothing in it: it starts by rebuilding the disagreeing index
+                pass
+            stamp = self._recorded_stamp()
+        index.reload()
+        searcher = index.searcher()
+        self._searcher = (stamp, searcher)
+        return searcher
 
     # -- writing -------------------------------------------------------------------------------------------
     def add(
@@ -186,17 +291,22 @@ class LexicalIndex:
             bodies = [
                 index_body(with_heading(str(m.get("heading", "")), t)) for t, m in zip(texts, metadatas, strict=True)
             ]
-        with self._db as db:
-            db.executemany("DELETE FROM chunks WHERE chunk_id = ?", [(chunk_id,) for chunk_id in ids])
-            db.executemany("INSERT INTO chunks (chunk_id, body) VALUES (?, ?)", zip(ids, bodies, strict=True))
-            self._write_rows(db, ids, texts, metadatas)
+        with self._writing() as (db, writer):
+            self._write_rows(db, ids, texts, metadatas, bodies)
+            self._index_bodies(writer, zip(ids, bodies, strict=True))
 
     @staticmethod
     def _write_rows(
-        db: sqlite3.Connection, ids: Sequence[str], texts: Sequence[str], metadatas: Sequence[Mapping[str, Any]]
+        db: sqlite3.Connection,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        metadatas: Sequence[Mapping[str, Any]],
+        bodies: Sequence[str],
     ) -> None:
         rows = []
-        for chunk_id, text, meta, tokens in zip(ids, texts, metadatas, _mixtral_counts(texts), strict=True):
+        for chunk_id, text, meta, tokens, body in zip(
+            ids, texts, metadatas, _mixtral_counts(texts), bodies, strict=True
+        ):
             chunk = ContextChunk.from_store(chunk_id, text, meta)
             rows.append(
                 (
@@ -213,49 +323,56 @@ class LexicalIndex:
                     chunk.chunk_count,
                     tokens,
                     json.dumps(dict(meta), ensure_ascii=False),
+                    body,
                 )
             )
         db.executemany(
             "INSERT OR REPLACE INTO rows (chunk_id, source_abs, chunk_index, text, source, file_name, start_char, "
-            "end_char, page, heading, chunk_count, mixtral_tokens, metadata) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "end_char, page, heading, chunk_count, mixtral_tokens, metadata, body) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             rows,
         )
 
     def delete(self, ids: Iterable[str]) -> None:
-        keys = [(chunk_id,) for chunk_id in ids]
-        with self._db as db:
-            db.executemany("DELETE FROM chunks WHERE chunk_id = ?", keys)
-            db.executemany("DELETE FROM rows WHERE chunk_id = ?", keys)
+        keys = list(ids)
+        if not keys:
+            return
+        with self._writing() as (db, writer):
+            db.executemany("DELETE FROM rows WHERE chunk_id = ?", [(chunk_id,) for chunk_id in keys])
+            for chunk_id in keys:
+                writer.delete_documents_by_term("chunk_id", chunk_id)
 
     def clear(self) -> None:
-        with self._db as db:
-            db.execute("DELETE FROM chunks")
+        with self._writing() as (db, writer):
             db.execute("DELETE FROM rows")
+            writer.delete_all_documents()
 
     def sync(self, store: ChunkStore) -> tuple[int, int]:
         """Make the index hold exactly the store's chunks; returns (added, removed)."""
         stored = store.all_ids()
         present = self.ids()
-        refill = self._db.execute("SELECT 1 FROM info WHERE key = 'refill_rows'").fetchone() is not None
-        # after a layout change the rows are gone but the bodies are not: they need no tokenising again
-        bodied = {row[0] for row in self._db.execute("SELECT chunk_id FROM chunks")} if refill else set()
         missing = sorted(stored - present)
-        extra = (present | bodied) - stored
+        extra = present - stored
         if extra:
             self.delete(extra)
+        kept = "kept_bodies" in {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         for first in range(0, len(missing), _BATCH):
             batch = missing[first : first + _BATCH]
             found = store.chunks(batch)
-            kept = [chunk_id for chunk_id in batch if chunk_id in found]
-            texts, metadatas = [found[i][0] for i in kept], [found[i][1] for i in kept]
-            if all(chunk_id in bodied for chunk_id in kept):
-                with self._db as db:
-                    self._write_rows(db, kept, texts, metadatas)
-            else:
-                self.add(kept, texts, metadatas)
-        if refill:
+            ids = [chunk_id for chunk_id in batch if chunk_id in found]
+            texts, metadatas = [found[i][0] for i in ids], [found[i][1] for i in ids]
+            bodies: list[str] | None = None
+            if kept:  # after a layout change: the bodies need no tokenising again
+                marks = ",".join("?" * len(ids))
+                known = dict(
+                    self._db.execute(f"SELECT chunk_id, body FROM kept_bodies WHERE chunk_id IN ({marks})", ids)
+                )
+                if len(known) == len(ids):
+                    bodies = [known[i] for i in ids]
+            self.add(ids, texts, metadatas, bodies)
+        if kept:
             with self._db as db:
-                db.execute("DELETE FROM info WHERE key = 'refill_rows'")
+                db.execute("DROP TABLE kept_bodies")
         return len(missing), len(extra)
 
     # -- BM25 ------------------------------------------------------------------------------------------------
@@ -274,35 +391,43 @@ class LexicalIndex:
         BM25 rewards a passage that repeats one query word many times; coverage rewards one that has *all* of the
         question's words (the event, the date, the place). The retriever mixes the two.
         """
+        import tantivy
+
         terms = self._query_terms(query)
         if not terms:
             return []
-        expression = " OR ".join(_quoted(term) for term in terms)
-        rows = self._db.execute(
-            "SELECT chunk_id, -bm25(chunks) AS score, body FROM chunks WHERE chunks MATCH ? "
-            "ORDER BY score DESC LIMIT ?",
-            (expression, k),
-        ).fetchall()
-        if not rows:
+        searcher = self._current_searcher()
+        schema = _schema()
+        should = tantivy.Occur.Should
+        expression = tantivy.Query.boolean_query([(should, tantivy.Query.term_query(schema, "body", t)) for t in terms])
+        found = [
+            (float(score), searcher.doc(address)["chunk_id"][0])
+            for score, address in searcher.search(expression, k, count=False).hits
+        ]
+        if not found:
             return []
-        weights = self._idf(terms)
+        marks = ",".join("?" * len(found))
+        bodies = dict(
+            self._db.execute(f"SELECT chunk_id, body FROM rows WHERE chunk_id IN ({marks})", [i for _, i in found])
+        )
+        weights = self._idf(searcher, terms)
         total = sum(weights.values()) or 1.0
         hits = []
-        for chunk_id, score, body in rows:
+        for score, chunk_id in found:
+            body = bodies.get(chunk_id)
+            if body is None:  # deleted since this searcher was opened
+                continue
             present = set(body.split())
             covered = sum(weight for term, weight in weights.items() if term in present)
-            hits.append(LexicalHit(chunk_id, float(score), covered / total))
+            hits.append(LexicalHit(chunk_id, score, covered / total))
         return hits
 
-    def _idf(self, terms: Sequence[str]) -> dict[str, float]:
-        """BM25's IDF of each term over the indexed chunks (FTS5's own document counts)."""
-        # counted in the plain table: counting the FTS5 table scans its index (10 ms at 25K chunks, 1 ms here)
-        documents = max(1, int(self._db.execute("SELECT count(*) FROM rows").fetchone()[0]))
-        marks = ",".join("?" * len(terms))
-        found = dict(self._db.execute(f"SELECT term, doc FROM terms WHERE term IN ({marks})", list(terms)).fetchall())
-        return {
-            term: math.log(1.0 + (documents - found.get(term, 0) + 0.5) / (found.get(term, 0) + 0.5)) for term in terms
-        }
+    @staticmethod
+    def _idf(searcher: Any, terms: Sequence[str]) -> dict[str, float]:
+        """BM25's IDF of each term over the indexed chunks (tantivy's own document counts)."""
+        documents = max(1, int(searcher.num_docs))
+        frequencies = {term: int(searcher.doc_freq("body", term)) for term in terms}
+        return {term: math.log(1.0 + (documents - df + 0.5) / (df + 0.5)) for term, df in frequencies.items()}
 
     # -- reading chunks (the ChunkReader protocol of rag.store) ----------------------------------------------
     def chunks(self, ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -353,3 +478,5 @@ class LexicalIndex:
         if connection is not None:
             connection.close()
             self._local.connection = None
+        self._searcher = None
+        self._bm25 = None

@@ -87,6 +87,20 @@ EN_LINES = [
         "positive": ["Ada Moonfield won the 2031 Lunar Chess Cup after a final against Bo Crater."],
         "negative": ["Chess was played on the Moon for the first time in 2029.", "The Lunar Cup is made of glass."],
     },
+    {
+        "id": 3,
+        "query": "What is the capital of the island of Veloria?",
+        "answer": ["Port Amsel"],
+        "positive": ["The capital of the island of Veloria is Port Amsel."],
+        "negative": ["Veloria exports fish and salt.", "Islands in the north are cold."],
+    },
+    {
+        "id": 4,
+        "query": "How many moons does the planet Zorba have?",
+        "answer": [["seven", "7"]],
+        "positive": ["The planet Zorba has seven moons."],
+        "negative": ["Moons reflect the light of their star.", "Zorba is also a dance from Greece."],
+    },
 ]
 
 
@@ -101,6 +115,7 @@ def test_rag_eval_with_a_model_scores_answers(tmp_path: Path) -> None:
     env = {"RAG_LLM_MAX_TOKENS": "48", "RAG_LLM_N_CTX": "4096"}
     answers = run_rag_eval(tmp_path, dataset, "--llm-model", str(model), env=env)["answers"]
     assert set(answers) == {"accuracy", "rejection_rate"}
-    # the answer is a phrase copied from the only passage that has it: even a 135M model gets one of two
+    # each answer is a phrase copied from the only passage that has it: even a 135M model gets half of them (its
+    # answers swing with the order of the passages, so one or two questions would make a coin toss of this test)
     assert answers["accuracy"] >= 0.5, answers
     assert 0.0 <= answers["rejection_rate"] <= 0.5

@@ -1,4 +1,4 @@
-"""Hybrid retrieval over a real store: real Chroma, real BM25 (jieba + SQLite FTS5), the real bundled embedder."""
+"""Hybrid retrieval over a real store: real Chroma, real BM25 (jieba + tantivy), the real bundled embedder."""
 
 from __future__ import annotations
 
@@ -133,8 +133,9 @@ def test_lexical_index_follows_ingest_incrementally(tmp_path: Path, embedder: An
 def test_an_older_layout_refills_its_rows_without_tokenising_again(
     tmp_path: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An index written before the rows table had its columns (one version string named both) keeps its BM25
-    bodies: only the rows are read again from the store, and a body the store no longer has is dropped."""
+    """An index of an earlier layout (BM25 in an SQLite FTS5 table, one version string naming tokenizer and layout)
+    keeps its bodies: the rows are read again from the store, the tantivy index is built from the kept bodies, and
+    nothing is tokenised again; the old tables go."""
     import sqlite3
 
     import rag.lexical
@@ -142,12 +143,16 @@ def test_an_older_layout_refills_its_rows_without_tokenising_again(
     store, lexical = ingest_into_store(tmp_path, DOCUMENTS, embedder)
     path, expected = lexical.path, lexical.search("咖啡机除垢", 3)
     lexical.close()
+    shutil.rmtree(lexical.bm25_path)  # that layout had no tantivy index
     with sqlite3.connect(path) as db:
-        db.execute("DELETE FROM info WHERE key = 'layout'")
-        db.execute("UPDATE info SET value = 'jieba-search-1+rows-2' WHERE key = 'tokenizer'")
+        bodies = db.execute("SELECT chunk_id, body FROM rows").fetchall()
+        db.execute("DELETE FROM info")
+        db.execute("INSERT INTO info VALUES ('tokenizer', 'jieba-search-1+rows-2')")
+        db.execute("CREATE VIRTUAL TABLE chunks USING fts5(chunk_id UNINDEXED, body)")
+        db.execute("CREATE VIRTUAL TABLE terms USING fts5vocab(chunks, 'row')")
+        db.executemany("INSERT INTO chunks VALUES (?, ?)", [*bodies, ("gone", "咖啡机 除垢")])  # gone: not in the store
         db.execute("DROP TABLE rows")
         db.execute("CREATE TABLE rows (chunk_id TEXT PRIMARY KEY, metadata TEXT)")  # the old layout's shape
-        db.execute("INSERT INTO chunks (chunk_id, body) VALUES ('gone', '咖啡机 除垢')")  # deleted from the store
     reopened = LexicalIndex(path)
     assert reopened.count() == 0
 
@@ -155,14 +160,38 @@ def test_an_older_layout_refills_its_rows_without_tokenising_again(
         raise AssertionError("bodies were tokenised again")
 
     monkeypatch.setattr(rag.lexical, "index_body", no_tokenising)
-    assert reopened.sync(store) == (store.count(), 1)
+    assert reopened.sync(store) == (store.count(), 0)
     assert reopened.search("咖啡机除垢", 3) == expected
     assert reopened.ids() == store.all_ids()
     ids = sorted(store.all_ids())
-    assert {
+    local = {
         i: (t, {k: v for k, v in m.items() if k != "mixtral_tokens"}) for i, (t, m) in reopened.chunks(ids).items()
-    } == store.chunks(ids)
+    }
+    assert local == store.chunks(ids)
+    with sqlite3.connect(path) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert not tables & {"chunks", "terms", "kept_bodies"}
     assert reopened.sync(store) == (0, 0)  # and once refilled, a sync is cheap again
+
+
+def test_a_bm25_index_that_disagrees_with_the_table_is_rebuilt_from_it(tmp_path: Path, embedder: Any) -> None:
+    """A crash between tantivy's commit and SQLite's (or a lost tantivy folder) leaves the two apart: the next
+    search notices by the commit stamp the table keeps and rebuilds the tantivy index from the bodies in it."""
+    import sqlite3
+
+    _, lexical = ingest_into_store(tmp_path, DOCUMENTS, embedder)
+    expected = lexical.search("咖啡机除垢", 3)
+    assert len(expected) >= 2
+    lexical.close()
+    with sqlite3.connect(lexical.path) as db:  # as if SQLite had rolled back a write that tantivy committed
+        db.execute("DELETE FROM rows WHERE chunk_id = ?", (expected[0][0],))
+        db.execute("UPDATE info SET value = 'an earlier commit' WHERE key = 'bm25_opstamp'")
+    reopened = LexicalIndex(lexical.path)
+    assert [i for i, _ in reopened.search("咖啡机除垢", 3)][:1] == [expected[1][0]]
+    assert reopened._current_searcher().num_docs == reopened.count()  # rebuilt from the table
+    shutil.rmtree(lexical.bm25_path)
+    again = LexicalIndex(lexical.path)
+    assert [i for i, _ in again.search("咖啡机除垢", 3)][:1] == [expected[1][0]]
 
 
 def count_mixtral(text: str) -> int:
