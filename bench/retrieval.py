@@ -9,11 +9,13 @@ the bundled embedder (sentence-transformers/all-MiniLM-L6-v2). The store is cach
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
@@ -24,6 +26,10 @@ from rag.retriever import HybridRetriever
 from rag.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def invoke(retriever: Any, query: str, k: int) -> list[Any]:
+    return list(retriever.invoke(query, k=k))
 
 
 def main() -> None:
@@ -90,7 +96,7 @@ def main() -> None:
     print(f"{'retriever':34} {'hit@1':>6} {'hit@5':>6} {'hit@10':>6} {'P@5':>6} {'MRR@10':>7} {'ms/q':>6}")
     for name, retriever in variants:
         started = time.monotonic()
-        metrics = retrieval_metrics(lambda q, k, r=retriever: r.invoke(q, k=k), evalset.questions)
+        metrics = retrieval_metrics(functools.partial(invoke, retriever), evalset.questions)
         ms = (time.monotonic() - started) * 1000 / len(evalset.questions)
         results[name] = {**metrics, "ms_per_query": ms}
         print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 # Offline and quiet before any library is imported.
 for _key, _value in {
@@ -34,7 +35,7 @@ def _isolated_config(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def embedder():  # type: ignore[no-untyped-def]
+def embedder() -> Any:
     """One loaded bundled embedder for the whole session (loading takes seconds)."""
     from rag.embeddings import SentenceTransformerEmbeddings
 

@@ -79,7 +79,7 @@ def test_ingest_into_a_chroma_server(tmp_path: Path, chroma_server: str) -> None
 
     collection = connect_chroma(url=chroma_server).get_collection("docs")
     got = collection.get(include=["metadatas"])
-    assert {m["file_name"] for m in got["metadatas"]} == {"a.md", "b.txt"}
+    assert {m["file_name"] for m in got["metadatas"] or []} == {"a.md", "b.txt"}
 
     (folder / "b.txt").unlink()
     second = _ingest(str(folder), cwd=tmp_path, env=env)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import Any
 
 import pytest
 
@@ -98,7 +99,7 @@ def test_a_table_that_fits_stays_whole_and_a_big_one_splits_by_rows() -> None:
         assert all(line.startswith("第") for line in chunk.text.splitlines())  # whole rows
 
 
-def test_real_tokenizer_never_exceeds_the_model_limit(embedder) -> None:  # type: ignore[no-untyped-def]
+def test_real_tokenizer_never_exceeds_the_model_limit(embedder: Any) -> None:
     rng = random.Random(7)
     pieces = ["中文句子测试。", "English words here. ", "数字123和字母abc混合；", "\n", "长" * 40, "！"]
     text = "".join(rng.choice(pieces) for _ in range(3000))

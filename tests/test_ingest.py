@@ -31,7 +31,7 @@ def pipeline_for(data_dir: Path, embedder: Any, **options: Any) -> IngestPipelin
 def snapshot(data_dir: Path, collection: str = "docs") -> dict[str, tuple[str, dict[str, Any]]]:
     chroma = connect_chroma(path=data_dir / "chroma")
     got = chroma.get_collection(collection).get(include=["documents", "metadatas"])
-    return {i: (d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"], strict=True)}
+    return {i: (d, dict(m)) for i, d, m in zip(got["ids"], got["documents"] or [], got["metadatas"] or [], strict=True)}
 
 
 def test_every_format_is_ingested_and_bad_files_are_named(tmp_path: Path, embedder: Any) -> None:
@@ -131,7 +131,8 @@ def _comparable(store: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, tuple
 
 def test_removal_only_touches_ingested_folders(tmp_path: Path, embedder: Any) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
-    one.mkdir(), two.mkdir()
+    one.mkdir()
+    two.mkdir()
     (one / "a.txt").write_text("第一个目录。", encoding="utf-8")
     (two / "b.txt").write_text("第二个目录。", encoding="utf-8")
     data = tmp_path / "data"
@@ -330,7 +331,8 @@ def test_kill_9_then_rerun_equals_one_clean_run(tmp_path: Path) -> None:
     import numpy as np
 
     order = {i: n for n, i in enumerate(b["ids"])}
-    assert np.allclose(a["embeddings"], b["embeddings"][[order[i] for i in a["ids"]]], atol=1e-5)
+    vectors_a, vectors_b = np.asarray(a["embeddings"]), np.asarray(b["embeddings"])
+    assert np.allclose(vectors_a, vectors_b[[order[i] for i in a["ids"]]], atol=1e-5)
 
 
 def test_report_to_dict_is_json_ready() -> None:

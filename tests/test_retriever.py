@@ -284,3 +284,39 @@ class TestStandardRetriever(RetrieversIntegrationTests):
     @property
     def retriever_query_example(self) -> str:
         return "咖啡机"
+
+
+WRITER = """
+import sys
+from rag.lexical import LexicalIndex
+index, tag = LexicalIndex(sys.argv[1]), sys.argv[2]
+for i in range(12):
+    ids = [f"{tag}-{i}-{j}" for j in range(20)]
+    metas = [{"source_abs": f"/d/{tag}{i}.txt", "chunk_index": j} for j in range(20)]
+    index.add(ids, [f"长江 {tag} {i} {j}" for j in range(20)], metas)
+    if i % 3 == 0:
+        index.delete(ids[:5])
+    assert index.search("长江", 5)
+"""
+
+
+def test_writers_in_several_processes_take_turns(tmp_path: Path) -> None:
+    """Three processes add, delete and search one local index at once (a UI uploading while `ingest` runs against
+    a Chroma server): SQLite's write lock makes them take turns on tantivy's commit, and nothing is lost."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "shared.sqlite3"
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(path), tag], env=environment, stderr=subprocess.PIPE)
+        for tag in "abc"
+    ]
+    for writer in writers:
+        _, errors = writer.communicate(timeout=300)
+        assert writer.returncode == 0, errors.decode()
+    index = LexicalIndex(path)
+    assert index.count() == 3 * (12 * 20 - 4 * 5)
+    assert index._current_searcher().num_docs == index.count()
+    assert len(index.search("长江", 1000)) == index.count()
