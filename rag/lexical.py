@@ -171,6 +171,9 @@ class LexicalIndex:
         if tokenizer is not None and "+" in tokenizer:  # written when one string named both ("jieba-search-1+rows-2")
             tokenizer, layout = tokenizer.split("+", 1)
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tokenizer != TOKENIZER_VERSION or layout != ROWS_LAYOUT:
+            # the rows go, so tantivy must follow: without a recorded stamp the next write rebuilds it from them
+            connection.execute("DELETE FROM info WHERE key = 'bm25_opstamp'")
         if tokenizer != TOKENIZER_VERSION:
             connection.execute("DROP TABLE IF EXISTS rows")
             connection.execute("DROP TABLE IF EXISTS kept_bodies")

@@ -174,6 +174,20 @@ def test_an_older_layout_refills_its_rows_without_tokenising_again(
     assert reopened.sync(store) == (0, 0)  # and once refilled, a sync is cheap again
 
 
+def test_another_tokenisation_empties_both_sides_and_sync_refills_them(tmp_path: Path, embedder: Any) -> None:
+    import sqlite3
+
+    store, lexical = ingest_into_store(tmp_path, DOCUMENTS, embedder)
+    expected = lexical.search("咖啡机除垢", 3)
+    lexical.close()
+    with sqlite3.connect(lexical.path) as db:
+        db.execute("UPDATE info SET value = 'an older tokenizer' WHERE key = 'tokenizer'")
+    reopened = LexicalIndex(lexical.path)
+    assert reopened.search("咖啡机除垢", 3) == [] and reopened._current_searcher().num_docs == 0
+    assert reopened.sync(store) == (store.count(), 0)
+    assert reopened.search("咖啡机除垢", 3) == expected
+
+
 def test_a_bm25_index_that_disagrees_with_the_table_is_rebuilt_from_it(tmp_path: Path, embedder: Any) -> None:
     """A crash between tantivy's commit and SQLite's (or a lost tantivy folder) leaves the two apart: the next
     search notices by the commit stamp the table keeps and rebuilds the tantivy index from the bodies in it."""
