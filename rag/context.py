@@ -185,16 +185,20 @@ def _header(passage: Passage | ContextChunk) -> str:
     return f"## {passage.file_name or passage.source}"
 
 
-def render_context(passages: Sequence[Passage]) -> str:
-    """Passages grouped by document (in the order given), each with its ``[n]`` label line."""
-    blocks: list[str] = []
+def _blocks(passages: Sequence[Passage]) -> Iterator[tuple[str, str | None]]:
+    """The blocks of the rendered context, in order: ``(header, None)`` where a document starts, ``(label, text)``
+    for each passage."""
     current: str | None = None
     for passage in passages:
         if passage.source_abs != current:
             current = passage.source_abs
-            blocks.append(_header(passage))
-        blocks.append(f"{_label(passage)}\n{passage.text.strip()}")
-    return "\n\n".join(blocks)
+            yield _header(passage), None
+        yield _label(passage), passage.text.strip()
+
+
+def render_context(passages: Sequence[Passage]) -> str:
+    """Passages grouped by document (in the order given), each with its ``[n]`` label line."""
+    return "\n\n".join(head if body is None else f"{head}\n{body}" for head, body in _blocks(passages))
 
 
 # -- cutting -----------------------------------------------------------------------------------------------------
@@ -332,9 +336,14 @@ def _trimmed(part: ContextChunk, tokens: int, from_end: bool, count: TokenCounte
     return part.sliced(part.start, part.start + len(text))
 
 
+def _touching(runs: list[list[int]], start: int, end: int) -> list[list[int]]:
+    """The runs of a file that ``[start, end)`` overlaps or touches: a part there joins their passage."""
+    return [run for run in runs if run[0] <= end and start <= run[1]]
+
+
 def _join(runs: list[list[int]], start: int, end: int) -> int:
     """Add ``[start, end)`` to a file's runs (sorted, disjoint; touching spans merge); returns the runs it joined."""
-    touched = [run for run in runs if run[0] <= end and start <= run[1]]
+    touched = _touching(runs, start, end)
     if not touched:
         bisect.insort(runs, [start, end])
         return 0
@@ -394,7 +403,7 @@ def _greedy(pool: _Pool, target: int, costs: _Costs, start: _Progress | None = N
         undo = (len(chosen), len(order), state.passages, state.used, [run[:] for run in spans])
         for part in _uncovered(candidate, spans):
             new_file = not spans
-            joins = sum(1 for run in spans if run[0] <= part.end and part.start <= run[1])
+            joins = len(_touching(spans, part.start, part.end))
             # a part that starts a passage pays for its label; one that bridges two passages saves one
             overhead = (costs.header(part) if new_file else 0) + costs.label(part, state.passages + 1) * (1 - joins)
             cost = costs.inline(part, candidate) + overhead
@@ -487,13 +496,11 @@ class _Costs:
         if not text or not self._mixtral_counts:
             return text, self.count(text) if text else 0
         tokens = 0
-        current: str | None = None
-        for passage in passages:  # the blocks of render_context, each after a blank line but the first
-            if passage.source_abs != current:
-                header = _header(passage)
-                tokens += self.count(header) if current is None else 2 + self._after_newline(header)
-                current = passage.source_abs
-            tokens += 2 + self._after_newline(_label(passage)) + 1 + self._after_newline(passage.text.strip())
+        for position, (head, body) in enumerate(_blocks(passages)):
+            # every block but the first (a document header, with the leading space) follows a blank line
+            tokens += self.count(head) if position == 0 else 2 + self._after_newline(head)
+            if body is not None:
+                tokens += 1 + self._after_newline(body)
         return text, tokens
 
 

@@ -118,6 +118,10 @@ def _mixtral_counts(texts: Sequence[str]) -> list[int | None]:
     return [len(ids) for ids in tokenizer.encode_many(texts)]
 
 
+def _tables(connection: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
 @functools.cache
 def _schema() -> Any:
     import tantivy
@@ -170,7 +174,7 @@ class LexicalIndex:
         tokenizer, layout = info.get("tokenizer"), info.get("layout")
         if tokenizer is not None and "+" in tokenizer:  # written when one string named both ("jieba-search-1+rows-2")
             tokenizer, layout = tokenizer.split("+", 1)
-        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = _tables(connection)
         if tokenizer != TOKENIZER_VERSION or layout != ROWS_LAYOUT:
             # the rows go, so tantivy must follow: without a recorded stamp the next write rebuilds it from them
             connection.execute("DELETE FROM info WHERE key = 'bm25_opstamp'")
@@ -358,7 +362,7 @@ class LexicalIndex:
         extra = present - stored
         if extra:
             self.delete(extra)
-        kept = "kept_bodies" in {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        kept = "kept_bodies" in _tables(self._db)
         for first in range(0, len(missing), _BATCH):
             batch = missing[first : first + _BATCH]
             found = store.chunks(batch)
