@@ -80,6 +80,8 @@ def infer_backend(model: str, base_url: str | None = None, backend: str = "auto"
         return backend
     if base_url:
         return "openai"
+    if isinstance(client, Backend):
+        return client.name
     if client is not None:
         kind = type(client).__module__.split(".")[0]
         return {"llama_cpp": "llama_cpp", "httpx": "openai"}.get(kind, "transformers")
@@ -165,7 +167,8 @@ class MixtralInstructLLM(LLM):
     verbose: bool = False
     """llama.cpp's own logging to stderr."""
     client: Any = Field(default=None, exclude=True)
-    """An already built client: a ``llama_cpp.Llama``, an ``httpx.Client`` or a transformers model."""
+    """An already built client: a ``llama_cpp.Llama``, an ``httpx.Client``, a transformers model, or a ready
+    :class:`rag.backends.base.Backend` (used as it is)."""
 
     _backend: Backend | None = PrivateAttr(default=None)
     _backend_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -211,6 +214,8 @@ class MixtralInstructLLM(LLM):
 
     def _get_backend(self) -> Backend:
         with self._backend_lock:
+            if self._backend is None and isinstance(self.client, Backend):
+                self._backend = self.client  # a ready backend (a scripted one in tests, a custom one)
             if self._backend is None:
                 config = BackendConfig(
                     model=self.model,

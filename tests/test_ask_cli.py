@@ -79,7 +79,15 @@ def test_ask_streams_the_answer_then_the_sources(data_dir: Path, tmp_path: Path)
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    answer, _, sources = result.stdout.partition("\nSources:" if "\nSources:" in result.stdout else "\nTop passages")
+    # What SmolLM2 writes and cites differs between CPUs (AVX2, AVX-512): only the shape of the output is asserted.
+    answer, heading, sources = re.split(r"\n(Sources:|Top passages \(none cited\):)\n", result.stdout, maxsplit=1)
     assert answer.strip(), result.stdout
-    assert re.search(r"^\[\d+\] (handbook\.md — Handbook > \w+|rivers\.txt)", sources.strip()), sources
+    lines = sources.strip().splitlines()
+    assert lines and all(re.match(r"^\[\d+\] (handbook\.md — Handbook > [\w ]+|rivers\.txt)", line) for line in lines)
+    cited = {int(n) for n in re.findall(r"\[(\d+)\]", answer)}
+    listed = {int(line[1 : line.index("]")]) for line in lines}
+    if heading == "Sources:":
+        assert cited == listed  # the checked citations are the sources
+    else:
+        assert not cited and all(line.endswith("(not cited)") for line in lines)
     assert "<|im_start|>" not in answer and "[INST]" not in answer  # SmolLM2 got its own chat template

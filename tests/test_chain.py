@@ -19,6 +19,7 @@ from rag.qa_prompt import clean_rewrite, instructions_for, render_qa_prompt
 from rag.retriever import HybridRetriever
 from rag.store import ChunkStore, connect_chroma
 from tests.documents import ingest_into_store
+from tests.fakes import scripted_llm
 
 DOCUMENTS = {
     "handbook.md": "# Handbook\n\n## Remote work\n\nEmployees may work remotely up to three days per week. "
@@ -46,6 +47,7 @@ def smollm2() -> MixtralInstructLLM:
 
 
 def test_invoke_and_stream_answer_with_sources(retriever: HybridRetriever, smollm2: MixtralInstructLLM) -> None:
+    """The real model path, asserted on structure only: what a 135M model writes or cites differs between CPUs."""
     chain = build_chain(llm=smollm2, retriever=retriever)
     question = "How many days per week may employees work remotely?"
     chunks = list(chain.stream(question))
@@ -55,14 +57,34 @@ def test_invoke_and_stream_answer_with_sources(retriever: HybridRetriever, smoll
     result = chain.invoke(question)
     assert set(result) >= {"answer", "sources", "context_tokens"}
     assert result["answer"] == "".join(c["answer"] for c in answer_chunks)  # greedy: the same answer
-    assert result["answer"].strip()
+    assert result["answer"].strip() and "<|im_start|>" not in result["answer"]
+    assert_sources_match_the_answer(result)
+    assert 0 < result["context_tokens"] <= smollm2.context_window
+
+
+def assert_sources_match_the_answer(result: dict[str, Any]) -> None:
+    """Sources are well formed, and the answer cites exactly the sources marked cited (or none at all)."""
     sources = result["sources"]
-    assert sources and {"n", "source", "page", "chunk_id", "score", "text", "cited"} <= set(sources[0])
+    assert sources and all({"n", "source", "page", "chunk_id", "score", "text", "cited"} <= set(s) for s in sources)
     assert all(s["cited"] for s in sources) or not any(s["cited"] for s in sources)
-    assert any("three days per week" in s["text"] for s in sources)
     markers = {int(n) for n in re.findall(r"\[(\d+)\]", result["answer"])}
     assert markers == ({s["n"] for s in sources} if sources[0]["cited"] else set())  # checked citations only
-    assert 0 < result["context_tokens"] <= smollm2.context_window
+
+
+def test_the_cited_passage_is_the_source(retriever: HybridRetriever) -> None:
+    """With the answer pinned (a scripted model quoting passage [1]), the chain's own logic is checked exactly."""
+    chain = build_chain(llm=scripted_llm(max_tokens=64), retriever=retriever)
+    result = chain.invoke("How many days per week may employees work remotely?")
+    assert result["answer"].endswith("[1]") and "three days per week" in result["answer"]
+    assert [s["n"] for s in result["sources"]] == [1] and result["sources"][0]["cited"]
+    assert "three days per week" in result["sources"][0]["text"]
+    assert_sources_match_the_answer(result)
+    invented = build_chain(llm=scripted_llm("Remote work is allowed [1][7].", max_tokens=64), retriever=retriever)
+    answer = invented.invoke("How many days per week may employees work remotely?")
+    assert answer["answer"] == "Remote work is allowed [1]."  # [7] points nowhere: removed while streaming
+    uncited = build_chain(llm=scripted_llm("I cannot tell.", max_tokens=64), retriever=retriever)
+    top = uncited.invoke("How many days per week may employees work remotely?")["sources"]
+    assert 1 <= len(top) <= 3 and not any(s["cited"] for s in top)  # the top passages, marked uncited
 
 
 def test_the_prompt_fits_the_window_and_keeps_the_stable_order(
