@@ -3,7 +3,7 @@
 One process, in this order (each stage timed alone, nothing else of ours running meanwhile):
 
 1. split the chosen CRUD-RAG news lines into one ``.txt`` file per article (a user's folder);
-2. ``ingest.ingest(folder, Settings(...))`` into a fresh embedded store with the bundled all-MiniLM-L6-v2
+2. ``build_ingest_pipeline(Settings(...)).run([folder])`` into a fresh embedded store with the bundled all-MiniLM-L6-v2
    (wall time incl. model load, files/s, chunks/s, peak RSS, and a per-stage breakdown taken by wrapping the
    pipeline's collaborators with timers);
 3. raw ``SentenceTransformer.encode`` (batch 32, normalised) of exactly the chunk texts our store holds;
@@ -85,7 +85,7 @@ def preload_imports() -> float:
 
     import ingest
     import ingest.pipeline  # noqa: F401
-    import rag.service  # noqa: F401
+    import rag.app.root  # noqa: F401
 
     return time.perf_counter() - started
 
@@ -173,8 +173,8 @@ class Breakdown:
 
     def install(self) -> None:
         import ingest.pipeline as pipeline
-        from rag.embeddings import SentenceTransformerEmbeddings
-        from rag.store import ChunkStore
+        from rag.retrieval.embeddings import SentenceTransformerEmbeddings
+        from rag.retrieval.store import ChunkStore
 
         self._wrap(pipeline, "discover", "discover")
         self._wrap(pipeline, "file_sha256", "hash files")
@@ -242,7 +242,7 @@ def split_articles(sources: list[Path], target: Path, limit: int | None) -> tupl
 def stored_chunks(data_dir: Path, collection: str) -> tuple[list[str], list[int], list[list[float]]]:
     """Embedding inputs (heading + '\\n' + text when a heading is set), token counts and vectors, in
     (file, chunk index) order as the pipeline produced them."""
-    from rag.store import connect_chroma
+    from rag.retrieval.store import connect_chroma
 
     client = connect_chroma(path=data_dir / "chroma")
     col = client.get_collection(collection)
@@ -348,7 +348,10 @@ def main(argv: list[str] | None = None) -> int:
         return {"peak_rss_sampled_mib": round(sampler.peak(), 1), "ru_maxrss_mib": round(ru_maxrss_mib(), 1)}
 
     try:
-        from ingest import ingest  # type: ignore[attr-defined,unused-ignore]  # mypy may see this file as `ingest`
+        from rag.app.root import build_ingest_pipeline
+
+        def ingest(paths: list[str], settings: Any) -> Any:
+            return build_ingest_pipeline(settings).run(paths)
 
         if args.files > 0:
             # 1. the folder

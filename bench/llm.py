@@ -1,4 +1,4 @@
-"""Benchmark of the LLM adapter (rag.llm.MixtralInstructLLM) against raw llama-cpp-python.
+"""Benchmark of the LLM adapter (rag.llm.adapter.MixtralInstructLLM) against raw llama-cpp-python.
 
     .venv/bin/python bench/llm.py [--model PATH] [--tokens 128] [--rounds 3] [--context-tokens 4000] [--json
     OUT]
@@ -27,10 +27,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rag.llm import MixtralInstructLLM
+from rag.llm.adapter import MixtralInstructLLM
+from rag.llm.prompt import render_instruct_prompt
+from rag.llm.tokenizer import MixtralTokenizer
 from rag.models import bundled_model_path
-from rag.prompt import render_instruct_prompt
-from rag.tokens import MixtralTokenizer
 
 CHINESE = (
     "长城是中国古代的军事防御工程，是一道高大、坚固而且连绵不断的长垣，用以限隔敌骑的行动。长城不是一道单纯孤立的"
@@ -49,7 +49,7 @@ def generation_ratio(model: Path, n_tokens: int, rounds: int, threads: int) -> d
     )  # fmt: skip
     llm.warm_up()
     prompt = "Write a long, detailed story about a lighthouse keeper and a storm."
-    ids = llm.backend_instance.prepare(prompt, "native").ids
+    ids = llm.backend_instance.format_prompt(prompt, "native").ids
     sampling = {"temperature": 0.0, "top_p": 1.0, "top_k": 40, "repeat_penalty": 1.0, "max_tokens": n_tokens}
     adapter_times, raw_times, raw_stream_times = [], [], []
     produced: tuple[str, int] = ("", 0)

@@ -102,9 +102,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from ingest.pipeline import IngestProgress
-    from rag.chain import RagChain
-    from rag.context import ContextAssembler
-    from rag.service import build_ingest_pipeline, build_retriever
+    from rag.answer.context import ContextAssembler
+    from rag.app.root import Components, build_ingest_pipeline, build_retriever
     from rag.settings import Settings
 
     settings = Settings.load(
@@ -133,7 +132,7 @@ def main() -> None:
         for line in (DATA / "rgb" / "zh_refine.even.jsonl").read_text(encoding="utf-8").splitlines()[: args.questions]
     ]
     retriever = build_retriever(settings)
-    rag = RagChain(retriever, None, k=args.k, max_context_tokens=settings.max_context_tokens)
+    rag = Components(settings, use_llm=False).new_chain(retrieval_only=True, retriever=retriever, k=args.k)
     rag.prepare(questions[0])  # warm up: embedder, jieba, tokenizer
     retrieval, assembly, total, cpu, fills = [], [], [], [], []
     steal_before, jiffies_before = cpu_steal()
@@ -142,7 +141,7 @@ def main() -> None:
         c0, t0 = time.process_time(), time.perf_counter()
         documents = retriever.invoke(question, k=ContextAssembler.depth_for(budget, args.k))
         t1 = time.perf_counter()
-        assembler = ContextAssembler(retriever.reader, rag.count, mixtral_counts=rag.counts_like_mixtral)
+        assembler = ContextAssembler(retriever.reader, rag.tokens.count, mixtral_counts=rag.tokens.counts_like_mixtral)
         packed = assembler.assemble(documents, budget, k=args.k)
         t2, c2 = time.perf_counter(), time.process_time()
         retrieval.append((t1 - t0) * 1000)

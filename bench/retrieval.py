@@ -21,8 +21,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rag.eval import add_distractors, load_dataset, retrieval_metrics, write_passages
-from rag.retriever import HybridRetriever
+from rag.eval.metrics import add_distractors, load_dataset, retrieval_metrics, write_passages
+from rag.retrieval.retriever import HybridRetriever
 from rag.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,8 +44,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    from ingest.cli import quiet_third_party
-    from rag.service import build_embedder, build_ingest_pipeline, build_lexical_index, build_store
+    from rag.app.root import build_embedder, build_ingest_pipeline, build_lexical_index, build_store
+    from rag.cli.common import quiet_third_party
 
     quiet_third_party()
     evalset = load_dataset(args.dataset)

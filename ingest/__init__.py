@@ -1,43 +1,15 @@
-"""Ingestion: documents in folders -> chunks with headings and pages -> embeddings -> Chroma.
+"""Ingestion: documents in folders -> chunks with headings and pages -> embeddings -> Chroma and the lexical index.
 
-from rag import Settings
-from ingest import ingest
+discover (hash) -> load (elements with page and heading) -> chunk (token-sized, offsets) -> pipeline (embed in
+batches, write per file atomically). Collaborators come in; nothing here builds them: the composition root does.
 
-report = ingest(["./docs"], Settings(data_dir="data", collection="docs"))
-print(report.files_added, report.chunks_total)
+>>> from rag import Settings, build_ingest_pipeline
+>>> report = build_ingest_pipeline(Settings(data_dir="data", collection="docs")).run(["./docs"])
+>>> print(report.files_added, report.chunks_total)
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from ingest.pipeline import FileProblem, IngestPipeline, IngestProgress, IngestReport
 
-from ingest.pipeline import FileProblem, IngestProgress, IngestReport
-
-if TYPE_CHECKING:
-    from rag.settings import Settings
-
-__all__ = ["FileProblem", "IngestProgress", "IngestReport", "ingest"]
-
-
-def ingest(
-    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-    settings: Settings | None = None,
-    *,
-    reset: bool = False,
-    on_progress: Callable[[IngestProgress], None] | None = None,
-    on_problem: Callable[[FileProblem, bool], None] | None = None,
-) -> IngestReport:
-    """Ingest files and folders into the collection named by ``settings``; only what changed is redone.
-
-    Raises :class:`rag.ModelMismatchError` when the collection was built with another embedding model (pass
-    ``reset=True`` to rebuild it). Files that cannot be read are listed in ``report.files_failed``.
-    """
-    from rag.service import build_ingest_pipeline
-    from rag.settings import Settings
-
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    pipeline = build_ingest_pipeline(settings or Settings(), on_progress=on_progress, on_problem=on_problem)
-    return pipeline.run(list(paths), reset=reset)
+__all__ = ["FileProblem", "IngestPipeline", "IngestProgress", "IngestReport"]

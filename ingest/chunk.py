@@ -15,16 +15,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ingest.load import LoadedDocument
-from rag.store import with_heading
+from rag.chunks import with_heading
 
-__all__ = ["CHUNKER_VERSION", "Chunk", "TokenCounter", "chunk_document", "split_sentences"]
+__all__ = ["CHUNKER_VERSION", "Chunk", "EmbedderTokenCounter", "chunk_document", "split_sentences"]
 
 #: Part of every chunk's signature: bump when chunk boundaries change, so stores re-chunk.
 CHUNKER_VERSION = "1"
 
 
-class TokenCounter(Protocol):
-    """What the chunker needs from the embedding model's tokenizer."""
+class EmbedderTokenCounter(Protocol):
+    """What the chunker needs from the embedding model's tokenizer (chunks are sized in the embedder's tokens,
+    not the LLM's: that is :data:`rag.chunks.TokenCounter`)."""
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Number of tokens of each text, special tokens excluded."""
@@ -98,7 +99,9 @@ class _Unit:
     tokens: int
 
 
-def chunk_document(document: LoadedDocument, counter: TokenCounter, *, max_tokens: int, overlap: int) -> list[Chunk]:
+def chunk_document(
+    document: LoadedDocument, counter: EmbedderTokenCounter, *, max_tokens: int, overlap: int
+) -> list[Chunk]:
     """Split ``document`` into chunks of at most ``max_tokens`` embedder tokens, ``overlap`` tokens shared."""
     if max_tokens < 8:
         raise ValueError(f"max_tokens must be at least 8, got {max_tokens}")
@@ -153,7 +156,7 @@ def _sections(document: LoadedDocument) -> list[tuple[str, int | None, list[tupl
     return sections
 
 
-def _fit_units(units: list[_Unit], text: str, counter: TokenCounter, budget: int) -> list[_Unit]:
+def _fit_units(units: list[_Unit], text: str, counter: EmbedderTokenCounter, budget: int) -> list[_Unit]:
     """Split units larger than the budget at token boundaries (long sentences, big tables by rows first)."""
     fitted: list[_Unit] = []
     for unit in units:
@@ -203,7 +206,7 @@ def _pack(units: list[_Unit], budget: int, overlap: int) -> list[tuple[int, int]
     return chunks
 
 
-def _finalise(drafts: list[_Draft], text: str, counter: TokenCounter, max_tokens: int) -> list[Chunk]:
+def _finalise(drafts: list[_Draft], text: str, counter: EmbedderTokenCounter, max_tokens: int) -> list[Chunk]:
     """Recount each chunk's real embedding input; halve any that still exceeds the limit (rare: tokens
     at the joins of sentences need not add up exactly)."""
     pending = list(drafts)

@@ -12,7 +12,7 @@ import hashlib
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -22,9 +22,10 @@ import numpy as np
 from ingest.chunk import CHUNKER_VERSION, Chunk, chunk_document
 from ingest.discover import DiscoveredFile, discover, file_sha256
 from ingest.load import SUPPORTED_EXTENSIONS, LoadError, load_document
-from rag.embeddings import SentenceTransformerEmbeddings
-from rag.lexical import LexicalIndex, index_body
-from rag.store import ChunkStore, FileVersion
+from rag.retrieval.embeddings import SentenceTransformerEmbeddings
+from rag.retrieval.lexical import LexicalIndex
+from rag.retrieval.store import ChunkStore, FileVersion
+from rag.retrieval.terms import index_body
 
 __all__ = ["FileProblem", "IngestPipeline", "IngestProgress", "IngestReport", "chunk_signature"]
 
@@ -81,10 +82,17 @@ class _Work:
     previous: list[FileVersion]
     chunks: list[Chunk] = field(default_factory=list)
     lexical_bodies: list[str] = field(default_factory=list)
+    token_counts: list[int | None] = field(default_factory=list)
+    """The model's tokens of each chunk's text (``count_tokens``), kept by the lexical index."""
 
 
 class IngestPipeline:
-    """Ingests files into one :class:`ChunkStore` with one embedder. Collaborators come in; nothing is global."""
+    """Ingests files into one :class:`ChunkStore` with one embedder. Collaborators come in; nothing is global.
+
+    ``count_tokens``: counts chunk texts' tokens with the vocabulary of the model that will read them (see
+    :class:`LexicalIndex`); the counts are made in the loader thread, beside the embedder, and kept by ``lexical``.
+    None: ``lexical`` counts with its own ``count_tokens``, if it has one.
+    """
 
     def __init__(
         self,
@@ -92,6 +100,7 @@ class IngestPipeline:
         embedder: SentenceTransformerEmbeddings,
         *,
         lexical: LexicalIndex | None = None,
+        count_tokens: Callable[[Sequence[str]], Sequence[int | None]] | None = None,
         chunk_size: int = 512,
         chunk_overlap: int = 64,
         max_file_bytes: int = 200 * 1024 * 1024,
@@ -103,6 +112,7 @@ class IngestPipeline:
         self.store = store
         self.embedder = embedder
         self.lexical = lexical
+        self.count_tokens = count_tokens
         self.chunk_size = chunk_size
         self.chunk_overlap = chunk_overlap
         self.max_file_bytes = max_file_bytes
@@ -240,7 +250,8 @@ class IngestPipeline:
                 self._on_progress(IngestProgress(files_done, len(work), bytes_done, bytes_total, chunks_done, ""))
 
     def _prepare(self, item: _Work, size: int, overlap: int) -> str | None:
-        """Load, chunk and (for BM25) tokenise one file; runs in the loader thread, beside the embedder."""
+        """Load, chunk and (for the lexical index) tokenise and count one file; runs in the loader thread, beside
+        the embedder."""
         try:
             document = load_document(item.file.absolute)
         except LoadError as error:
@@ -251,6 +262,8 @@ class IngestPipeline:
             return f"cannot be chunked ({error})"
         if self.lexical is not None:
             item.lexical_bodies = [index_body(chunk.embed_text) for chunk in item.chunks]
+            if self.count_tokens is not None:
+                item.token_counts = list(self.count_tokens([chunk.text for chunk in item.chunks]))
         return None
 
     def _prepared(self, work: list[_Work], size: int, overlap: int) -> Iterator[tuple[_Work, str | None]]:
@@ -291,7 +304,9 @@ class IngestPipeline:
         texts = [chunk.text for chunk in chunks]
         self.store.upsert(ids, vectors, texts, metadatas)
         if self.lexical is not None:
-            self.lexical.add(ids, texts, metadatas, [body for item in batch for body in item.lexical_bodies])
+            bodies = [body for item in batch for body in item.lexical_bodies]
+            counts = [n for item in batch for n in item.token_counts] if self.count_tokens is not None else None
+            self.lexical.add(ids, texts, metadatas, bodies, token_counts=counts)
         # only now that the new versions are complete do the old versions go
         new_ids = set(ids)
         old = [i for item in batch for v in item.previous for i in v.ids if i not in new_ids]

@@ -1,6 +1,11 @@
 """chinese-mixtral-rag: question answering over your own documents with Chinese-Mixtral-Instruct.
 
 Importing ``rag`` is cheap: the heavy parts (torch, llama.cpp, Chroma) load when a name that needs them is used.
+
+The library's heart is the application layer: :class:`Components` (the one composition root: settings -> objects,
+the shared model and embedder), :class:`Assistant` (answers as a stream of events with figures) and
+:class:`DocumentLibrary` (collections, documents, uploads, ingest). The LangChain pieces: :class:`MixtralInstructLLM`
+(an ``LLM``), :class:`HybridRetriever` (a ``BaseRetriever``) and :func:`build_chain` (a ``Runnable``).
 """
 
 from __future__ import annotations
@@ -20,45 +25,65 @@ from rag.errors import (
 from rag.settings import Settings
 
 if TYPE_CHECKING:
-    from rag.chain import build_chain
-    from rag.embeddings import SentenceTransformerEmbeddings
-    from rag.llm import MixtralInstructLLM
-    from rag.prompt import ChatMessage, render_instruct_prompt
-    from rag.retriever import HybridRetriever
-    from rag.service import build_retriever
-    from rag.store import ChunkStore
-    from rag.tokens import MixtralTokenizer
+    from rag.answer.chain import RagChain
+    from rag.app.assistant import AnswerEvent, AnswerStats, AskOptions, Assistant
+    from rag.app.library import DocumentLibrary
+    from rag.app.root import Components, build_chain, build_ingest_pipeline, build_rag, build_retriever
+    from rag.llm.adapter import MixtralInstructLLM
+    from rag.llm.prompt import ChatMessage, render_instruct_prompt
+    from rag.llm.tokenizer import MixtralTokenizer
+    from rag.retrieval.embeddings import SentenceTransformerEmbeddings
+    from rag.retrieval.retriever import HybridRetriever
+    from rag.retrieval.store import ChunkStore
 
 __all__ = [
+    "AnswerEvent",
+    "AnswerStats",
+    "AskOptions",
+    "Assistant",
     "ChatMessage",
     "ChunkStore",
+    "Components",
     "ConfigError",
     "ContextOverflowError",
+    "DocumentLibrary",
     "EmptyStoreError",
     "HybridRetriever",
     "MixtralInstructLLM",
     "MixtralTokenizer",
     "ModelMismatchError",
     "ModelNotFoundError",
+    "RagChain",
     "RagError",
     "SentenceTransformerEmbeddings",
     "Settings",
     "StoreError",
     "build_chain",
+    "build_ingest_pipeline",
+    "build_rag",
     "build_retriever",
     "render_instruct_prompt",
 ]
 
 _LAZY = {
-    "ChatMessage": "rag.prompt",
-    "MixtralInstructLLM": "rag.llm",
-    "MixtralTokenizer": "rag.tokens",
-    "render_instruct_prompt": "rag.prompt",
-    "SentenceTransformerEmbeddings": "rag.embeddings",
-    "ChunkStore": "rag.store",
-    "HybridRetriever": "rag.retriever",
-    "build_retriever": "rag.service",
-    "build_chain": "rag.chain",
+    "AnswerEvent": "rag.app.assistant",
+    "AnswerStats": "rag.app.assistant",
+    "AskOptions": "rag.app.assistant",
+    "Assistant": "rag.app.assistant",
+    "ChatMessage": "rag.llm.prompt",
+    "ChunkStore": "rag.retrieval.store",
+    "Components": "rag.app.root",
+    "DocumentLibrary": "rag.app.library",
+    "HybridRetriever": "rag.retrieval.retriever",
+    "MixtralInstructLLM": "rag.llm.adapter",
+    "MixtralTokenizer": "rag.llm.tokenizer",
+    "RagChain": "rag.answer.chain",
+    "SentenceTransformerEmbeddings": "rag.retrieval.embeddings",
+    "build_chain": "rag.app.root",
+    "build_ingest_pipeline": "rag.app.root",
+    "build_rag": "rag.app.root",
+    "build_retriever": "rag.app.root",
+    "render_instruct_prompt": "rag.llm.prompt",
 }
 
 
@@ -67,3 +92,7 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'rag' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

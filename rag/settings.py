@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -20,7 +20,21 @@ from pydantic_settings import (
 
 from rag.errors import ConfigError
 
-__all__ = ["DEFAULT_EMBEDDING_MODEL", "DEFAULT_LLM_MODEL", "Settings"]
+__all__ = [
+    "BACKEND_NAMES",
+    "DEFAULT_EMBEDDING_MODEL",
+    "DEFAULT_LLM_MODEL",
+    "BackendName",
+    "PromptFormatName",
+    "Settings",
+]
+
+BackendName = Literal["auto", "llama_cpp", "openai", "transformers"]
+"""How the language model runs: ``auto`` (inferred from the model name and URL) or one backend by name."""
+BACKEND_NAMES: tuple[str, ...] = get_args(BackendName)[1:]
+"""The backends themselves (without ``auto``)."""
+PromptFormatName = Literal["auto", "mixtral", "native"]
+"""The prompt format setting: ``mixtral`` (the [INST] template), ``native`` (the model's own) or ``auto``."""
 
 #: Chinese-first, English-capable, 8K-token inputs, dense retrieval at the top of C-MTEB for open models.
 DEFAULT_EMBEDDING_MODEL = "BAAI/bge-m3"
@@ -70,14 +84,13 @@ class Settings(BaseSettings):
         default=None,
         description="An OpenAI-compatible server (llama.cpp server, vLLM) instead of a local GGUF.",
     )
-    llm_backend: str = Field(
+    llm_backend: BackendName = Field(
         default="auto",
         description="auto (inferred: base_url -> openai, .gguf -> llama_cpp, folder -> transformers), "
         "llama_cpp, openai or transformers.",
     )
-    llm_prompt_format: str = Field(
+    llm_prompt_format: PromptFormatName = Field(
         default="auto",
-        pattern="^(auto|mixtral|native)$",
         description="auto (Mixtral's [INST] template for Mixtral models, else the GGUF's own chat template), "
         "mixtral or native.",
     )

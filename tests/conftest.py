@@ -37,7 +37,7 @@ def _isolated_config(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def embedder() -> Any:
     """One loaded bundled embedder for the whole session (loading takes seconds)."""
-    from rag.embeddings import SentenceTransformerEmbeddings
+    from rag.retrieval.embeddings import SentenceTransformerEmbeddings
 
     model = SentenceTransformerEmbeddings(BUNDLED_EMBEDDER)
     model.warm_up()

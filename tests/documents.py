@@ -121,16 +121,18 @@ BAD_ROLES = ("corrupt_pdf", "empty", "binary_txt")
 
 def ingest_into_store(root: Path, documents: dict[str, str], embedder: Any) -> tuple[Any, Any]:
     """Write ``documents`` (name -> text) under ``root/docs`` and ingest them into a real store with a BM25
-    index beside it (``root/chroma``, ``root/lexical.sqlite3``); returns (ChunkStore, LexicalIndex)."""
+    index beside it (``root/chroma``, ``root/lexical.sqlite3``) that keeps each chunk's Mixtral token count, as the
+    composition root wires it; returns (ChunkStore, LexicalIndex)."""
     from ingest.pipeline import IngestPipeline
-    from rag.lexical import LexicalIndex
-    from rag.store import ChunkStore, connect_chroma
+    from rag.llm.tokenizer import mixtral_token_counts
+    from rag.retrieval.lexical import LexicalIndex
+    from rag.retrieval.store import ChunkStore, connect_chroma
 
     folder = root / "docs"
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in documents.items():
         (folder / name).write_text(text, encoding="utf-8")
     store = ChunkStore(connect_chroma(path=root / "chroma"), "docs")
-    lexical = LexicalIndex(root / "lexical.sqlite3")
-    IngestPipeline(store, embedder, lexical=lexical).run([folder])
+    lexical = LexicalIndex(root / "lexical.sqlite3", count_tokens=mixtral_token_counts)
+    IngestPipeline(store, embedder, lexical=lexical, count_tokens=mixtral_token_counts).run([folder])
     return store, lexical

@@ -16,10 +16,18 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from rag.backends.base import Backend, BackendConfig, GenerationParams, Piece, PreparedPrompt, PromptFormat, StopTrimmer
-from rag.llm import MixtralInstructLLM
-from rag.prompt import wrap_instruction
-from rag.tokens import MixtralTokenizer
+from rag.llm.adapter import MixtralInstructLLM
+from rag.llm.backends.base import (
+    Backend,
+    BackendConfig,
+    FormattedPrompt,
+    GenerationParams,
+    Piece,
+    PromptFormat,
+    StopTrimmer,
+)
+from rag.llm.prompt import wrap_instruction
+from rag.llm.tokenizer import MixtralTokenizer
 
 __all__ = ["ScriptedBackend", "quote_first_passage", "scripted_llm"]
 
@@ -45,6 +53,7 @@ class ScriptedBackend(Backend):
     """
 
     name = "scripted"
+    ls_provider = "scripted"
 
     def __init__(
         self,
@@ -77,12 +86,12 @@ class ScriptedBackend(Backend):
     def warm_up(self) -> None:
         return None
 
-    def prepare(self, prompt: str, prompt_format: PromptFormat) -> PreparedPrompt:
+    def format_prompt(self, prompt: str, prompt_format: PromptFormat) -> FormattedPrompt:
         text = prompt if prompt_format == "raw" else wrap_instruction(prompt)
-        return PreparedPrompt(text=text, n_tokens=self._tokenizer.count(text))
+        return FormattedPrompt(text=text, n_tokens=self._tokenizer.count(text))
 
     def generate(
-        self, prompt: PreparedPrompt, params: GenerationParams, cancelled: Callable[[], bool]
+        self, prompt: FormattedPrompt, params: GenerationParams, cancelled: Callable[[], bool]
     ) -> Iterator[Piece]:
         self.prompts.append(prompt.text)
         answer = self.script(prompt.text)

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from ingest.pipeline import IngestPipeline
-from rag.lexical import LexicalIndex
-from rag.store import ChunkStore, connect_chroma
+from rag.retrieval.lexical import LexicalIndex
+from rag.retrieval.store import ChunkStore, connect_chroma
 
 REPO = Path(__file__).resolve().parents[1]
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -22,7 +22,7 @@ SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 def run_ask(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from rag.cli import main; main()", "ask", *args],
+        [sys.executable, "-c", "from rag.cli.main import main; main()", "ask", *args],
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -10,14 +10,16 @@ import pytest
 from langchain_core.language_models.fake import FakeListLLM
 from langchain_core.messages import AIMessage, HumanMessage
 
-from rag.chain import RagChain, build_chain, choose_prompt_format
+from rag.answer.chain import RagChain
+from rag.answer.qa_prompt import clean_rewrite, instructions_for, render_qa_prompt
+from rag.app.root import build_chain
 from rag.errors import ConfigError, ContextOverflowError, EmptyStoreError
-from rag.lexical import LexicalIndex
-from rag.llm import MixtralInstructLLM
+from rag.llm.adapter import MixtralInstructLLM
+from rag.llm.counting import ModelTokens
 from rag.models import bundled_model_path
-from rag.qa_prompt import clean_rewrite, instructions_for, render_qa_prompt
-from rag.retriever import HybridRetriever
-from rag.store import ChunkStore, connect_chroma
+from rag.retrieval.lexical import LexicalIndex
+from rag.retrieval.retriever import HybridRetriever
+from rag.retrieval.store import ChunkStore, connect_chroma
 from tests.documents import ingest_into_store
 from tests.fakes import scripted_llm
 
@@ -44,6 +46,14 @@ def smollm2() -> MixtralInstructLLM:
     )
     llm.warm_up()
     return llm
+
+
+def chain_of(retriever: HybridRetriever, llm: MixtralInstructLLM | None, **options: Any) -> RagChain:
+    """A chain handed its collaborators, as the composition root hands them."""
+    tokens = options.pop("tokens", None) or ModelTokens(llm)
+    return RagChain(
+        retriever, tokens, llm=llm, reader=retriever.reader, document_count=retriever.store.count, **options
+    )
 
 
 def test_invoke_and_stream_answer_with_sources(retriever: HybridRetriever, smollm2: MixtralInstructLLM) -> None:
@@ -90,7 +100,7 @@ def test_the_cited_passage_is_the_source(retriever: HybridRetriever) -> None:
 def test_the_prompt_fits_the_window_and_keeps_the_stable_order(
     retriever: HybridRetriever, smollm2: MixtralInstructLLM
 ) -> None:
-    rag = RagChain(retriever, smollm2)
+    rag = chain_of(retriever, smollm2)
     history = [("user", "What is the leave policy?"), ("assistant", "25 days per year [2].")]
     prepared = rag.prepare({"question": "And remote work?", "chat_history": history})
     assert prepared.prompt_tokens == smollm2.count_prompt_tokens(prepared.prompt)
@@ -104,14 +114,14 @@ def test_the_prompt_fits_the_window_and_keeps_the_stable_order(
 def test_follow_ups_are_rewritten_before_retrieval(retriever: HybridRetriever, smollm2: MixtralInstructLLM) -> None:
     history = [HumanMessage("What do the documents say about passwords?"), AIMessage("At least 14 characters [1].")]
     rewriter = FakeListLLM(responses=["Standalone question: How often must passwords rotate?"])
-    rag = RagChain(retriever, smollm2, rewrite_llm=rewriter)
+    rag = chain_of(retriever, smollm2, rewrite_llm=rewriter)
     prepared = rag.prepare({"question": "How often must they change?", "chat_history": history})
     assert prepared.standalone_question == "How often must passwords rotate?"
     assert prepared.passages[0]["source"].endswith("security.md")
-    garbage = RagChain(retriever, smollm2, rewrite_llm=FakeListLLM(responses=["  \n"]))
+    garbage = chain_of(retriever, smollm2, rewrite_llm=FakeListLLM(responses=["  \n"]))
     assert garbage.prepare({"question": "How often?", "chat_history": history}).standalone_question == "How often?"
     # the real model rewrites too (whatever it writes, the chain goes on with a usable question)
-    real = RagChain(retriever, smollm2).prepare({"question": "How often must they change?", "chat_history": history})
+    real = chain_of(retriever, smollm2).prepare({"question": "How often must they change?", "chat_history": history})
     assert real.standalone_question.strip()
 
 
@@ -138,7 +148,7 @@ def test_long_history_is_trimmed_and_a_huge_question_is_a_clear_error(
     history = []
     for i in range(30):
         history += [("user", f"Question {i} about the handbook rules? " * 4), ("assistant", f"Yes {i}. " * 20)]
-    rag = RagChain(retriever, smollm2, rewrite_llm=FakeListLLM(responses=["How many leave days are there?"]))
+    rag = chain_of(retriever, smollm2, rewrite_llm=FakeListLLM(responses=["How many leave days are there?"]))
     prepared = rag.prepare({"question": "How many leave days?", "chat_history": history})
     assert len(prepared.history) < len(history) and prepared.notes
     assert prepared.history[-1].content == history[-1][1]  # the newest turns are kept
@@ -150,7 +160,7 @@ def test_long_history_is_trimmed_and_a_huge_question_is_a_clear_error(
 
 
 def test_budget_setting_and_the_no_model_path(retriever: HybridRetriever) -> None:
-    rag = RagChain(retriever, None, max_context_tokens=300, context_window=4096, max_tokens=256)
+    rag = chain_of(retriever, None, max_context_tokens=300, tokens=ModelTokens(context_window=4096, max_tokens=256))
     prepared = rag.prepare("长江有多长？")
     assert prepared.budget == 300 and 0 < prepared.packed.tokens <= 300
     assert "6300" in prepared.packed.text
@@ -166,5 +176,14 @@ def test_an_empty_store_says_to_ingest_first(embedder: Any, tmp_path: Path, smol
 
 
 def test_prompt_format_follows_the_model(smollm2: MixtralInstructLLM) -> None:
-    assert choose_prompt_format(smollm2) == "native"  # SmolLM2's GGUF has a ChatML template
-    assert choose_prompt_format(MixtralInstructLLM()) == "mixtral"  # Chinese-Mixtral: nothing is loaded
+    auto = MixtralInstructLLM(model=smollm2.model, prompt_format="auto")
+    assert auto.effective_prompt_format == "native"  # SmolLM2's GGUF has a ChatML template (read from its vocabulary)
+    mixtral = MixtralInstructLLM(prompt_format="auto")
+    assert mixtral.effective_prompt_format == "mixtral" and not mixtral.is_loaded  # Chinese-Mixtral: by its name
+
+
+def test_per_question_options_are_arguments(retriever: HybridRetriever) -> None:
+    rag = chain_of(retriever, None, tokens=ModelTokens(context_window=4096, max_tokens=256))
+    small = rag.prepare("How long is the Yangtze?", k=1, max_context_tokens=256)
+    assert small.budget == 256 and rag.k == 5 and rag.max_context_tokens is None  # the chain itself is unchanged
+    assert rag.prepare("How long is the Yangtze?").budget > 256

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from rag.store import connect_chroma
+from rag.retrieval.store import connect_chroma
 from tests.conftest import BUNDLED_EMBEDDER
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from rag.citations import CitationStreamFilter, check_citations, select_sources
+from rag.answer.citations import CitationStreamFilter, check_citations, select_sources
 
 ANSWER = "年假五天 [1]。病假需证明【2】。两者都有 [1,2]，也见[2、1]。编造的 [7]。混合 [2][9]。范围 [1-2]。"
 

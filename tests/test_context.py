@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 from ingest.pipeline import IngestPipeline
-from rag.context import ContextAssembler, ContextChunk, cut_to_tokens, pack_context, render_context
-from rag.lexical import LexicalIndex
-from rag.retriever import HybridRetriever
-from rag.store import ChunkStore, connect_chroma
-from rag.tokens import MixtralTokenizer
+from rag.answer.context import ContextAssembler, cut_to_tokens, pack_context, render_context
+from rag.chunks import ContextChunk
+from rag.llm.tokenizer import MixtralTokenizer, mixtral_token_counts
+from rag.retrieval.lexical import LexicalIndex
+from rag.retrieval.retriever import HybridRetriever
+from rag.retrieval.store import ChunkStore, connect_chroma
 
 TOKENIZER = MixtralTokenizer()
 
@@ -61,8 +62,9 @@ def big_store(embedder: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[
         (docs / f"news{i:03d}.txt").write_text(article(i, 40, rng), encoding="utf-8")
     (docs / "long.txt").write_text(article(999, 400, rng), encoding="utf-8")  # ~11,000 tokens: one document
     store = ChunkStore(connect_chroma(path=root / "chroma"), "docs")
-    lexical = LexicalIndex(root / "lexical.sqlite3")
-    IngestPipeline(store, HashVectors(embedder), lexical=lexical).run([docs])  # type: ignore[arg-type]
+    lexical = LexicalIndex(root / "lexical.sqlite3", count_tokens=mixtral_token_counts)
+    vectors: Any = HashVectors(embedder)  # the embedder's interface, by delegation
+    IngestPipeline(store, vectors, lexical=lexical, count_tokens=mixtral_token_counts).run([docs])
     retriever = HybridRetriever(store=store, embedder=embedder, lexical=lexical, mode="lexical")
     return store, retriever, docs
 
@@ -231,7 +233,7 @@ def test_counting_passage_by_passage_equals_counting_the_whole_context() -> None
 def test_a_round_resumed_from_its_checkpoint_plans_what_planning_afresh_does() -> None:
     """Later packing rounds resume from the progress before the first candidate that did not fit; for any larger
     target that must give exactly the plan that starting over gives."""
-    from rag.context import _MIN_CUT, _Costs, _greedy, _Pool
+    from rag.answer.context import _MIN_CUT, _Costs, _greedy, _Pool
 
     rng = random.Random(7)
     texts = {f"/d/{name}.txt": article(i, 40, rng) for i, name in enumerate("abcdef")}

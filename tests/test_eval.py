@@ -11,7 +11,7 @@ from typing import Any
 
 from langchain_core.documents import Document
 
-from rag.eval import cmrc_scores, is_rejection, load_dataset, retrieval_metrics, rgb_correct
+from rag.eval.metrics import cmrc_scores, is_rejection, load_dataset, retrieval_metrics, rgb_correct
 from tests.conftest import BUNDLED_EMBEDDER
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def test_metrics_and_answer_rules() -> None:
     def retrieve(query: str, k: int) -> list[Document]:
         return [Document("x", metadata={"source": f"/p/{name}.txt"}) for name in ["b", "a", "a", "c"]][:k]
 
-    from rag.eval import EvalQuestion
+    from rag.eval.metrics import EvalQuestion
 
     metrics = retrieval_metrics(retrieve, [EvalQuestion("1", "q", [], frozenset({"a"}))], ks=(1, 2))
     assert metrics == {"hit@1": 0.0, "hit@2": 1.0, "precision@5": 0.2, "mrr@10": 0.5}

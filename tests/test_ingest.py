@@ -16,7 +16,7 @@ import pytest
 
 from ingest.pipeline import IngestPipeline, IngestReport
 from rag import ModelMismatchError
-from rag.store import ChunkStore, connect_chroma
+from rag.retrieval.store import ChunkStore, connect_chroma
 from tests.conftest import BUNDLED_EMBEDDER
 from tests.documents import BAD_ROLES, GOOD_ROLES, write_corpus
 
@@ -175,7 +175,7 @@ def test_model_change_is_refused_and_reset_rebuilds(tmp_path: Path, embedder: An
 
 
 def _renamed_embedder(embedder: Any, name: str) -> Any:
-    from rag.embeddings import SentenceTransformerEmbeddings
+    from rag.retrieval.embeddings import SentenceTransformerEmbeddings
 
     return SentenceTransformerEmbeddings(name, client=embedder.client)
 
@@ -196,7 +196,7 @@ def test_chunk_settings_change_rechunks_everything(tmp_path: Path, embedder: Any
 # -- the command line, as a user runs it --------------------------------------------------------------------
 def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ingest", *args],
+        [sys.executable, "-m", "rag", "ingest", *args],  # `rag ingest` is the `ingest` command
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -266,8 +266,8 @@ def test_kill_9_then_rerun_equals_one_clean_run(tmp_path: Path) -> None:
     script = (
         "import sys\n"
         "from ingest.pipeline import IngestPipeline\n"
-        "from rag.embeddings import SentenceTransformerEmbeddings\n"
-        "from rag.store import ChunkStore, connect_chroma\n"
+        "from rag.retrieval.embeddings import SentenceTransformerEmbeddings\n"
+        "from rag.retrieval.store import ChunkStore, connect_chroma\n"
         "def tick(event):\n"
         "    print(event.chunks_done, flush=True)\n"
         f"store = ChunkStore(connect_chroma(path=sys.argv[1]), 'docs')\n"

@@ -14,10 +14,11 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_tests.integration_tests import RetrieversIntegrationTests
 
 from ingest.pipeline import IngestPipeline
-from rag.context import ContextChunk
-from rag.lexical import LexicalIndex, tokenize
-from rag.retriever import HybridRetriever, dense_weight_for, fuse_scores, lexical_scores
-from rag.store import ChunkStore, connect_chroma
+from rag.chunks import ContextChunk
+from rag.retrieval.lexical import LexicalIndex
+from rag.retrieval.retriever import HybridRetriever, dense_weight_for, fuse_scores, lexical_scores
+from rag.retrieval.store import ChunkStore, connect_chroma
+from rag.retrieval.terms import query_terms, tokenize
 from tests.conftest import BUNDLED_EMBEDDER
 from tests.documents import ingest_into_store
 
@@ -33,7 +34,7 @@ DOCUMENTS = {
 @functools.cache
 def built_store() -> tuple[Path, Path]:
     """One real store for the module (and for the standard test suite, which needs it at class level)."""
-    from rag.embeddings import SentenceTransformerEmbeddings
+    from rag.retrieval.embeddings import SentenceTransformerEmbeddings
 
     root = Path(tempfile.mkdtemp(prefix="rag-retriever-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)  # not a tmp_path: the class-level tests need it too
@@ -42,7 +43,7 @@ def built_store() -> tuple[Path, Path]:
 
 
 def make_retriever(**fields: Any) -> HybridRetriever:
-    from rag.embeddings import SentenceTransformerEmbeddings
+    from rag.retrieval.embeddings import SentenceTransformerEmbeddings
 
     root, _ = built_store()
     collaborators: dict[str, Any] = {
@@ -58,6 +59,11 @@ def test_tokenize_chinese_and_english() -> None:
     tokens = tokenize("长江全长约6300公里, Remote Work!")
     assert "长江" in tokens and "remote" in tokens and "work" in tokens
     assert "," not in tokens and "!" not in tokens
+
+
+def test_query_terms_leave_out_function_words_unless_nothing_else_is_left() -> None:
+    assert query_terms("What is the Yangtze, the Yangtze?") == ["yangtze"]
+    assert query_terms("what is the") == ["what", "is", "the"]
 
 
 def test_fusion_keeps_a_strong_side_on_top() -> None:
@@ -138,7 +144,7 @@ def test_an_older_layout_refills_its_rows_without_tokenising_again(
     nothing is tokenised again; the old tables go."""
     import sqlite3
 
-    import rag.lexical
+    import rag.retrieval.lexical
 
     store, lexical = ingest_into_store(tmp_path, DOCUMENTS, embedder)
     path, expected = lexical.path, lexical.search("咖啡机除垢", 3)
@@ -159,7 +165,7 @@ def test_an_older_layout_refills_its_rows_without_tokenising_again(
     def no_tokenising(text: str) -> str:
         raise AssertionError("bodies were tokenised again")
 
-    monkeypatch.setattr(rag.lexical, "index_body", no_tokenising)
+    monkeypatch.setattr(rag.retrieval.lexical, "index_body", no_tokenising)
     assert reopened.sync(store) == (store.count(), 0)
     assert reopened.search("咖啡机除垢", 3) == expected
     assert reopened.ids() == store.all_ids()
@@ -209,7 +215,7 @@ def test_a_bm25_index_that_disagrees_with_the_table_is_rebuilt_from_it(tmp_path:
 
 
 def count_mixtral(text: str) -> int:
-    from rag.tokens import MixtralTokenizer
+    from rag.llm.tokenizer import MixtralTokenizer
 
     return len(MixtralTokenizer().encode_text(text))
 
@@ -257,16 +263,14 @@ def test_coverage_prefers_the_passage_with_every_query_term(tmp_path: Path) -> N
 
 
 def test_construction_is_instant_and_the_first_query_syncs(tmp_path: Path, embedder: Any) -> None:
-    from rag.service import build_retriever
+    from rag.app.root import build_ingest_pipeline, build_retriever
     from rag.settings import Settings
 
     folder = tmp_path / "docs"
     folder.mkdir()
     (folder / "a.txt").write_text("熊猫喜欢吃竹子。", encoding="utf-8")
     settings = Settings(data_dir=tmp_path / "data", embedding_model=BUNDLED_EMBEDDER)
-    from ingest import ingest
-
-    ingest([folder], settings)
+    build_ingest_pipeline(settings).run([folder])
     lexical_path = tmp_path / "data" / "lexical" / "docs.sqlite3"
     lexical_path.unlink()  # lost (or a store shared through a server): the local side must be rebuilt
     for suffix in ("-wal", "-shm"):
@@ -286,7 +290,7 @@ class TestStandardRetriever(RetrieversIntegrationTests):
 
     @property
     def retriever_constructor_params(self) -> dict[str, Any]:
-        from rag.embeddings import SentenceTransformerEmbeddings
+        from rag.retrieval.embeddings import SentenceTransformerEmbeddings
 
         root, _ = built_store()
         return {
@@ -302,7 +306,7 @@ class TestStandardRetriever(RetrieversIntegrationTests):
 
 WRITER = """
 import sys
-from rag.lexical import LexicalIndex
+from rag.retrieval.lexical import LexicalIndex
 index, tag = LexicalIndex(sys.argv[1]), sys.argv[2]
 for i in range(12):
     ids = [f"{tag}-{i}-{j}" for j in range(20)]

@@ -83,7 +83,7 @@ def served(embedder: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     # citations differ between CPUs; tests/llm and test_chain cover the real model path)
     llm = scripted_llm(max_tokens=48, context_window=2048, delay=0.03)
     handlers = create_handlers(settings, llm=llm)
-    handlers.assistant.shared_embedder(embedder)
+    handlers.assistant.components.share_embedder(embedder)
     with pytest.MonkeyPatch.context() as patch:
         # as `rag ui` does: Gradio's own copies of uploads stay under the data dir too (read at each upload)
         patch.setenv("GRADIO_TEMP_DIR", str(data / "uploads" / ".incoming"))

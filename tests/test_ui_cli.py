@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_help_has_examples() -> None:
     from click.testing import CliRunner
 
-    from rag.cli import cli
+    from rag.cli.main import cli
 
     result = CliRunner().invoke(cli, ["ui", "--help"])
     assert result.exit_code == 0
@@ -34,7 +34,7 @@ def test_rag_ui_serves_on_localhost_with_a_login(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAG_UI_AUTH": "alice:s3cret:pw"}
     env.pop("GRADIO_TEMP_DIR", None)
     process = subprocess.Popen(
-        [sys.executable, "-c", "from rag.cli import main; main()", "ui", "--no-llm", "--port", str(port),
+        [sys.executable, "-c", "from rag.cli.main import main; main()", "ui", "--no-llm", "--port", str(port),
          "--data-dir", str(tmp_path / "data")],
         cwd=tmp_path,
         env=env,

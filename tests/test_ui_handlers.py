@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from rag.assistant import AskOptions, Assistant
-from rag.library import DocumentLibrary, safe_file_name
-from rag.llm import MixtralInstructLLM
+from rag.app.assistant import AskOptions, Assistant
+from rag.app.library import DocumentLibrary
+from rag.app.root import Components, build_lexical_index, build_store
+from rag.app.uploads import safe_file_name
+from rag.llm.adapter import MixtralInstructLLM
 from rag.models import bundled_model_path
-from rag.service import build_lexical_index, build_store
 from rag.settings import Settings
 from tests.conftest import BUNDLED_EMBEDDER
 from tests.fakes import scripted_llm
@@ -52,9 +53,9 @@ def make_handlers(data_dir: Path, embedder: Any, llm: MixtralInstructLLM | None,
         llm_n_threads=1,  # two threads on two busy cores wait on each other: one is steadier
         **settings,
     )
-    assistant = Assistant(config, llm=llm, use_llm=llm is not None)
-    assistant.shared_embedder(embedder)  # the session's loaded embedder: nothing loads twice
-    library = DocumentLibrary(config, share_embedder=assistant.shared_embedder)
+    components = Components(config, llm=llm, use_llm=llm is not None)
+    components.share_embedder(embedder)  # the session's loaded embedder: nothing loads twice
+    assistant, library = Assistant(components), DocumentLibrary(components)
     return UiHandlers(assistant, library)
 
 
@@ -159,7 +160,9 @@ def test_figures_are_measured(handlers: UiHandlers, smollm2_handlers: UiHandlers
         assert ui.assistant.chain("docs") is ui.assistant.chain("docs")
         assert ui.assistant.llm is ui.assistant.chain("docs").llm
     answer = events[-1].text
-    assert stats.answer_tokens == ui.assistant.chain("docs").count(answer) > 1  # counted with the Mixtral tokenizer
+    assert (
+        stats.answer_tokens == ui.assistant.chain("docs").tokens.count(answer) > 1
+    )  # counted with the Mixtral tokenizer
     assert kinds.count("delta") >= 2 and stats.tokens_per_s and stats.tokens_per_s > 1
 
 
@@ -308,7 +311,7 @@ def test_delete_and_reingest(embedder: Any, tmp_path: Path) -> None:
     assert "is not a folder of this collection" in handlers.reingest("/etc", session)
     (uploads / "handbook.md").write_text(HANDBOOK + "\n## Parking\n\nParking is free.\n", encoding="utf-8")
     assert "1 updated" in handlers.reingest(str(uploads), session)
-    rooted = DocumentLibrary(settings, folder_roots=[tmp_path])
+    rooted = DocumentLibrary(Components(settings), folder_roots=[tmp_path])
     assert tmp_path.resolve() in rooted.reingest_folders("docs")
 
 
@@ -329,8 +332,9 @@ def test_a_missing_model_is_a_clear_message(embedder: Any, tmp_path: Path) -> No
     missing = Settings(
         data_dir=tmp_path / "data", embedding_model=BUNDLED_EMBEDDER, llm_model=str(tmp_path / "nope.gguf")
     )
-    assistant = Assistant(missing)
-    assistant.shared_embedder(embedder)
+    components = Components(missing)
+    components.share_embedder(embedder)
+    assistant = Assistant(components)
     ui = UiHandlers(assistant, handlers.library)
     shown = run(ui.respond("How many leave days?", [], SessionSettings(collection="docs")))[-1][0]
     assert "nope.gguf" in shown[-1]["content"] and "retrieval-only mode" in shown[-1]["content"]

@@ -1,5 +1,5 @@
-"""The browser UI: layout and wiring only. Behaviour lives in :mod:`ui.handlers`, the work in :mod:`rag.assistant`
-and :mod:`rag.library`.
+"""The browser UI: layout and wiring only. Behaviour lives in :mod:`ui.handlers`, the work in :mod:`rag.app.assistant`
+and :mod:`rag.app.library`.
 
 >>> demo = build_ui(create_handlers(Settings.load(), folder_roots=["./docs"]))
 >>> launch(demo, Settings.load())          # http://127.0.0.1:7860
@@ -14,8 +14,9 @@ from typing import Any
 
 import gradio as gr
 
-from rag.assistant import Assistant
-from rag.library import DocumentLibrary
+from rag.app.assistant import Assistant
+from rag.app.library import DocumentLibrary
+from rag.app.root import Components
 from rag.settings import Settings
 from ui.handlers import ChatTurn, SessionSettings, UiHandlers
 from ui.i18n import LANGUAGES, text
@@ -41,10 +42,11 @@ def create_handlers(
     folder_roots: Sequence[str | os.PathLike[str]] = (),
     max_tokens: int | None = None,
 ) -> UiHandlers:
-    """The shared objects behind every session: one assistant (models load at the first question) and one
-    document library that shares the assistant's loaded embedder."""
-    assistant = Assistant(settings, llm=llm, use_llm=use_llm)
-    library = DocumentLibrary(settings, folder_roots=folder_roots, share_embedder=assistant.shared_embedder)
+    """The shared objects behind every session: one composition root (one model, one embedder per name), the
+    assistant and the document library over it; models load at the first question or upload."""
+    components = Components(settings, llm=llm, use_llm=use_llm)
+    assistant = Assistant(components)
+    library = DocumentLibrary(components, folder_roots=folder_roots)
     # Open the store once before serving: chromadb builds its per-path client system lazily and two sessions
     # opening it at the same moment can see it half-built ("'RustBindingsAPI' object has no attribute 'bindings'").
     library.collections()

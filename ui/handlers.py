@@ -16,9 +16,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rag.assistant import AnswerStats, AskOptions, Assistant
+from rag.app.assistant import AnswerStats, AskOptions, Assistant
+from rag.app.library import DocumentLibrary
+from rag.app.uploads import UploadResult
 from rag.errors import ModelNotFoundError, RagError
-from rag.library import DocumentLibrary, UploadResult
 from ui.i18n import Language, language_from_header, text
 
 __all__ = ["ChatTurn", "DocumentsView", "SessionSettings", "UiHandlers"]

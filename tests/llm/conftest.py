@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rag.llm import MixtralInstructLLM
+from rag.llm.adapter import MixtralInstructLLM
 from rag.models import bundled_model_path
 from tests.llm.tiny_models import write_tiny_mixtral_gguf, write_tiny_mixtral_hf
 

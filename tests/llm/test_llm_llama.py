@@ -14,10 +14,11 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import PromptTemplate
 
 from rag.errors import ConfigError, ContextOverflowError, ModelNotFoundError
-from rag.llm import MixtralInstructLLM, infer_backend
-from rag.prompt import render_instruct_prompt
+from rag.llm.adapter import MixtralInstructLLM, infer_backend
+from rag.llm.backends.llama_cpp import LlamaTokenizer
+from rag.llm.prompt import render_instruct_prompt
+from rag.llm.tokenizer import MixtralTokenizer
 from rag.settings import Settings
-from rag.tokens import MixtralTokenizer
 from tests.llm.test_prompt import CONVERSATIONS, mistral_reference
 
 QUESTION = "What is the capital of France? Answer in one word."
@@ -41,7 +42,7 @@ def test_a_file_that_is_not_a_gguf_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a GGUF file"):
         llm.invoke("hello")
     with pytest.raises(ConfigError, match="not a GGUF file"):
-        MixtralTokenizer.from_gguf(fake)
+        LlamaTokenizer.from_gguf(fake)
 
 
 def test_a_hub_name_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -98,7 +99,7 @@ def test_langchain_metadata(smollm2_gguf: Path) -> None:
 def test_tiny_mixtral_loads_generates_and_tokenizes_like_mistral_common(
     tiny_mixtral_gguf: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="rag.llm"):
+    with caplog.at_level(logging.WARNING, logger="rag.llm.adapter"):
         llm = MixtralInstructLLM(model=str(tiny_mixtral_gguf), max_tokens=6, temperature=0.0, n_threads=2)
         assert llm.context_window == 4096  # n_ctx 32768 clamped to the GGUF's trained context
     assert "exceeds the trained context" in caplog.text and "RAG_LLM_N_CTX" in caplog.text
@@ -111,7 +112,7 @@ def test_tiny_mixtral_loads_generates_and_tokenizes_like_mistral_common(
     assert metadata["llama.expert_count"] == "8" and metadata["llama.expert_used_count"] == "2"
     for conversation in CONVERSATIONS:
         rendered = render_instruct_prompt(conversation)
-        prepared = llm.backend_instance.prepare(rendered, "mixtral")
+        prepared = llm.backend_instance.format_prompt(rendered, "mixtral")
         assert prepared.ids == mistral_reference(conversation)
         assert llm.get_num_tokens(rendered) == len(mistral_reference(conversation))
     # a loaded model counts with llama.cpp's own tokenizer; the weight-free MixtralTokenizer agrees

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rag.errors import ConfigError, ContextOverflowError
-from rag.llm import MixtralInstructLLM
+from rag.llm.adapter import MixtralInstructLLM
 from tests.llm.conftest import SERVER_N_CTX, free_port
 from tests.llm.test_prompt import CONVERSATIONS, mistral_reference
 
@@ -119,9 +119,9 @@ def test_transformers_backend_on_a_tiny_mixtral(tiny_mixtral_hf: Path) -> None:
     assert llm.context_window == 4096  # n_ctx 32768 clamped to max_position_embeddings
     assert not llm.is_loaded
     conversation = CONVERSATIONS[2]
-    from rag.prompt import render_instruct_prompt
+    from rag.llm.prompt import render_instruct_prompt
 
-    prepared = llm.backend_instance.prepare(render_instruct_prompt(conversation), "mixtral")
+    prepared = llm.backend_instance.format_prompt(render_instruct_prompt(conversation), "mixtral")
     assert prepared.ids == mistral_reference(conversation)
     answer = llm.invoke("你好")
     assert isinstance(answer, str) and llm.is_loaded

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rag.prompt import ChatMessage, render_instruct_prompt, split_special, wrap_instruction
-from rag.tokens import MixtralTokenizer
+from rag.llm.prompt import ChatMessage, render_instruct_prompt, split_special, wrap_instruction
+from rag.llm.tokenizer import MixtralTokenizer
 
 CONVERSATIONS: list[list[tuple[str, str]]] = [
     [("user", "你好，世界")],
@@ -97,7 +97,7 @@ def test_literal_special_markers_in_text_stay_text() -> None:
 def test_llama_cpp_ids_on_the_tiny_mixtral_gguf_equal_mistral_common(
     conversation: list[tuple[str, str]], tiny_mixtral_gguf: Path
 ) -> None:
-    from rag.llm import MixtralInstructLLM
+    from rag.llm.adapter import MixtralInstructLLM
 
     llm = MixtralInstructLLM(model=str(tiny_mixtral_gguf), n_ctx=512, max_tokens=4)
     rendered = render_instruct_prompt(conversation)
@@ -111,7 +111,7 @@ def test_llama_cpp_ids_on_the_tiny_mixtral_gguf_equal_mistral_common(
 
 
 def test_transformers_tokenizer_ids_equal_mistral_common(tiny_mixtral_hf: Path) -> None:
-    from rag.llm import MixtralInstructLLM
+    from rag.llm.adapter import MixtralInstructLLM
 
     llm = MixtralInstructLLM(model=str(tiny_mixtral_hf), backend="transformers", n_ctx=512, max_tokens=4)
     for conversation in CONVERSATIONS:

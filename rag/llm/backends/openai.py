@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from rag.backends.base import Backend, GenerationParams, Piece, PreparedPrompt, PromptFormat
 from rag.errors import ConfigError, ContextOverflowError, RagError
-from rag.prompt import BOS, wrap_instruction
-from rag.tokens import MixtralTokenizer
+from rag.llm.backends.base import Backend, FormattedPrompt, GenerationParams, Piece, PromptFormat
+from rag.llm.prompt import BOS, wrap_instruction
+from rag.llm.tokenizer import MixtralTokenizer
 
 __all__ = ["OpenAIBackend"]
 
@@ -81,17 +81,17 @@ class OpenAIBackend(Backend):
         self._raise_for_status(response)
         self._checked = True
 
-    def prepare(self, prompt: str, prompt_format: PromptFormat) -> PreparedPrompt:
+    def format_prompt(self, prompt: str, prompt_format: PromptFormat) -> FormattedPrompt:
         if prompt_format == "native":
             # the server renders its own template: count the plain instruction as a lower bound
             n_tokens = self.tokenizer.count(prompt) + 1
-            return PreparedPrompt(text=prompt, n_tokens=n_tokens, messages=[{"role": "user", "content": prompt}])
+            return FormattedPrompt(text=prompt, n_tokens=n_tokens, messages=[{"role": "user", "content": prompt}])
         text = wrap_instruction(prompt) if prompt_format == "mixtral" else prompt
         n_tokens = self.tokenizer.count(text) if text.startswith(BOS) else self.tokenizer.count(text) + 1
-        return PreparedPrompt(text=text.removeprefix(BOS), n_tokens=n_tokens)
+        return FormattedPrompt(text=text.removeprefix(BOS), n_tokens=n_tokens)
 
     def generate(
-        self, prompt: PreparedPrompt, params: GenerationParams, cancelled: Callable[[], bool]
+        self, prompt: FormattedPrompt, params: GenerationParams, cancelled: Callable[[], bool]
     ) -> Iterator[Piece]:
         body: dict[str, Any] = {
             "model": self.config.model,
@@ -155,7 +155,7 @@ class OpenAIBackend(Backend):
             )
         yield Piece("", finish_reason=finish, info={"prompt_tokens": prompt.n_tokens, **usage})
 
-    def _probe(self, url: str, body: dict[str, Any], prompt: PreparedPrompt, params: GenerationParams) -> None:
+    def _probe(self, url: str, body: dict[str, Any], prompt: FormattedPrompt, params: GenerationParams) -> None:
         import httpx
 
         # a fresh connection: the pooled one is the dropped stream's

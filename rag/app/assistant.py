@@ -1,6 +1,6 @@
 """Answering questions as a stream of events with the figures a user wants: what ``rag ask`` and the UI call.
 
->>> assistant = Assistant(Settings.load())                 # instant: nothing loads yet
+>>> assistant = Assistant(Components(Settings.load()))     # instant: nothing loads yet
 >>> for event in assistant.ask("年假有几天？", history=[], options=AskOptions(k=5, temperature=0.2)):
 ...     if event.kind == "delta":
 ...         print(event.text, end="")
@@ -11,14 +11,14 @@ Events, in order: one ``passages`` (the retrieved evidence and the retrieval fig
 ``delta`` pieces of the answer, then one ``done`` (the whole answer, its checked sources and every figure). In
 retrieval-only mode (no language model) ``passages`` is followed directly by ``done`` with the assembled context.
 
-One :class:`Assistant` serves every user of a process: chains are cached per (collection, retrieval-only), they share
-one language model and one embedder per model name, so a second question reloads nothing. llama.cpp is not
-thread-safe: everything that touches the model runs under one lock, so concurrent askers wait their turn.
+One :class:`Assistant` serves every user of a process: its :class:`rag.app.root.Components` keeps one chain per
+(collection, retrieval-only), one language model and one embedder per model name, so a second question reloads
+nothing. llama.cpp is not thread-safe: everything that touches the model runs under one lock, so concurrent askers
+wait their turn.
 """
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections.abc import Generator, Sequence
@@ -26,12 +26,11 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from rag.settings import Settings
-
 if TYPE_CHECKING:
-    from rag.chain import RagChain
-    from rag.embeddings import SentenceTransformerEmbeddings
-    from rag.llm import MixtralInstructLLM
+    from rag.answer.chain import RagChain
+    from rag.app.root import Components
+    from rag.llm.adapter import MixtralInstructLLM
+    from rag.settings import Settings
 
 __all__ = ["AnswerEvent", "AnswerStats", "AskOptions", "Assistant"]
 
@@ -94,66 +93,32 @@ class AnswerEvent:
 
 
 class Assistant:
-    """Answers questions over the collections of one data dir (or Chroma server) with one language model.
+    """Answers questions over the collections of one data dir (or Chroma server) with the objects of
+    ``components`` (the composition root: its settings, its shared model and embedders)."""
 
-    ``llm``: a model to use instead of the one ``settings`` names (tests pass a loaded one). ``use_llm=False``:
-    never load a model; every answer is retrieval-only.
-    """
-
-    def __init__(self, settings: Settings, *, llm: MixtralInstructLLM | None = None, use_llm: bool = True) -> None:
-        self.settings = settings
-        self.use_llm = use_llm
-        self._llm = llm
-        self._chains: dict[tuple[str, bool], RagChain] = {}
-        self._embedders: dict[str, SentenceTransformerEmbeddings] = {}
-        self._build_lock = threading.Lock()
+    def __init__(self, components: Components) -> None:
+        self.components = components
         # llama.cpp is not thread-safe: one generation (or rewrite, or tokenisation) at a time, across all users
         # a Lock, not an RLock: Gradio steps a streaming answer from any worker thread, so the thread that releases
         # the lock (at the end, or at a stop) is often not the one that took it
         self._model_lock = threading.Lock()
 
-    # -- composition ---------------------------------------------------------------------------------------
-    def settings_for(self, collection: str | None) -> Settings:
-        """The settings with another collection (a bad name is a :class:`ConfigError`)."""
-        from rag.library import with_collection
+    @property
+    def settings(self) -> Settings:
+        return self.components.settings
 
-        return with_collection(self.settings, collection)
-
-    def shared_embedder(self, embedder: SentenceTransformerEmbeddings) -> SentenceTransformerEmbeddings:
-        """One loaded embedder per model name for the whole process (loading takes seconds to minutes)."""
-        with self._build_lock:
-            return self._embedders.setdefault(embedder.name, embedder)
+    @property
+    def use_llm(self) -> bool:
+        return self.components.use_llm
 
     def chain(self, collection: str | None = None, *, retrieval_only: bool = False) -> RagChain:
-        """The cached chain for (collection, retrieval-only); built on first use, instantly (models load later)."""
-        from rag.chain import build_rag
-        from rag.service import build_retriever
-
-        retrieval_only = retrieval_only or not self.use_llm
-        settings = self.settings_for(collection)
-        key = (settings.collection, retrieval_only)
-        with self._build_lock:
-            cached = self._chains.get(key)
-        if cached is not None:
-            return cached
-        retriever = build_retriever(settings)
-        retriever.embedder = self.shared_embedder(retriever.embedder)
-        if retrieval_only:
-            built = build_rag(settings, retriever=retriever, use_llm=False)
-        else:
-            with self._model_lock:
-                built = build_rag(settings, retriever=retriever, llm=self._llm)
-                if self._llm is None:
-                    assert built.llm is not None
-                    self._llm = built.llm
-                    _ = built.prompt_format  # decided once (reads the GGUF): every later chain shares the model
-        with self._build_lock:
-            return self._chains.setdefault(key, built)
+        """The process's chain for (collection, retrieval-only); built on first use, instantly (models load later)."""
+        return self.components.chain(collection, retrieval_only=retrieval_only)
 
     @property
     def llm(self) -> MixtralInstructLLM | None:
-        """The shared model once a chain has made it (None before the first question, and without a model)."""
-        return self._llm if self.use_llm else None
+        """The shared model (None without one)."""
+        return self.components.llm()
 
     # -- questions -----------------------------------------------------------------------------------------
     def ask(
@@ -170,13 +135,15 @@ class Assistant:
         options = options or AskOptions()
         started = time.perf_counter()
         retrieval_only = options.retrieval_only or not self.use_llm
-        chain = copy.copy(self.chain(options.collection, retrieval_only=retrieval_only))
-        chain.k = options.k
-        if options.max_context_tokens is not None:
-            chain.max_context_tokens = options.max_context_tokens
+        chain = self.chain(options.collection, retrieval_only=retrieval_only)
         timings: dict[str, float] = {}
         with nullcontext() if retrieval_only else self._model_lock:
-            prepared = chain.prepare({"question": question, "chat_history": list(history)}, timings=timings)
+            prepared = chain.prepare(
+                {"question": question, "chat_history": list(history)},
+                k=options.k,
+                max_context_tokens=options.max_context_tokens,
+                timings=timings,
+            )
             stats = AnswerStats(
                 rewrite_ms=timings.get("rewrite_ms", 0.0),
                 retrieval_ms=timings.get("retrieval_ms", 0.0),
@@ -203,7 +170,7 @@ class Assistant:
             if options.temperature is not None:
                 generation["temperature"] = options.temperature
             if options.max_tokens is not None:
-                generation["max_tokens"] = min(options.max_tokens, chain.max_tokens)
+                generation["max_tokens"] = min(options.max_tokens, chain.tokens.max_tokens)
             answer, first, sources = "", 0.0, prepared.passages
             for chunk in chain.generate(prepared, **generation):
                 if "answer" in chunk:
@@ -215,7 +182,7 @@ class Assistant:
                 else:
                     sources = list(chunk.get("sources") or [])
             ended = time.perf_counter()
-            stats.answer_tokens = chain.count(answer) if answer else 0
+            stats.answer_tokens = chain.tokens.count(answer) if answer else 0
             if stats.answer_tokens > 1 and ended > first:
                 stats.tokens_per_s = (stats.answer_tokens - 1) / (ended - first)
             stats.total_ms = (ended - started) * 1000

@@ -105,7 +105,7 @@ class SentenceTransformerEmbeddings(Embeddings):
         prompt = self.count_tokens([self._document_prompt])[0] if self._document_prompt else 0
         return limit - special - prompt
 
-    # -- tokens (the chunker's TokenCounter) ---------------------------------------------------------------
+    # -- tokens (the chunker's EmbedderTokenCounter) ---------------------------------------------------------------
     @property
     def _counting_tokenizer(self) -> Any:
         # A copy of its own: the chunker counts in the loader thread while encode() uses (and reconfigures:

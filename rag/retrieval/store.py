@@ -13,42 +13,22 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from rag.context import ContextChunk
+from rag.chunks import ChunkRow, ContextChunk
 from rag.errors import ConfigError, ModelMismatchError, StoreError
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
 
-__all__ = ["ChunkReader", "ChunkRow", "ChunkStore", "FileVersion", "connect_chroma", "with_heading"]
+__all__ = ["ChunkStore", "FileVersion", "connect_chroma"]
 
 _PAGE = 5000
 # chromadb builds its per-path client system lazily: two threads opening a path at once can see it half-built
 # ("'RustBindingsAPI' object has no attribute 'bindings'"), so clients are made one at a time.
 _CONNECT_LOCK = threading.Lock()
-
-ChunkRow = tuple[str, str, dict[str, Any]]
-"""(chunk id, text, metadata) of one stored chunk."""
-
-
-class ChunkReader(Protocol):
-    """Reads stored chunks by id and by position: the Chroma store itself, or the local copy beside it
-    (:class:`rag.lexical.LexicalIndex`), which answers the same questions without a round trip to Chroma."""
-
-    def chunks(self, ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
-        """Text and metadata of the chunks ``ids`` that exist."""
-        ...
-
-    def chunks_by_index(self, wanted: Mapping[str, Iterable[int]]) -> list[ContextChunk]:
-        """The chunks ``{source_abs: chunk indices}`` that exist, in no particular order."""
-        ...
-
-    def chunks_of_files(self, sources: Iterable[str]) -> list[ContextChunk]:
-        """Every chunk of the files ``sources`` (``source_abs``)."""
-        ...
 
 
 def connect_chroma(*, path: str | os.PathLike[str] | None = None, url: str | None = None) -> ClientAPI:
@@ -100,11 +80,6 @@ def _rows(page: Any) -> list[ChunkRow]:
         (chunk_id, text or "", dict(meta or {}))
         for chunk_id, text, meta in zip(page["ids"], page["documents"] or [], page["metadatas"] or [], strict=True)
     ]
-
-
-def with_heading(heading: str, text: str) -> str:
-    """A chunk as the retrievers read it: its heading path on the first line, then its text."""
-    return f"{heading}\n{text}" if heading else text
 
 
 @dataclass

@@ -18,8 +18,8 @@ Backends (``backend="auto"`` infers one; see :func:`infer_backend`):
 The prompt string is formatted by ``prompt_format``:
 
 ``mixtral`` (default)
-    The Mixtral-Instruct template of :mod:`rag.prompt`: a plain string becomes one ``[INST]`` instruction; a
-    string that already starts with ``<s>`` (from :func:`rag.prompt.render_instruct_prompt`, e.g. a multi-turn
+    The Mixtral-Instruct template of :mod:`rag.llm.prompt`: a plain string becomes one ``[INST]`` instruction; a
+    string that already starts with ``<s>`` (from :func:`rag.llm.prompt.render_instruct_prompt`, e.g. a multi-turn
     conversation) is used as it is. Token ids equal mistral-common's v1 reference.
 ``native``
     The model's own chat template (the GGUF's ``tokenizer.chat_template``, the transformers tokenizer's, or
@@ -41,7 +41,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -50,71 +49,20 @@ from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
-from rag.backends.base import Backend, BackendConfig, GenerationParams, Piece, PreparedPrompt, PromptFormat
 from rag.errors import ConfigError, ContextOverflowError
-from rag.models import bundled_model_path
-from rag.settings import DEFAULT_LLM_MODEL
-from rag.tokens import MixtralTokenizer
+from rag.llm.backends.base import Backend, BackendConfig, FormattedPrompt, GenerationParams, Piece, PromptFormat
+from rag.llm.factory import infer_backend, make_backend
+from rag.llm.tokenizer import MixtralTokenizer
+from rag.settings import DEFAULT_LLM_MODEL, BackendName
 
 if TYPE_CHECKING:
     from rag.settings import Settings
 
-__all__ = ["BackendName", "MixtralInstructLLM", "infer_backend", "make_backend"]
+__all__ = ["MixtralInstructLLM"]
 
-logger = logging.getLogger("rag.llm")
-
-BackendName = Literal["auto", "llama_cpp", "openai", "transformers"]
+logger = logging.getLogger("rag.llm.adapter")
 
 _GEN_KEYS = ("max_tokens", "temperature", "top_p", "top_k", "repeat_penalty", "seed")
-
-
-def infer_backend(model: str, base_url: str | None = None, backend: str = "auto", client: Any = None) -> str:
-    """The backend for a model name (txtai style): an explicit choice wins; then a server URL means
-    ``openai``; an injected ``llama_cpp.Llama``, a ``.gguf`` name or a bundled GGUF mean ``llama_cpp``; a
-    folder or a hub id (``owner/name``) means ``transformers``."""
-    if backend != "auto":
-        if backend not in ("llama_cpp", "openai", "transformers"):
-            raise ConfigError(
-                f"RAG_LLM_BACKEND={backend!r} is not a backend: use auto, llama_cpp, openai or transformers"
-            )
-        return backend
-    if base_url:
-        return "openai"
-    if isinstance(client, Backend):
-        return client.name
-    if client is not None:
-        kind = type(client).__module__.split(".")[0]
-        return {"llama_cpp": "llama_cpp", "httpx": "openai"}.get(kind, "transformers")
-    if model.lower().endswith(".gguf") or ".gguf.part" in model.lower():
-        return "llama_cpp"
-    bundled = bundled_model_path(model)
-    if bundled is not None and bundled.is_file():
-        return "llama_cpp"
-    local = Path(model).expanduser()
-    if local.is_dir():
-        return "transformers"
-    if local.is_file():
-        return "llama_cpp"  # a GGUF without the suffix; check_gguf says so if it is not
-    if model.count("/") == 1 and not model.startswith((".", "/", "~")):
-        return "transformers"
-    return "llama_cpp"  # resolve_gguf gives the clear "no such file" error
-
-
-def make_backend(name: str, config: BackendConfig) -> Backend:
-    """Build a backend by name (instant: nothing loads)."""
-    if name == "llama_cpp":
-        from rag.backends.llama_cpp import LlamaCppBackend
-
-        return LlamaCppBackend(config)
-    if name == "openai":
-        from rag.backends.openai import OpenAIBackend
-
-        return OpenAIBackend(config)
-    if name == "transformers":
-        from rag.backends.transformers import TransformersBackend
-
-        return TransformersBackend(config)
-    raise ConfigError(f"unknown LLM backend {name!r}: use llama_cpp, openai or transformers")
 
 
 class MixtralInstructLLM(LLM):
@@ -134,8 +82,10 @@ class MixtralInstructLLM(LLM):
     backend: BackendName = "auto"
     """``llama_cpp``, ``openai``, ``transformers``, or ``auto`` (inferred from ``model``, ``base_url``,
     ``client``)."""
-    prompt_format: PromptFormat = "mixtral"
-    """``mixtral`` (the Mixtral-Instruct template), ``native`` (the model's own chat template) or ``raw``."""
+    prompt_format: Literal["auto", "mixtral", "native", "raw"] = "mixtral"
+    """``mixtral`` (the Mixtral-Instruct template), ``native`` (the model's own chat template), ``raw``, or
+    ``auto``: ``mixtral`` for Mixtral models, else the GGUF's own template when it is another one (decided once,
+    from the vocabulary: see :attr:`effective_prompt_format`)."""
     n_ctx: int = Field(default=32768, ge=16, le=131072)
     """Context window in tokens; never more than the model's trained context (clamped with a warning)."""
     n_gpu_layers: int = Field(default=0, ge=-1)
@@ -168,9 +118,10 @@ class MixtralInstructLLM(LLM):
     """llama.cpp's own logging to stderr."""
     client: Any = Field(default=None, exclude=True)
     """An already built client: a ``llama_cpp.Llama``, an ``httpx.Client``, a transformers model, or a ready
-    :class:`rag.backends.base.Backend` (used as it is)."""
+    :class:`rag.llm.backends.base.Backend` (used as it is)."""
 
     _backend: Backend | None = PrivateAttr(default=None)
+    _auto_format: PromptFormat | None = PrivateAttr(default=None)
     _backend_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @model_validator(mode="after")
@@ -197,12 +148,9 @@ class MixtralInstructLLM(LLM):
             "seed": settings.llm_seed,
             "api_key": settings.llm_api_key,
             "timeout": settings.llm_timeout,
+            "prompt_format": settings.llm_prompt_format,
         }
         fields.update(overrides)
-        if fields["backend"] not in ("auto", "llama_cpp", "openai", "transformers"):
-            raise ConfigError(
-                f"RAG_LLM_BACKEND={fields['backend']!r} is not a backend: use auto, llama_cpp, openai or transformers"
-            )
         return cls(**fields)
 
     @property
@@ -238,6 +186,16 @@ class MixtralInstructLLM(LLM):
         self._get_backend().warm_up()
 
     @property
+    def effective_prompt_format(self) -> PromptFormat:
+        """The prompt format in use: ``prompt_format``, with ``auto`` decided once by the backend (for a GGUF, from
+        its vocabulary alone, never the weights)."""
+        if self.prompt_format != "auto":
+            return self.prompt_format
+        if self._auto_format is None:
+            self._auto_format = self._get_backend().auto_prompt_format()
+        return self._auto_format
+
+    @property
     def is_loaded(self) -> bool:
         """Whether the weights are in memory (or the server was checked)."""
         return self._get_backend().loaded
@@ -271,7 +229,7 @@ class MixtralInstructLLM(LLM):
 
     def count_prompt_tokens(self, prompt: str) -> int:
         """Tokens the model reads for ``prompt`` after ``prompt_format`` is applied (BOS included)."""
-        return self._get_backend().prepare(prompt, self.prompt_format).n_tokens
+        return self._get_backend().format_prompt(prompt, self.effective_prompt_format).n_tokens
 
     # -- LangChain's metadata
     @property
@@ -284,7 +242,7 @@ class MixtralInstructLLM(LLM):
             "model": self.model,
             "backend": self.backend_name,
             "base_url": self.base_url,
-            "prompt_format": self.prompt_format,
+            "prompt_format": self.effective_prompt_format if self._backend is not None else self.prompt_format,
             "n_ctx": self.n_ctx,
             "temperature": self.temperature,
             "top_p": self.top_p,
@@ -296,8 +254,7 @@ class MixtralInstructLLM(LLM):
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = super()._get_ls_params(stop=stop, **kwargs)
-        providers = {"llama_cpp": "llamacpp", "openai": "openai", "transformers": "huggingface"}
-        params["ls_provider"] = providers.get(self.backend_name, self.backend_name)
+        params["ls_provider"] = self._get_backend().ls_provider
         params["ls_model_name"] = self.model
         params["ls_model_type"] = "llm"
         params["ls_temperature"] = kwargs.get("temperature", self.temperature)
@@ -316,9 +273,9 @@ class MixtralInstructLLM(LLM):
         values: dict[str, Any] = {key: kwargs.get(key, getattr(self, key)) for key in _GEN_KEYS}
         return GenerationParams(stop=list(stop or self.stop or []), **values)
 
-    def _prepare(self, prompt: str, params: GenerationParams) -> tuple[Backend, PreparedPrompt]:
+    def _prepare(self, prompt: str, params: GenerationParams) -> tuple[Backend, FormattedPrompt]:
         backend = self._get_backend()
-        prepared = backend.prepare(prompt, self.prompt_format)
+        prepared = backend.format_prompt(prompt, self.effective_prompt_format)
         window = backend.context_window
         if prepared.n_tokens + params.max_tokens > window:
             over = prepared.n_tokens + params.max_tokens - window

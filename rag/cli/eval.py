@@ -80,8 +80,8 @@ def eval_command(
     Reports hit@k, precision@5 and MRR@10 for the hybrid retriever and each of its sides; with a model, RGB's
     answer accuracy and rejection rate, or CMRC's EM and F1.
     """
-    from ingest.cli import quiet_third_party, settings_from_flags
-    from rag.eval import add_distractors, load_dataset, plot_retrieval_curve
+    from rag.cli.common import quiet_third_party, settings_from_flags
+    from rag.eval.metrics import add_distractors, load_dataset, plot_retrieval_curve
 
     quiet_third_party()
     ks = _ks(k_list)
@@ -132,24 +132,17 @@ def _retrieve(retriever: Any, query: str, k: int) -> list[Any]:
 def _evaluate(
     evalset: Any, questions: list[Any], settings: Settings, root: Path, ks: list[int], retrieval_only: bool
 ) -> dict[str, Any]:
-    from rag.eval import cmrc_scores, is_rejection, retrieval_metrics, rgb_correct, write_passages
-    from rag.retriever import HybridRetriever
-    from rag.service import build_embedder, build_ingest_pipeline, build_lexical_index, build_store
+    from rag.app.root import Components
+    from rag.eval.metrics import cmrc_scores, is_rejection, retrieval_metrics, rgb_correct, write_passages
 
     folder = root / "passages"
     write_passages(evalset, folder)
     store_settings = settings.model_copy(update={"data_dir": root / "data", "collection": "eval"})
-    report = build_ingest_pipeline(store_settings).run([folder])
+    components = Components(store_settings, use_llm=not retrieval_only)
+    report = components.ingest_pipeline().run([folder])
     if report.files_failed:
         raise RagError(f"{len(report.files_failed)} passages could not be ingested: {report.files_failed[0]}")
-    store = build_store(store_settings)
-    lexical = build_lexical_index(store_settings)
-    embedder = build_embedder(store_settings, store)
-    retrievers = {
-        "hybrid": HybridRetriever(store=store, embedder=embedder, lexical=lexical),
-        "bm25": HybridRetriever(store=store, embedder=embedder, lexical=lexical, mode="bm25"),
-        "dense": HybridRetriever(store=store, embedder=embedder, lexical=lexical, mode="dense"),
-    }
+    retrievers = {mode: components.retriever(mode=mode) for mode in ("hybrid", "bm25", "dense")}
     retrieval: dict[str, dict[str, float]] = {}
     for name, retriever in retrievers.items():
         started = time.monotonic()
@@ -160,9 +153,7 @@ def _evaluate(
     if retrieval_only:
         return results
 
-    from rag.chain import build_chain  # type: ignore[import-not-found,unused-ignore]
-
-    chain = build_chain(store_settings, retriever=retrievers["hybrid"])
+    chain = components.new_chain(retriever=retrievers["hybrid"]).runnable
     correct = rejected = 0
     exact = f1 = 0.0
     for question in questions:

@@ -10,39 +10,10 @@ from typing import Any
 import click
 
 from ingest.pipeline import FileProblem, IngestProgress, IngestReport
+from rag.cli.common import quiet_third_party, settings_from_flags
 from rag.errors import ConfigError, RagError
-from rag.settings import Settings
 
-__all__ = ["ingest_command", "main", "quiet_third_party", "settings_from_flags"]
-
-
-def quiet_third_party() -> None:
-    """Progress bars and notices of libraries we call are noise on our command line."""
-    import logging
-    import os
-    import warnings
-
-    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
-    os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    logging.getLogger("jieba").setLevel(logging.WARNING)
-    try:
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
-        transformers_logging.set_verbosity_error()
-    except ImportError:
-        pass
-
-
-def settings_from_flags(**flags: Any) -> Settings:
-    """Settings with the command's flags on top (unset flags are ``None``); a bad value is a usage error."""
-    try:
-        return Settings.load(**flags)
-    except ConfigError as error:
-        raise click.UsageError(str(error)) from None
+__all__ = ["ingest_command", "main"]
 
 
 class _ProgressView:
@@ -164,7 +135,7 @@ def ingest_command(
         chroma_url=chroma_url,
     )
 
-    from rag.service import build_ingest_pipeline
+    from rag.app.root import build_ingest_pipeline
 
     show_progress = not quiet and not as_json and sys.stderr.isatty()
     with _ProgressView(show_progress) as view:

@@ -13,6 +13,8 @@ commits, a lost folder), the tantivy index is rebuilt from the bodies in the tab
 again. The vector store stays the source of
 truth above both; :meth:`LexicalIndex.sync` reconciles with it by chunk id (cheap when they agree), so an
 interrupted ingest or a store shared through a Chroma server never leaves the local side wrong for long.
+
+What the tokens are (jieba, stopwords) is :mod:`rag.retrieval.terms`'s; this module indexes and searches them.
 """
 
 from __future__ import annotations
@@ -20,37 +22,27 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import logging
 import math
 import os
 import re
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from rag.context import ContextChunk
-from rag.store import with_heading
+from rag.chunks import ContextChunk, with_heading
+from rag.retrieval.terms import TOKENIZER_VERSION, index_body, query_terms
 
 if TYPE_CHECKING:
-    from rag.store import ChunkStore
+    from rag.retrieval.store import ChunkStore
 
-__all__ = ["LexicalHit", "LexicalIndex", "index_body", "tokenize"]
+__all__ = ["LexicalHit", "LexicalIndex"]
 
-_WORD = re.compile(r"[\w\u3400-\u9fff]+", re.UNICODE)
-_CJK = re.compile(r"[\u3400-\u9fff]")
-# Function words that match nearly every Chinese passage: they only slow the query down.
-_STOPWORDS = frozenset(
-    "的 了 是 在 和 与 及 或 也 都 就 而 被 把 对 为 以 于 之 其 这 那 有 个 中 上 下 吗 呢 吧 啊 什么 哪 哪些 哪个 "
-    "谁 多少 怎么 如何 为什么 a an the of to in on for and or is are was were be what which who how".split()
-)
-#: How BM25 bodies are tokenised, stored in the index: an index of another tokenisation is refilled from the store.
-TOKENIZER_VERSION = "jieba-search-1"
 #: The columns of the ``rows`` table: a table of another layout is refilled from the store (bodies are kept).
 ROWS_LAYOUT = "rows-4"
-# The rows table: each chunk's position, the fields of rag.context.ContextChunk (so assembly reads them without
+# The rows table: each chunk's position, the fields of rag.chunks.ContextChunk (so assembly reads them without
 # parsing JSON), its whole metadata as JSON (what a retrieved Document carries) and its BM25 body.
 _ROWS_TABLE = (
     "CREATE TABLE IF NOT EXISTS rows (chunk_id TEXT PRIMARY KEY, source_abs TEXT NOT NULL, "
@@ -67,55 +59,6 @@ _CHUNK_COLUMNS = (
     "chunk_count, mixtral_tokens"
 )
 _BATCH = 500
-_jieba_lock = threading.Lock()
-_quiet_jieba: list[bool] = []
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-cased tokens: jieba's search-mode words for Chinese runs (大熊猫 -> 熊猫, 大熊猫), whole words else.
-
-    Search mode also emits the shorter words inside long ones, so a question that says 熊猫 finds 大熊猫; on
-    RGB zh_refine it lifts BM25's MRR@10 from 0.820 to 0.846 (docs/benchmarks.md).
-    """
-    import jieba
-
-    if not _quiet_jieba:
-        jieba.setLogLevel(logging.WARNING)  # it prints its dictionary loading to stderr otherwise
-        _quiet_jieba.append(True)
-    tokens: list[str] = []
-    for run in _WORD.findall(text.lower()):
-        if _CJK.search(run):
-            with _jieba_lock:  # jieba's lazy dictionary load is not thread-safe
-                pieces = jieba.lcut_for_search(run)
-            tokens.extend(piece for piece in pieces if piece.strip())
-        else:
-            tokens.append(run)
-    return tokens
-
-
-def index_body(text: str) -> str:
-    """What the index stores for a text: its tokens joined by spaces (the BM25 index splits on the spaces)."""
-    return " ".join(tokenize(text))
-
-
-@functools.cache
-def _mixtral_tokenizer() -> Any:
-    """The Mixtral vocabulary's tokenizer, loaded once; None when mistral-common is unavailable."""
-    try:
-        from rag.tokens import MixtralTokenizer
-
-        return MixtralTokenizer()
-    except Exception:  # counting at question time still works: the kept counts are only a head start
-        return None
-
-
-def _mixtral_counts(texts: Sequence[str]) -> list[int | None]:
-    """Each text's tokens with the Mixtral vocabulary (what packing the context for Chinese-Mixtral counts), kept
-    with the chunk so a question need not count whole chunks again; None when mistral-common is unavailable."""
-    tokenizer = _mixtral_tokenizer()
-    if tokenizer is None:
-        return [None] * len(texts)
-    return [len(ids) for ids in tokenizer.encode_many(texts)]
 
 
 def _tables(connection: sqlite3.Connection) -> set[str]:
@@ -141,10 +84,24 @@ class LexicalHit(NamedTuple):
 
 
 class LexicalIndex:
-    """A BM25 index of chunk texts keyed by chunk id, with a local copy of each chunk's text and metadata."""
+    """A BM25 index of chunk texts keyed by chunk id, with a local copy of each chunk's text and metadata.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    ``count_tokens``: counts texts' tokens, in one call for many, with the vocabulary of the model that will read
+    them (the composition root gives the Mixtral vocabulary's counter); each row this index writes keeps its
+    text's count (column ``mixtral_tokens``, read back as the ``mixtral_tokens`` metadata), so packing a context
+    need not count whole chunks again. None where a text cannot be counted; ``count_tokens`` None: no counts are
+    kept (the rows hold NULL) and the packer counts at question time. The retrieval layer never loads a model's
+    tokenizer itself.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        count_tokens: Callable[[Sequence[str]], Sequence[int | None]] | None = None,
+    ) -> None:
         self.path = Path(path)
+        self.count_tokens = count_tokens
         self.bm25_path = self.path.with_suffix(".tantivy")
         self._local = threading.local()
         self._bm25_lock = threading.Lock()
@@ -291,15 +248,19 @@ class LexicalIndex:
         texts: Sequence[str],
         metadatas: Sequence[Mapping[str, Any]],
         bodies: Sequence[str] | None = None,
+        token_counts: Sequence[int | None] | None = None,
     ) -> None:
-        """Add (or replace) chunks: their stored text and metadata, and their BM25 body (:func:`index_body` of the
-        heading line and the text; computed here unless given, as the ingest pipeline does in its loader thread)."""
+        """Add (or replace) chunks: their stored text and metadata, their BM25 body (:func:`index_body` of the
+        heading line and the text) and their model token counts (see ``count_tokens``). Bodies and counts are
+        computed here unless given, as the ingest pipeline gives them (computed in its loader thread)."""
         if bodies is None:
             bodies = [
                 index_body(with_heading(str(m.get("heading", "")), t)) for t, m in zip(texts, metadatas, strict=True)
             ]
+        if token_counts is None:
+            token_counts = self.count_tokens(texts) if self.count_tokens is not None else [None] * len(texts)
         with self._writing() as (db, writer):
-            self._write_rows(db, ids, texts, metadatas, bodies)
+            self._write_rows(db, ids, texts, metadatas, bodies, token_counts)
             self._index_bodies(writer, zip(ids, bodies, strict=True))
 
     @staticmethod
@@ -309,11 +270,10 @@ class LexicalIndex:
         texts: Sequence[str],
         metadatas: Sequence[Mapping[str, Any]],
         bodies: Sequence[str],
+        token_counts: Sequence[int | None],
     ) -> None:
         rows = []
-        for chunk_id, text, meta, tokens, body in zip(
-            ids, texts, metadatas, _mixtral_counts(texts), bodies, strict=True
-        ):
+        for chunk_id, text, meta, tokens, body in zip(ids, texts, metadatas, token_counts, bodies, strict=True):
             chunk = ContextChunk.from_store(chunk_id, text, meta)
             rows.append(
                 (
@@ -355,7 +315,8 @@ class LexicalIndex:
             writer.delete_all_documents()
 
     def sync(self, store: ChunkStore) -> tuple[int, int]:
-        """Make the index hold exactly the store's chunks; returns (added, removed)."""
+        """Make the index hold exactly the store's chunks (the rows it adds counted with ``count_tokens``, like
+        :meth:`add`'s); returns (added, removed)."""
         stored = store.all_ids()
         present = self.ids()
         missing = sorted(stored - present)
@@ -383,11 +344,6 @@ class LexicalIndex:
         return len(missing), len(extra)
 
     # -- BM25 ------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _query_terms(query: str) -> list[str]:
-        terms = list(dict.fromkeys(t for t in tokenize(query) if t not in _STOPWORDS))
-        return terms or list(dict.fromkeys(tokenize(query)))
-
     def search(self, query: str, k: int) -> list[tuple[str, float]]:
         """Best ``k`` chunk ids with their BM25 scores (higher is better)."""
         return [(hit.chunk_id, hit.score) for hit in self.search_hits(query, k)]
@@ -400,7 +356,7 @@ class LexicalIndex:
         """
         import tantivy
 
-        terms = self._query_terms(query)
+        terms = query_terms(query)
         if not terms:
             return []
         searcher = self._current_searcher()
@@ -436,7 +392,7 @@ class LexicalIndex:
         frequencies = {term: int(searcher.doc_freq("body", term)) for term in terms}
         return {term: math.log(1.0 + (documents - df + 0.5) / (df + 0.5)) for term, df in frequencies.items()}
 
-    # -- reading chunks (the ChunkReader protocol of rag.store) ----------------------------------------------
+    # -- reading chunks (the ChunkReader protocol of rag.retrieval.store) ----------------------------------------------
     def chunks(self, ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         """Text and metadata of the chunks ``ids`` that are indexed."""
         found: dict[str, tuple[str, dict[str, Any]]] = {}

@@ -5,28 +5,25 @@ Mixtral-8x7B-Instruct-v0.1's ``tokenizer.model``; Chinese-Mixtral keeps it) from
 ``tokenizer.model.v1`` with sentencepiece directly: about one token per Chinese character, and the ids equal
 mistral-common's reference tokenization and llama.cpp's own for a Mixtral GGUF.
 
-:meth:`MixtralTokenizer.from_gguf` reads the vocabulary of any GGUF instead (llama.cpp with
-``vocab_only=True``: no weights), and :meth:`MixtralTokenizer.from_llama` wraps an already loaded
-``llama_cpp.Llama``: its counts are llama.cpp's own by construction.
+:class:`rag.llm.backends.llama_cpp.LlamaTokenizer` (llama.cpp's own, for any GGUF) and
+:class:`rag.llm.backends.transformers.HFTokenizer` subclass it with their backend's tokenizer underneath.
 
-Every tokenizer here reads a *rendered prompt* (see :mod:`rag.prompt`): ``<s>``/``</s>`` are the BOS/EOS
+Every tokenizer here reads a *rendered prompt* (see :mod:`rag.llm.prompt`): ``<s>``/``</s>`` are the BOS/EOS
 special tokens, everything between them is plain text encoded with SentencePiece's leading space.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rag.errors import ConfigError, ModelNotFoundError
-from rag.prompt import render_instruct_prompt, split_special
+from rag.llm.prompt import render_instruct_prompt, split_special
 
-if TYPE_CHECKING:
-    import llama_cpp
-
-__all__ = ["MixtralTokenizer", "mixtral_v1_model_file"]
+__all__ = ["MixtralTokenizer", "mixtral_token_counts", "mixtral_v1_model_file"]
 
 
 def mixtral_v1_model_file() -> Path:
@@ -67,18 +64,6 @@ class MixtralTokenizer:
         if not path.is_file():
             raise ModelNotFoundError(f"tokenizer model {path} does not exist: give an existing tokenizer.model")
         self._processor = sentencepiece.SentencePieceProcessor(model_file=str(path))
-
-    @classmethod
-    def from_gguf(cls, path: str | Path) -> MixtralTokenizer:
-        """The vocabulary of a GGUF file, read by llama.cpp without its weights (``vocab_only=True``)."""
-        from rag.backends.llama_cpp import load_vocab_only
-
-        return _LlamaTokenizer(load_vocab_only(Path(path)))
-
-    @classmethod
-    def from_llama(cls, llama: llama_cpp.Llama) -> MixtralTokenizer:
-        """Wrap a loaded (or vocabulary-only) ``llama_cpp.Llama``: counts are llama.cpp's own."""
-        return _LlamaTokenizer(llama)
 
     # -- the vocabulary
     @property
@@ -127,7 +112,7 @@ class MixtralTokenizer:
         return len(self.encode(prompt))
 
     def encode_messages(self, messages: Sequence[Any]) -> list[int]:
-        """Token ids of a conversation rendered with :func:`rag.prompt.render_instruct_prompt`."""
+        """Token ids of a conversation rendered with :func:`rag.llm.prompt.render_instruct_prompt`."""
         return self.encode(render_instruct_prompt(messages))
 
     def count_messages(self, messages: Sequence[Any]) -> int:
@@ -138,82 +123,20 @@ class MixtralTokenizer:
         return f"{type(self).__name__}({self._model_file or 'mistral-common v1'})"
 
 
-class _LlamaTokenizer(MixtralTokenizer):
-    """llama.cpp's own tokenizer (a loaded or vocabulary-only ``llama_cpp.Llama``)."""
-
-    def __init__(self, llama: llama_cpp.Llama) -> None:
-        super().__init__()
-        self._llama = llama
-
-    @property
-    def llama(self) -> llama_cpp.Llama:
-        """The wrapped model."""
-        return self._llama
-
-    @property
-    def bos_id(self) -> int:
-        return int(self._llama.token_bos())
-
-    @property
-    def eos_id(self) -> int:
-        return int(self._llama.token_eos())
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self._llama.n_vocab())
-
-    def encode_text(self, text: str) -> list[int]:
-        if not text:
-            return []
-        # special=False: text like "<unk>" inside a document stays text, as in mistral-common
-        with self._lock:
-            return list(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
-
-    def encode_special(self, text: str, *, add_bos: bool) -> list[int]:
-        """The model's own special-token parsing (for prompts rendered with the GGUF's chat template)."""
-        with self._lock:
-            return list(self._llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
-
-    def decode(self, ids: Sequence[int]) -> str:
-        with self._lock:
-            return self._llama.detokenize(list(ids)).decode("utf-8", errors="replace")
-
-    def __repr__(self) -> str:
-        return f"MixtralTokenizer.from_llama({getattr(self._llama, 'model_path', '?')})"
+@functools.cache
+def _mixtral_vocabulary() -> MixtralTokenizer | None:
+    """The Mixtral vocabulary's tokenizer, loaded once; None when mistral-common is unavailable."""
+    try:
+        return MixtralTokenizer()
+    except Exception:  # counting at question time still works: the kept counts are only a head start
+        return None
 
 
-class HFTokenizer(MixtralTokenizer):
-    """A transformers tokenizer (no weights) reading rendered Mixtral prompts."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        super().__init__()
-        self._hf = tokenizer
-
-    @property
-    def hf_tokenizer(self) -> Any:
-        """The wrapped transformers tokenizer."""
-        return self._hf
-
-    @property
-    def bos_id(self) -> int:
-        return int(self._hf.bos_token_id)
-
-    @property
-    def eos_id(self) -> int:
-        return int(self._hf.eos_token_id)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._hf)
-
-    def encode_text(self, text: str) -> list[int]:
-        if not text:
-            return []
-        # split_special_tokens: "<s>" or "<unk>" inside a document stays text, as in mistral-common
-        return list(self._hf.encode(text, add_special_tokens=False, split_special_tokens=True))
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return str(self._hf.decode(list(ids), skip_special_tokens=True))
-
-    def __repr__(self) -> str:
-        return f"HFTokenizer({getattr(self._hf, 'name_or_path', '?')})"
+def mixtral_token_counts(texts: Sequence[str]) -> list[int | None]:
+    """Each text's tokens with the Mixtral vocabulary (what packing the context for Chinese-Mixtral counts), kept
+    with each chunk by the lexical index so a question need not count whole chunks again; all None when
+    mistral-common is unavailable."""
+    tokenizer = _mixtral_vocabulary()
+    if tokenizer is None:
+        return [None] * len(texts)
+    return [len(ids) for ids in tokenizer.encode_many(texts)]

@@ -8,27 +8,64 @@ with a ``TextIteratorStreamer``; stop strings end the stream and the generation.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from rag.backends.base import (
+from rag.errors import ConfigError
+from rag.llm.backends.base import (
     Backend,
+    FormattedPrompt,
     GenerationParams,
     Piece,
-    PreparedPrompt,
     PromptFormat,
     StopTrimmer,
     logger,
 )
-from rag.errors import ConfigError
+from rag.llm.prompt import wrap_instruction
+from rag.llm.tokenizer import MixtralTokenizer
 from rag.models import resolve_snapshot
-from rag.prompt import wrap_instruction
-from rag.tokens import HFTokenizer, MixtralTokenizer
 
 __all__ = ["TransformersBackend"]
 
 _SETTING = "RAG_LLM_MODEL"
+
+
+class HFTokenizer(MixtralTokenizer):
+    """A transformers tokenizer (no weights) reading rendered Mixtral prompts."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        super().__init__()
+        self._hf = tokenizer
+
+    @property
+    def hf_tokenizer(self) -> Any:
+        """The wrapped transformers tokenizer."""
+        return self._hf
+
+    @property
+    def bos_id(self) -> int:
+        return int(self._hf.bos_token_id)
+
+    @property
+    def eos_id(self) -> int:
+        return int(self._hf.eos_token_id)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._hf)
+
+    def encode_text(self, text: str) -> list[int]:
+        if not text:
+            return []
+        # split_special_tokens: "<s>" or "<unk>" inside a document stays text, as in mistral-common
+        return list(self._hf.encode(text, add_special_tokens=False, split_special_tokens=True))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self._hf.decode(list(ids), skip_special_tokens=True))
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer({getattr(self._hf, 'name_or_path', '?')})"
 
 
 class TransformersBackend(Backend):
@@ -121,7 +158,7 @@ class TransformersBackend(Backend):
             model: Any = AutoModelForCausalLM.from_pretrained(self.folder, dtype="auto")
             self._model = model.to(device).eval()
 
-    def prepare(self, prompt: str, prompt_format: PromptFormat) -> PreparedPrompt:
+    def format_prompt(self, prompt: str, prompt_format: PromptFormat) -> FormattedPrompt:
         tokenizer = self.tokenizer
         assert isinstance(tokenizer, HFTokenizer)
         hf = tokenizer.hf_tokenizer
@@ -135,10 +172,10 @@ class TransformersBackend(Backend):
         else:
             text = wrap_instruction(prompt)
             ids = tokenizer.encode(text)
-        return PreparedPrompt(text=text, n_tokens=len(ids), ids=ids)
+        return FormattedPrompt(text=text, n_tokens=len(ids), ids=ids)
 
     def generate(
-        self, prompt: PreparedPrompt, params: GenerationParams, cancelled: Callable[[], bool]
+        self, prompt: FormattedPrompt, params: GenerationParams, cancelled: Callable[[], bool]
     ) -> Iterator[Piece]:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer

@@ -9,9 +9,10 @@ from typing import Any
 
 import click
 
-from ingest.cli import ingest_command, quiet_third_party, settings_from_flags
+from rag.cli.common import quiet_third_party, settings_from_flags
+from rag.cli.eval import eval_command
+from rag.cli.ingest import ingest_command
 from rag.errors import ConfigError, RagError
-from rag.eval_cli import eval_command
 
 __all__ = ["cli", "main"]
 
@@ -112,11 +113,12 @@ def ask_command(
         llm_prompt_format=prompt_format,
     )
 
-    from rag.assistant import AskOptions, Assistant
+    from rag.app.assistant import AskOptions, Assistant
+    from rag.app.root import Components
 
     options = AskOptions(k=k, retrieval_only=no_llm)
     try:
-        assistant = Assistant(settings)
+        assistant = Assistant(Components(settings))
         result: dict[str, Any] = {}
         for event in assistant.ask(question, options=options):
             if event.kind == "delta" and not as_json:

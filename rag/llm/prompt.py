@@ -6,8 +6,8 @@ tokenizer)::
     <s>[INST] instruction [/INST] answer</s>[INST] follow-up [/INST]
 
 * ``<s>`` and ``</s>`` stand for the special BOS and EOS **tokens** (ids 1 and 2), never for the literal
-  characters: every tokenizer in this package (:class:`rag.tokens.MixtralTokenizer`, the llama.cpp and
-  transformers backends of :class:`rag.llm.MixtralInstructLLM`) maps exactly these two markers to the special
+  characters: every tokenizer in this package (:class:`rag.llm.tokenizer.MixtralTokenizer`, the llama.cpp and
+  transformers backends of :class:`rag.llm.adapter.MixtralInstructLLM`) maps exactly these two markers to the special
   ids and tokenizes everything between them as plain text, with SentencePiece's leading space. That is why no
   space is written after ``<s>`` or ``</s>``: the tokenizer adds it (``▁[INST]``), as mistral-common does.
 * ``[INST]`` and ``[/INST]`` are plain text (several ordinary tokens each).

@@ -1,4 +1,4 @@
-"""What every generation backend of :class:`rag.llm.MixtralInstructLLM` provides.
+"""What every generation backend of :class:`rag.llm.adapter.MixtralInstructLLM` provides.
 
 A backend is built instantly (no weights, no network); :meth:`Backend.warm_up` loads weights or checks the
 server. ``context_window`` and ``tokenizer`` never load weights. :meth:`Backend.generate` is blocking and
@@ -13,26 +13,26 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from rag.tokens import MixtralTokenizer
+from rag.llm.tokenizer import MixtralTokenizer
 
 __all__ = [
     "Backend",
     "BackendConfig",
+    "FormattedPrompt",
     "GenerationParams",
     "Piece",
-    "PreparedPrompt",
     "PromptFormat",
     "StopTrimmer",
 ]
 
-logger = logging.getLogger("rag.llm")
+logger = logging.getLogger("rag.llm.adapter")
 
 PromptFormat = Literal["mixtral", "native", "raw"]
 
 
 @dataclass(frozen=True)
 class BackendConfig:
-    """The fields of :class:`rag.llm.MixtralInstructLLM` that backends read."""
+    """The fields of :class:`rag.llm.adapter.MixtralInstructLLM` that backends read."""
 
     model: str
     base_url: str | None = None
@@ -61,7 +61,7 @@ class GenerationParams:
 
 
 @dataclass(frozen=True)
-class PreparedPrompt:
+class FormattedPrompt:
     """A prompt ready for the backend, with its exact (or best known) token count."""
 
     text: str
@@ -91,7 +91,7 @@ class Backend(ABC):
     name: ClassVar[str]
     """Short name (``llama_cpp``, ``openai``, ``transformers``), the ``backend`` setting's value."""
     ls_provider: ClassVar[str]
-    """Provider name for LangSmith."""
+    """Provider name for LangSmith traces (``llamacpp``, ``openai``, ``huggingface``)."""
 
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
@@ -116,14 +116,19 @@ class Backend(ABC):
         """Load the weights (or check the server). Idempotent and thread-safe."""
 
     @abstractmethod
-    def prepare(self, prompt: str, prompt_format: PromptFormat) -> PreparedPrompt:
+    def format_prompt(self, prompt: str, prompt_format: PromptFormat) -> FormattedPrompt:
         """Apply the prompt format and count the tokens, without generating."""
 
     @abstractmethod
     def generate(
-        self, prompt: PreparedPrompt, params: GenerationParams, cancelled: Callable[[], bool]
+        self, prompt: FormattedPrompt, params: GenerationParams, cancelled: Callable[[], bool]
     ) -> Iterator[Piece]:
         """Generate, yielding pieces of text as they come; stop early when ``cancelled()`` turns true."""
+
+    def auto_prompt_format(self) -> PromptFormat:
+        """The format ``prompt_format="auto"`` means for this model: ``mixtral`` unless the model's own chat template
+        is another one (a backend that can read it says so)."""
+        return "mixtral"
 
     def describe(self) -> str:
         """Human-readable model name for messages."""

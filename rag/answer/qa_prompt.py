@@ -3,7 +3,7 @@
 The order is fixed so consecutive questions share the longest possible token prefix (llama.cpp reuses the KV cache
 of a common prefix): instructions first (constant per language), then the evidence, then the conversation so far,
 then the question. With ``prompt_format="mixtral"`` the result is a complete Mixtral-Instruct prompt (``<s>[INST]
-...``, rendered by :func:`rag.prompt.render_instruct_prompt`); otherwise one plain-text instruction that the model's
+...``, rendered by :func:`rag.llm.prompt.render_instruct_prompt`); otherwise one plain-text instruction that the model's
 own chat template wraps.
 """
 
@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from rag.prompt import ChatMessage, normalize_messages, render_instruct_prompt
+from rag.llm.prompt import ChatMessage, normalize_messages, render_instruct_prompt
 
 __all__ = [
     "INSUFFICIENT_EN",

@@ -8,7 +8,7 @@ Chinese-capable embedders get an even mix; an English-only embedder facing a Chi
 The lexical side is BM25 mixed with *coverage*, the IDF-weighted share of the question's terms a passage contains:
 BM25 alone favours a passage that repeats one query word; coverage favours one that has all of them.
 
-Passages are read from the local copy beside the BM25 index (:class:`rag.lexical.LexicalIndex`), which is
+Passages are read from the local copy beside the BM25 index (:class:`rag.retrieval.lexical.LexicalIndex`), which is
 reconciled with the store on the first query of a process, not at construction.
 """
 
@@ -23,9 +23,10 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from rag.embeddings import SentenceTransformerEmbeddings
-from rag.lexical import LexicalHit, LexicalIndex
-from rag.store import ChunkReader, ChunkStore
+from rag.chunks import ChunkReader
+from rag.retrieval.embeddings import SentenceTransformerEmbeddings
+from rag.retrieval.lexical import LexicalHit, LexicalIndex
+from rag.retrieval.store import ChunkStore
 
 __all__ = ["HybridRetriever", "dense_weight_for", "fuse_scores", "lexical_scores"]
 

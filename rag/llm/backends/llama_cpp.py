@@ -12,20 +12,20 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rag.backends.base import Backend, GenerationParams, Piece, PreparedPrompt, PromptFormat, logger
-from rag.errors import ConfigError, ModelNotFoundError
+from rag.errors import ConfigError, ModelNotFoundError, RagError
+from rag.llm.backends.base import Backend, FormattedPrompt, GenerationParams, Piece, PromptFormat, logger
+from rag.llm.prompt import wrap_instruction
+from rag.llm.tokenizer import MixtralTokenizer
 from rag.models import resolve_gguf
-from rag.prompt import wrap_instruction
-from rag.tokens import MixtralTokenizer, _LlamaTokenizer
 
 if TYPE_CHECKING:
     import llama_cpp
 
-__all__ = ["LlamaCppBackend", "check_gguf", "gguf_context_length", "load_vocab_only"]
+__all__ = ["LlamaCppBackend", "LlamaTokenizer", "check_gguf", "gguf_context_length", "load_vocab_only"]
 
 _SETTING = "RAG_LLM_MODEL"
 
@@ -72,6 +72,55 @@ def gguf_context_length(llama: llama_cpp.Llama) -> int:
         return 0
 
 
+class LlamaTokenizer(MixtralTokenizer):
+    """llama.cpp's own tokenizer (a loaded or vocabulary-only ``llama_cpp.Llama``)."""
+
+    def __init__(self, llama: llama_cpp.Llama) -> None:
+        super().__init__()
+        self._llama = llama
+
+    @classmethod
+    def from_gguf(cls, path: str | Path) -> LlamaTokenizer:
+        """The vocabulary of a GGUF file, read by llama.cpp without its weights (``vocab_only=True``)."""
+        return cls(load_vocab_only(Path(path)))
+
+    @property
+    def llama(self) -> llama_cpp.Llama:
+        """The wrapped model."""
+        return self._llama
+
+    @property
+    def bos_id(self) -> int:
+        return int(self._llama.token_bos())
+
+    @property
+    def eos_id(self) -> int:
+        return int(self._llama.token_eos())
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._llama.n_vocab())
+
+    def encode_text(self, text: str) -> list[int]:
+        if not text:
+            return []
+        # special=False: text like "<unk>" inside a document stays text, as in mistral-common
+        with self._lock:
+            return list(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def encode_special(self, text: str, *, add_bos: bool) -> list[int]:
+        """The model's own special-token parsing (for prompts rendered with the GGUF's chat template)."""
+        with self._lock:
+            return list(self._llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        with self._lock:
+            return self._llama.detokenize(list(ids)).decode("utf-8", errors="replace")
+
+    def __repr__(self) -> str:
+        return f"LlamaTokenizer({getattr(self._llama, 'model_path', '?')})"
+
+
 class LlamaCppBackend(Backend):
     """Generate with a local GGUF through ``llama_cpp.Llama`` (or an injected one)."""
 
@@ -83,7 +132,7 @@ class LlamaCppBackend(Backend):
         self._client: llama_cpp.Llama | None = config.client
         self._vocab: llama_cpp.Llama | None = None
         self._path: Path | None = None
-        self._tokenizer: _LlamaTokenizer | None = None
+        self._tokenizer: LlamaTokenizer | None = None
         self._load_lock = threading.Lock()
         self._generate_lock = threading.Lock()
         self._warned_clamp = False
@@ -138,10 +187,10 @@ class LlamaCppBackend(Backend):
         return wanted
 
     @property
-    def tokenizer(self) -> MixtralTokenizer:
+    def tokenizer(self) -> LlamaTokenizer:
         llama = self._client if self._client is not None else self._vocab_llama()
         if self._tokenizer is None or self._tokenizer.llama is not llama:
-            self._tokenizer = _LlamaTokenizer(llama)
+            self._tokenizer = LlamaTokenizer(llama)
         return self._tokenizer
 
     @property
@@ -188,18 +237,18 @@ class LlamaCppBackend(Backend):
             self._vocab = None  # the loaded model's own vocabulary takes over
 
     # -- prompts
-    def prepare(self, prompt: str, prompt_format: PromptFormat) -> PreparedPrompt:
+    def format_prompt(self, prompt: str, prompt_format: PromptFormat) -> FormattedPrompt:
         tokenizer = self.tokenizer
-        assert isinstance(tokenizer, _LlamaTokenizer)
+        assert isinstance(tokenizer, LlamaTokenizer)
         if prompt_format == "mixtral":
             text = wrap_instruction(prompt)
             ids = tokenizer.encode(text)
-            return PreparedPrompt(text=text, n_tokens=len(ids), ids=ids)
+            return FormattedPrompt(text=text, n_tokens=len(ids), ids=ids)
         if prompt_format == "native":
             template = tokenizer.llama.metadata.get("tokenizer.chat_template")
             if not template:
                 logger.warning("%s has no chat template: using the Mixtral-Instruct format", self.model_path.name)
-                return self.prepare(prompt, "mixtral")
+                return self.format_prompt(prompt, "mixtral")
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
             llama = tokenizer.llama
@@ -210,16 +259,16 @@ class LlamaCppBackend(Backend):
             )
             ids = tokenizer.encode_special(formatted.prompt, add_bos=not formatted.added_special)
             stop = [formatted.stop] if isinstance(formatted.stop, str) else list(formatted.stop or [])
-            return PreparedPrompt(text=formatted.prompt, n_tokens=len(ids), ids=ids, extra_stop=stop)
+            return FormattedPrompt(text=formatted.prompt, n_tokens=len(ids), ids=ids, extra_stop=stop)
         ids = tokenizer.encode_special(prompt, add_bos=False)
         add_bos = tokenizer.llama.metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"
         if add_bos and (not ids or ids[0] != tokenizer.bos_id):
             ids.insert(0, tokenizer.bos_id)
-        return PreparedPrompt(text=prompt, n_tokens=len(ids), ids=ids)
+        return FormattedPrompt(text=prompt, n_tokens=len(ids), ids=ids)
 
     # -- generation
     def generate(
-        self, prompt: PreparedPrompt, params: GenerationParams, cancelled: Callable[[], bool]
+        self, prompt: FormattedPrompt, params: GenerationParams, cancelled: Callable[[], bool]
     ) -> Iterator[Piece]:
         import llama_cpp
 
@@ -260,6 +309,17 @@ class LlamaCppBackend(Backend):
                     "context_window": client.n_ctx(),
                 },
             )
+
+    def auto_prompt_format(self) -> PromptFormat:
+        """``mixtral`` for Mixtral models (by name: nothing is read); else ``native`` when the GGUF's own chat
+        template is not the ``[INST]`` one (SmolLM2's ChatML, say). Reads only the vocabulary, never the weights."""
+        if "mixtral" in self.config.model.lower():
+            return "mixtral"
+        try:
+            template = str(self.tokenizer.llama.metadata.get("tokenizer.chat_template") or "")
+        except RagError:  # the model cannot be read yet: generation will say why
+            return "mixtral"
+        return "native" if template and "[INST]" not in template else "mixtral"
 
     def describe(self) -> str:
         return str(self._path or self.config.model)

@@ -7,7 +7,7 @@ duplicates, groups passages by document in reading order and fills the budget to
 last passage that does not fit at a sentence boundary.
 
 :class:`ContextAssembler` is the impure shell: it fetches the neighbours of the retrieved chunks (or whole files
-when they fit) from a :class:`rag.store.ChunkReader` (the local copy beside the store, or the store itself) and
+when they fit) from a :class:`rag.chunks.ChunkReader` (the local copy beside the store, or the store itself) and
 calls :func:`pack_context`.
 """
 
@@ -17,14 +17,14 @@ import bisect
 import math
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
+
+from rag.chunks import ChunkReader, ContextChunk, TokenCounter
 
 if TYPE_CHECKING:
     from langchain_core.documents import Document
-
-    from rag.store import ChunkReader
 
 __all__ = [
     "ContextAssembler",
@@ -37,9 +37,6 @@ __all__ = [
     "render_context",
 ]
 
-TokenCounter = Callable[[str], int]
-"""Exact number of tokens of a piece of text, with the model's own tokenizer (no BOS/EOS)."""
-
 # A sentence ends after Chinese or Latin end punctuation (plus closing quotes), or at a line break.
 _SENTENCE_END = re.compile(r"[。！？；…!?]+[”’」』）)\]\"']*|[.;:][”’」』）)\]\"']*(?=\s)|\n+")
 #: Candidates in a row that may fail to fit before planning stops looking for smaller ones further down.
@@ -50,69 +47,6 @@ _FILE_BATCH = 16
 _MIN_CUT = 8
 #: Rooms at least this large take part of a sentence longer than the room (text without sentence ends).
 _MIN_CHAR_CUT = 64
-
-
-class ContextChunk(NamedTuple):
-    """One chunk from the store (or a sentence-cut part of one): an exact slice ``[start, end)`` of a file.
-
-    A named tuple, not a dataclass: assembly builds thousands per question at small chunk sizes, and a tuple is
-    made five times faster than a frozen dataclass (``__init__`` through ``object.__setattr__``).
-    """
-
-    chunk_id: str
-    text: str
-    source_abs: str
-    source: str
-    file_name: str
-    chunk_index: int
-    start: int
-    end: int
-    page: int | None = None
-    heading: str = ""
-    score: float = 0.0
-    chunk_count: int = 0
-    mixtral_tokens: int | None = None
-    """Tokens of ``text`` with the Mixtral vocabulary, counted at ingest (None: not known)."""
-
-    @classmethod
-    def from_store(cls, chunk_id: str, text: str, meta: Mapping[str, Any], score: float = 0.0) -> ContextChunk:
-        start = int(meta.get("start", 0) or 0)
-        end = meta.get("end")
-        page = meta.get("page")
-        tokens = meta.get("mixtral_tokens")
-        return cls(
-            chunk_id=chunk_id,
-            text=text,
-            source_abs=str(meta.get("source_abs") or meta.get("source") or ""),
-            source=str(meta.get("source") or meta.get("source_abs") or ""),
-            file_name=str(meta.get("file_name") or ""),
-            chunk_index=int(meta.get("chunk_index", 0) or 0),
-            start=start,
-            end=int(end) if isinstance(end, int) else start + len(text),
-            page=int(page) if isinstance(page, int) else None,
-            heading=str(meta.get("heading") or ""),
-            score=float(score),
-            chunk_count=int(meta.get("chunk_count", 0) or 0),
-            mixtral_tokens=tokens if isinstance(tokens, int) else None,
-        )
-
-    @classmethod
-    def from_document(cls, document: Document) -> ContextChunk:
-        meta = document.metadata
-        chunk_id = str(meta.get("chunk_id") or document.id or "")
-        return cls.from_store(chunk_id, document.page_content, meta, float(meta.get("score", 0.0) or 0.0))
-
-    def sliced(self, start: int, end: int) -> ContextChunk:
-        """The part ``[start, end)`` (absolute offsets, clipped to this chunk)."""
-        start, end = max(start, self.start), min(end, self.end)
-        if start == self.start and end == self.end:
-            return self  # the whole chunk is its own part (the common case)
-        text = self.text[start - self.start : end - self.start]
-        return self._replace(text=text, start=start, end=end, mixtral_tokens=None)
-
-    def scored(self, score: float) -> ContextChunk:
-        """This chunk carrying ``score`` (a neighbour takes its hit's)."""
-        return self if score == self.score else self._replace(score=score)
 
 
 @dataclass(frozen=True)
@@ -135,6 +69,22 @@ class Passage:
     def chunk_id(self) -> str:
         """The passage's first chunk."""
         return self.chunk_ids[0] if self.chunk_ids else ""
+
+    def as_chunk(self) -> ContextChunk:
+        """The passage as one chunk of its file (to pack again into a smaller budget)."""
+        return ContextChunk(
+            chunk_id=self.chunk_id,
+            text=self.text,
+            source_abs=self.source_abs,
+            source=self.source,
+            file_name=self.file_name,
+            chunk_index=0,
+            start=self.start,
+            end=self.start + len(self.text),
+            page=self.page,
+            heading=self.heading,
+            score=self.score,
+        )
 
     def to_source(self) -> dict[str, Any]:
         """The passage as a source of an answer."""
@@ -595,10 +545,10 @@ def pack_context(
 # -- fetching neighbours ---------------------------------------------------------------------------------------
 class ContextAssembler:
     """Turns retrieved chunks into a packed context: neighbours and whole files from ``store`` (any
-    :class:`rag.store.ChunkReader`), then :func:`pack_context`.
+    :class:`rag.chunks.ChunkReader`), then :func:`pack_context`.
 
     ``count`` is the model's exact token counter (``llm.tokenizer.encode_text``, or
-    :class:`rag.tokens.MixtralTokenizer`'s); ``mixtral_counts``: it counts like the Mixtral vocabulary (see
+    :class:`rag.llm.tokenizer.MixtralTokenizer`'s); ``mixtral_counts``: it counts like the Mixtral vocabulary (see
     :func:`pack_context`).
     ``neighbours``: how many chunks on each side of a top hit to consider; ``whole_file_chunks``: files of at most
     this many chunks are taken whole when their estimated size fits the budget.

@@ -1,0 +1,315 @@
+"""The composition root: the one place that turns :class:`Settings` into concrete objects.
+
+:class:`Components` builds every object of a process (embedder, store, lexical index, language model, retriever,
+chain, ingest pipeline) from one :class:`Settings` and owns what is shared: one loaded embedder per model name, one
+language model. The CLI, the UI, ``rag eval`` and user code all go through it; everything else takes its
+collaborators as constructor arguments and builds nothing.
+
+>>> components = Components(Settings.load())       # instant: nothing loads yet
+>>> chain = components.chain("docs")               # a RagChain over collection 'docs', the shared model
+>>> components.ingest_pipeline("docs").run(["./docs"])
+
+The ``build_*`` functions are the same for one-off use (each makes a fresh :class:`Components`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from rag.errors import ConfigError
+from rag.settings import Settings
+
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+    from langchain_core.retrievers import BaseRetriever
+    from langchain_core.runnables import Runnable
+
+    from ingest.pipeline import FileProblem, IngestPipeline, IngestProgress
+    from rag.answer.chain import RagChain
+    from rag.llm.adapter import MixtralInstructLLM
+    from rag.retrieval.embeddings import SentenceTransformerEmbeddings
+    from rag.retrieval.lexical import LexicalIndex
+    from rag.retrieval.retriever import HybridRetriever
+    from rag.retrieval.store import ChunkStore
+
+__all__ = [
+    "Components",
+    "build_chain",
+    "build_embedder",
+    "build_ingest_pipeline",
+    "build_lexical_index",
+    "build_rag",
+    "build_retriever",
+    "build_store",
+    "with_collection",
+]
+
+
+def with_collection(settings: Settings, collection: str | None) -> Settings:
+    """``settings`` for another collection; a bad name is a :class:`ConfigError` that names the rule."""
+    if not collection or collection == settings.collection:
+        return settings
+    from pydantic import ValidationError
+
+    changed = settings.model_copy()
+    try:
+        changed.collection = collection  # validated on assignment: Chroma's naming rule
+    except ValidationError as error:
+        message = "; ".join(str(problem["msg"]).removeprefix("Value error, ") for problem in error.errors())
+        raise ConfigError(message) from None
+    return changed
+
+
+class Components:
+    """Every concrete object of one process, built from ``settings``; construction is instant.
+
+    ``llm``: a model to use instead of the one ``settings`` names (tests and user code pass a loaded one).
+    ``use_llm=False``: never build a language model; every chain is retrieval-only.
+    """
+
+    def __init__(self, settings: Settings, *, llm: MixtralInstructLLM | None = None, use_llm: bool = True) -> None:
+        self.settings = settings
+        self.use_llm = use_llm
+        self._llm = llm
+        self._embedders: dict[str, SentenceTransformerEmbeddings] = {}
+        self._chains: dict[tuple[str, bool], RagChain] = {}
+        self._lock = threading.RLock()
+
+    def settings_for(self, collection: str | None = None) -> Settings:
+        """The settings with another collection (None: the configured one; a bad name is a ConfigError)."""
+        return with_collection(self.settings, collection)
+
+    # -- storage -------------------------------------------------------------------------------------------
+    def chroma_client(self) -> ClientAPI:
+        """The Chroma client of the data dir (or the Chroma server)."""
+        from rag.retrieval.store import connect_chroma
+
+        return connect_chroma(path=self.settings.chroma_path, url=self.settings.chroma_url)
+
+    def store(self, collection: str | None = None) -> ChunkStore:
+        from rag.retrieval.store import ChunkStore
+
+        return ChunkStore(self.chroma_client(), self.settings_for(collection).collection)
+
+    def lexical_index(self, collection: str | None = None) -> LexicalIndex:
+        """The BM25 index and local rows beside the store (local even when the store is a Chroma server; it
+        resyncs by id). Rows keep their Mixtral token counts, so packing a question's context need not recount."""
+        from rag.llm.tokenizer import mixtral_token_counts
+        from rag.retrieval.lexical import LexicalIndex
+
+        settings = self.settings_for(collection)
+        path = settings.data_dir / "lexical" / f"{settings.collection}.sqlite3"
+        return LexicalIndex(path, count_tokens=mixtral_token_counts)
+
+    # -- models ----------------------------------------------------------------------------------------------
+    def embedder(self, collection: str | None = None, store: ChunkStore | None = None) -> SentenceTransformerEmbeddings:
+        """The embedder of a collection, one loaded model per name for the whole process.
+
+        A collection remembers the model its vectors came from, so ``ingest ./docs`` and questions keep using it
+        without repeating ``--embedding-model``; an explicit, different model is refused by the store instead.
+        """
+        settings = self.settings_for(collection)
+        model = settings.embedding_model
+        if "embedding_model" not in settings.model_fields_set:
+            store = store or self.store(collection)
+            model = str(store.metadata.get("embedding_model") or model)
+        with self._lock:
+            embedder = self._embedders.get(model)
+            if embedder is None:
+                from rag.retrieval.embeddings import SentenceTransformerEmbeddings
+
+                embedder = SentenceTransformerEmbeddings(
+                    model, device=settings.embedding_device, batch_size=settings.embedding_batch_size
+                )
+                self._embedders[model] = embedder
+            return embedder
+
+    def share_embedder(self, embedder: SentenceTransformerEmbeddings) -> SentenceTransformerEmbeddings:
+        """Adopt an already loaded embedder for its model name (the first one given wins)."""
+        with self._lock:
+            return self._embedders.setdefault(embedder.name, embedder)
+
+    def llm(self) -> MixtralInstructLLM | None:
+        """The shared language model (built instantly on first use; weights load at the first answer); None
+        without one (``use_llm=False``)."""
+        if not self.use_llm:
+            return None
+        with self._lock:
+            if self._llm is None:
+                from rag.llm.adapter import MixtralInstructLLM
+
+                self._llm = MixtralInstructLLM.from_settings(self.settings)
+            return self._llm
+
+    # -- retrieval and answering -----------------------------------------------------------------------------
+    def retriever(self, collection: str | None = None, **fields: Any) -> HybridRetriever:
+        """The hybrid retriever over a collection; ``fields`` set its options (k, mode, ...). Instant: the
+        embedder loads and the local index is reconciled with the store on the first query."""
+        from rag.retrieval.retriever import HybridRetriever
+
+        store = self.store(collection)
+        embedder = self.embedder(collection, store)
+        return HybridRetriever(store=store, embedder=embedder, lexical=self.lexical_index(collection), **fields)
+
+    def new_chain(
+        self,
+        collection: str | None = None,
+        *,
+        retrieval_only: bool = False,
+        llm: MixtralInstructLLM | None = None,
+        retriever: BaseRetriever | None = None,
+        k: int = 5,
+    ) -> RagChain:
+        """A :class:`RagChain` handed everything it uses: the retriever, where passages are read, the model's token
+        counts and limits, the model (none when ``retrieval_only``), the collection's size and empty message."""
+        from rag.answer.chain import RagChain
+        from rag.llm.counting import ModelTokens
+        from rag.retrieval.retriever import HybridRetriever
+
+        settings = self.settings_for(collection)
+        model = None if retrieval_only else (llm or self.llm())
+        retriever = retriever if retriever is not None else self.retriever(collection)
+        hybrid = retriever if isinstance(retriever, HybridRetriever) else None
+        data = settings.chroma_url or str(settings.data_dir)
+        return RagChain(
+            retriever,
+            ModelTokens(model, context_window=settings.llm_n_ctx, max_tokens=settings.llm_max_tokens),
+            llm=model,
+            # neighbours come from where the retriever reads passages (the local copy beside the BM25 index)
+            reader=_LazyReader(hybrid) if hybrid is not None else None,
+            document_count=hybrid.store.count if hybrid is not None else None,
+            k=k,
+            max_context_tokens=settings.max_context_tokens,
+            empty_message=(
+                f"nothing has been ingested into collection '{settings.collection}' at {data} yet: "
+                "run `ingest PATH` (or `rag ingest PATH`) first"
+            ),
+        )
+
+    def chain(self, collection: str | None = None, *, retrieval_only: bool = False) -> RagChain:
+        """The process's chain for (collection, retrieval-only): built once, sharing the model and the embedder."""
+        retrieval_only = retrieval_only or not self.use_llm
+        key = (self.settings_for(collection).collection, retrieval_only)
+        with self._lock:
+            cached = self._chains.get(key)
+            if cached is None:
+                cached = self._chains[key] = self.new_chain(collection, retrieval_only=retrieval_only)
+            return cached
+
+    # -- ingesting ---------------------------------------------------------------------------------------------
+    def ingest_pipeline(
+        self,
+        collection: str | None = None,
+        *,
+        embedder: SentenceTransformerEmbeddings | None = None,
+        on_progress: Callable[[IngestProgress], None] | None = None,
+        on_problem: Callable[[FileProblem, bool], None] | None = None,
+        on_notice: Callable[[str], None] | None = None,
+    ) -> IngestPipeline:
+        """The ingest pipeline into a collection, with the shared embedder (or ``embedder``)."""
+        from ingest.pipeline import IngestPipeline
+        from rag.llm.tokenizer import mixtral_token_counts
+
+        settings = self.settings_for(collection)
+        store = self.store(collection)
+        return IngestPipeline(
+            store,
+            embedder or self.embedder(collection, store),
+            lexical=self.lexical_index(collection),
+            chunk_size=settings.chunk_size,
+            chunk_overlap=settings.chunk_overlap,
+            max_file_bytes=int(settings.max_file_mb * 2**20),
+            count_tokens=mixtral_token_counts,
+            on_progress=on_progress,
+            on_problem=on_problem,
+            on_notice=on_notice,
+        )
+
+
+class _LazyReader:
+    """The retriever's reader, asked for only when a question reads passages: the local index is reconciled with
+    the store on that first read, not when the chain is built."""
+
+    def __init__(self, retriever: HybridRetriever) -> None:
+        self._retriever = retriever
+
+    def chunks(self, ids: Any) -> Any:
+        return self._retriever.reader.chunks(ids)
+
+    def chunks_by_index(self, wanted: Any) -> Any:
+        return self._retriever.reader.chunks_by_index(wanted)
+
+    def chunks_of_files(self, sources: Any) -> Any:
+        return self._retriever.reader.chunks_of_files(sources)
+
+
+# -- one-off builders ----------------------------------------------------------------------------------------------
+def build_store(settings: Settings) -> ChunkStore:
+    return Components(settings).store()
+
+
+def build_lexical_index(settings: Settings) -> LexicalIndex:
+    return Components(settings).lexical_index()
+
+
+def build_embedder(settings: Settings, store: ChunkStore | None = None) -> SentenceTransformerEmbeddings:
+    """The embedder for ``settings``: the collection's own model unless one was set explicitly."""
+    return Components(settings).embedder(store=store)
+
+
+def build_ingest_pipeline(
+    settings: Settings,
+    *,
+    embedder: SentenceTransformerEmbeddings | None = None,
+    on_progress: Callable[[IngestProgress], None] | None = None,
+    on_problem: Callable[[FileProblem, bool], None] | None = None,
+    on_notice: Callable[[str], None] | None = None,
+) -> IngestPipeline:
+    """The ingest pipeline for ``settings``; ``embedder``: an already loaded one to use.
+
+    >>> report = build_ingest_pipeline(Settings(collection="docs")).run(["./docs"])   # only what changed is redone
+    """
+    return Components(settings).ingest_pipeline(
+        embedder=embedder, on_progress=on_progress, on_problem=on_problem, on_notice=on_notice
+    )
+
+
+def build_retriever(settings: Settings, **fields: Any) -> HybridRetriever:
+    """The hybrid retriever over the collection named by ``settings``; ``fields`` set its options (k, ...)."""
+    return Components(settings).retriever(**fields)
+
+
+def build_rag(
+    settings: Settings | None = None,
+    *,
+    llm: MixtralInstructLLM | None = None,
+    retriever: BaseRetriever | None = None,
+    use_llm: bool = True,
+    k: int = 5,
+) -> RagChain:
+    """A :class:`rag.answer.chain.RagChain` from ``settings`` (default: files and environment); instant.
+
+    ``use_llm=False``: no language model at all (context only, counted with the Mixtral tokenizer).
+    """
+    components = Components(settings or Settings.load(), llm=llm, use_llm=use_llm)
+    return components.new_chain(retrieval_only=not use_llm, retriever=retriever, k=k)
+
+
+def build_chain(
+    settings: Settings | None = None,
+    *,
+    llm: MixtralInstructLLM | None = None,
+    retriever: BaseRetriever | None = None,
+    k: int = 5,
+) -> Runnable[Any, dict[str, Any]]:
+    """The question-answering chain for ``settings`` (default: files and environment), as an LCEL ``Runnable``.
+
+    Input: a question, or ``{"question": ..., "chat_history": [(role, text), ...] or LangChain messages}``.
+    Output: ``{"answer", "sources": [{"n", "source", "page", "chunk_id", "score", "text", "cited", ...}],
+    "context_tokens", "standalone_question"}``; ``.stream()`` yields ``{"answer": piece}`` chunks, then the rest.
+    Raises :class:`rag.errors.EmptyStoreError` when nothing was ingested, :class:`ContextOverflowError` when the
+    question alone does not fit the window.
+    """
+    return build_rag(settings, llm=llm, retriever=retriever, k=k).runnable

@@ -1,0 +1,1 @@
+"""Evaluation: datasets (RGB, CMRC 2018), retrieval and answer metrics, what ``rag eval`` reports."""
