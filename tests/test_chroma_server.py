@@ -56,7 +56,7 @@ def chroma_server(tmp_path: Path) -> Iterator[str]:
 
 def _ingest(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ingest", *args, "--json"],
+        [sys.executable, "-m", "rag", "ingest", *args, "--json"],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -109,6 +109,7 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
+            "rag",
             "ingest",
             str(folder),
             "--data-dir",
