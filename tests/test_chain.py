@@ -64,9 +64,10 @@ def test_invoke_and_stream_answer_with_sources(retriever: HybridRetriever, smoll
     answer_chunks = [c for c in chunks if "answer" in c]
     assert len(answer_chunks) >= 2  # streamed piece by piece
     assert "sources" in chunks[-1] and all("sources" not in c for c in answer_chunks)
-    result = chain.invoke(question)
+    streamed = {**chunks[-1], "answer": "".join(c["answer"] for c in answer_chunks)}
+    assert_sources_match_the_answer(streamed)  # the sources at the end of a stream belong to the streamed answer
+    result = chain.invoke(question)  # a second run may write another answer (a cached prompt, other float sums)
     assert set(result) >= {"answer", "sources", "context_tokens"}
-    assert result["answer"] == "".join(c["answer"] for c in answer_chunks)  # greedy: the same answer
     assert result["answer"].strip() and "<|im_start|>" not in result["answer"]
     assert_sources_match_the_answer(result)
     assert 0 < result["context_tokens"] <= smollm2.context_window
