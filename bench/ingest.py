@@ -173,7 +173,7 @@ class Breakdown:
 
     def install(self) -> None:
         import ingest.pipeline as pipeline
-        from rag.retrieval.embeddings import SentenceTransformerEmbeddings
+        from rag.retrieval.embedders.sentence_transformers import SentenceTransformerEmbeddings
         from rag.retrieval.store import ChunkStore
 
         self._wrap(pipeline, "discover", "discover")

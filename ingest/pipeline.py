@@ -22,7 +22,7 @@ import numpy as np
 from ingest.chunk import CHUNKER_VERSION, Chunk, chunk_document
 from ingest.discover import DiscoveredFile, discover, file_sha256
 from ingest.load import SUPPORTED_EXTENSIONS, LoadError, load_document
-from rag.retrieval.embeddings import SentenceTransformerEmbeddings
+from rag.retrieval.embedders.base import Embedder
 from rag.retrieval.lexical import LexicalIndex
 from rag.retrieval.store import ChunkStore, FileVersion
 from rag.retrieval.terms import index_body
@@ -97,7 +97,7 @@ class IngestPipeline:
     def __init__(
         self,
         store: ChunkStore,
-        embedder: SentenceTransformerEmbeddings,
+        embedder: Embedder,
         *,
         lexical: LexicalIndex | None = None,
         count_tokens: Callable[[Sequence[str]], Sequence[int | None]] | None = None,

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from rag.llm.adapter import MixtralInstructLLM
     from rag.llm.prompt import ChatMessage, render_instruct_prompt
     from rag.llm.tokenizer import MixtralTokenizer
-    from rag.retrieval.embeddings import SentenceTransformerEmbeddings
+    from rag.retrieval.embedders.sentence_transformers import SentenceTransformerEmbeddings
     from rag.retrieval.retriever import HybridRetriever
     from rag.retrieval.store import ChunkStore
 
@@ -78,7 +78,7 @@ _LAZY = {
     "MixtralInstructLLM": "rag.llm.adapter",
     "MixtralTokenizer": "rag.llm.tokenizer",
     "RagChain": "rag.answer.chain",
-    "SentenceTransformerEmbeddings": "rag.retrieval.embeddings",
+    "SentenceTransformerEmbeddings": "rag.retrieval.embedders.sentence_transformers",
     "build_chain": "rag.app.root",
     "build_ingest_pipeline": "rag.app.root",
     "build_rag": "rag.app.root",

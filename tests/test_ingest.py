@@ -175,7 +175,7 @@ def test_model_change_is_refused_and_reset_rebuilds(tmp_path: Path, embedder: An
 
 
 def _renamed_embedder(embedder: Any, name: str) -> Any:
-    from rag.retrieval.embeddings import SentenceTransformerEmbeddings
+    from rag.retrieval.embedders.sentence_transformers import SentenceTransformerEmbeddings
 
     return SentenceTransformerEmbeddings(name, client=embedder.client)
 
@@ -266,7 +266,7 @@ def test_kill_9_then_rerun_equals_one_clean_run(tmp_path: Path) -> None:
     script = (
         "import sys\n"
         "from ingest.pipeline import IngestPipeline\n"
-        "from rag.retrieval.embeddings import SentenceTransformerEmbeddings\n"
+        "from rag.retrieval.embedders.sentence_transformers import SentenceTransformerEmbeddings\n"
         "from rag.retrieval.store import ChunkStore, connect_chroma\n"
         "def tick(event):\n"
         "    print(event.chunks_done, flush=True)\n"

@@ -34,7 +34,7 @@ DOCUMENTS = {
 @functools.cache
 def built_store() -> tuple[Path, Path]:
     """One real store for the module (and for the standard test suite, which needs it at class level)."""
-    from rag.retrieval.embeddings import SentenceTransformerEmbeddings
+    from rag.retrieval.embedders.sentence_transformers import SentenceTransformerEmbeddings
 
     root = Path(tempfile.mkdtemp(prefix="rag-retriever-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)  # not a tmp_path: the class-level tests need it too
@@ -43,7 +43,7 @@ def built_store() -> tuple[Path, Path]:
 
 
 def make_retriever(**fields: Any) -> HybridRetriever:
-    from rag.retrieval.embeddings import SentenceTransformerEmbeddings
+    from rag.retrieval.embedders.sentence_transformers import SentenceTransformerEmbeddings
 
     root, _ = built_store()
     collaborators: dict[str, Any] = {
@@ -97,6 +97,30 @@ def test_finds_the_right_document(query: str, expected: str) -> None:
     meta = documents[0].metadata
     assert {"source", "heading", "chunk_id", "score"} <= set(meta)
     assert documents[0].id == meta["chunk_id"]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("这台设备坏了能免费修几年？", "coffee.md"),  # no word in common with 整机保修两年: BM25 finds nothing
+        ("请病假需要交什么材料？", "leave.txt"),  # BM25 ties the coffee machine's manual with the leave rules
+        ("哪条大河在全国排第一？", "rivers.txt"),
+        ("How long must a password be?", "security.md"),
+    ],
+)
+def test_a_chinese_capable_embedder_finds_documents_by_meaning(
+    query: str, expected: str, multilingual_embedder: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root = tmp_path_factory.getbasetemp() / "multilingual-store"
+    if not root.exists():
+        ingest_into_store(root, DOCUMENTS, multilingual_embedder)
+    retriever = HybridRetriever(
+        store=ChunkStore(connect_chroma(path=root / "chroma"), "docs"),
+        embedder=multilingual_embedder,
+        lexical=LexicalIndex(root / "lexical.sqlite3"),
+        k=1,
+    )
+    assert retriever.invoke(query)[0].metadata["file_name"] == expected
 
 
 def test_heading_is_searchable_and_reported() -> None:
@@ -290,7 +314,7 @@ class TestStandardRetriever(RetrieversIntegrationTests):
 
     @property
     def retriever_constructor_params(self) -> dict[str, Any]:
-        from rag.retrieval.embeddings import SentenceTransformerEmbeddings
+        from rag.retrieval.embedders.sentence_transformers import SentenceTransformerEmbeddings
 
         root, _ = built_store()
         return {

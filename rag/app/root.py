@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ingest.pipeline import FileProblem, IngestPipeline, IngestProgress
     from rag.answer.chain import RagChain
     from rag.llm.adapter import MixtralInstructLLM
-    from rag.retrieval.embeddings import SentenceTransformerEmbeddings
+    from rag.retrieval.embedders.base import Embedder
     from rag.retrieval.lexical import LexicalIndex
     from rag.retrieval.retriever import HybridRetriever
     from rag.retrieval.store import ChunkStore
@@ -73,7 +73,7 @@ class Components:
         self.settings = settings
         self.use_llm = use_llm
         self._llm = llm
-        self._embedders: dict[str, SentenceTransformerEmbeddings] = {}
+        self._embedders: dict[str, Embedder] = {}
         self._chains: dict[tuple[str, bool], RagChain] = {}
         self._lock = threading.RLock()
 
@@ -104,7 +104,7 @@ class Components:
         return LexicalIndex(path, count_tokens=mixtral_token_counts)
 
     # -- models ----------------------------------------------------------------------------------------------
-    def embedder(self, collection: str | None = None, store: ChunkStore | None = None) -> SentenceTransformerEmbeddings:
+    def embedder(self, collection: str | None = None, store: ChunkStore | None = None) -> Embedder:
         """The embedder of a collection, one loaded model per name for the whole process.
 
         A collection remembers the model its vectors came from, so ``ingest ./docs`` and questions keep using it
@@ -115,21 +115,30 @@ class Components:
         if "embedding_model" not in settings.model_fields_set:
             store = store or self.store(collection)
             model = str(store.metadata.get("embedding_model") or model)
+        key = _embedder_key(model, settings.embedding_base_url)
         with self._lock:
-            embedder = self._embedders.get(model)
+            embedder = self._embedders.get(key)
             if embedder is None:
-                from rag.retrieval.embeddings import SentenceTransformerEmbeddings
+                from rag.retrieval.embedders.factory import make_embedder
 
-                embedder = SentenceTransformerEmbeddings(
-                    model, device=settings.embedding_device, batch_size=settings.embedding_batch_size
+                api_key = settings.embedding_api_key
+                embedder = make_embedder(
+                    model,
+                    base_url=settings.embedding_base_url,
+                    api_key=api_key.get_secret_value() if api_key is not None else None,
+                    tokenizer=settings.embedding_tokenizer,
+                    device=settings.embedding_device,
+                    batch_size=settings.embedding_batch_size,
                 )
-                self._embedders[model] = embedder
+                self._embedders[key] = embedder
             return embedder
 
-    def share_embedder(self, embedder: SentenceTransformerEmbeddings) -> SentenceTransformerEmbeddings:
+    def share_embedder(self, embedder: Embedder) -> Embedder:
         """Adopt an already loaded embedder for its model name (the first one given wins)."""
         with self._lock:
-            return self._embedders.setdefault(embedder.name, embedder)
+            return self._embedders.setdefault(
+                _embedder_key(embedder.name, getattr(embedder, "base_url", None)), embedder
+            )
 
     def llm(self) -> MixtralInstructLLM | None:
         """The shared language model (built instantly on first use; weights load at the first answer); None
@@ -203,7 +212,7 @@ class Components:
         self,
         collection: str | None = None,
         *,
-        embedder: SentenceTransformerEmbeddings | None = None,
+        embedder: Embedder | None = None,
         on_progress: Callable[[IngestProgress], None] | None = None,
         on_problem: Callable[[FileProblem, bool], None] | None = None,
         on_notice: Callable[[str], None] | None = None,
@@ -226,6 +235,15 @@ class Components:
             on_problem=on_problem,
             on_notice=on_notice,
         )
+
+
+def _embedder_key(model: str, base_url: str | None) -> str:
+    """One loaded embedder per model (and server): the key of the process-wide cache."""
+    if not base_url:
+        return model
+    from rag.retrieval.embedders.server import SERVER_PREFIX
+
+    return f"{SERVER_PREFIX}{model.removeprefix(SERVER_PREFIX)} @ {base_url.rstrip('/')}"
 
 
 class _LazyReader:
@@ -254,7 +272,7 @@ def build_lexical_index(settings: Settings) -> LexicalIndex:
     return Components(settings).lexical_index()
 
 
-def build_embedder(settings: Settings, store: ChunkStore | None = None) -> SentenceTransformerEmbeddings:
+def build_embedder(settings: Settings, store: ChunkStore | None = None) -> Embedder:
     """The embedder for ``settings``: the collection's own model unless one was set explicitly."""
     return Components(settings).embedder(store=store)
 
@@ -262,7 +280,7 @@ def build_embedder(settings: Settings, store: ChunkStore | None = None) -> Sente
 def build_ingest_pipeline(
     settings: Settings,
     *,
-    embedder: SentenceTransformerEmbeddings | None = None,
+    embedder: Embedder | None = None,
     on_progress: Callable[[IngestProgress], None] | None = None,
     on_problem: Callable[[FileProblem, bool], None] | None = None,
     on_notice: Callable[[str], None] | None = None,

@@ -24,7 +24,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from rag.chunks import ChunkReader
-from rag.retrieval.embeddings import SentenceTransformerEmbeddings
+from rag.retrieval.embedders.base import Embedder
 from rag.retrieval.lexical import LexicalHit, LexicalIndex
 from rag.retrieval.store import ChunkStore
 
@@ -85,7 +85,7 @@ class HybridRetriever(BaseRetriever):
 
     store: ChunkStore
     """The vector store (Chroma) holding the chunks."""
-    embedder: SentenceTransformerEmbeddings
+    embedder: Embedder
     """Embeds queries; must be the model the collection was built with."""
     lexical: LexicalIndex | None = None
     """BM25 index of the same chunks; None: dense only."""

@@ -1,16 +1,14 @@
-"""sentence-transformers embeddings as a LangChain ``Embeddings``, loaded on first use."""
+"""The sentence-transformers backend (the default; torch): any sentence-transformers model, loaded on first use."""
 
 from __future__ import annotations
 
 import copy
-import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from langchain_core.embeddings import Embeddings
-
 from rag.models import resolve_snapshot
+from rag.retrieval.embedders.base import Embedder, known_prompts
 
 if TYPE_CHECKING:
     import numpy as np
@@ -18,25 +16,16 @@ if TYPE_CHECKING:
 
 __all__ = ["SentenceTransformerEmbeddings"]
 
-# Instructions some model families expect (query side, document side), when the model's own config has none.
-_KNOWN_PROMPTS: list[tuple[re.Pattern[str], str, str]] = [
-    (re.compile(r"bge-(small|base|large)-zh", re.I), "为这个句子生成表示以用于检索相关文章：", ""),
-    (
-        re.compile(r"bge-(small|base|large)-en", re.I),
-        "Represent this sentence for searching relevant passages: ",
-        "",
-    ),
-    (re.compile(r"(^|/)(multilingual-)?e5-", re.I), "query: ", "passage: "),
-]
 
-
-class SentenceTransformerEmbeddings(Embeddings):
+class SentenceTransformerEmbeddings(Embedder):
     """Embeds with a sentence-transformers model; normalised vectors (cosine = dot product).
 
     The weights load on first use (:meth:`warm_up`), never at construction. ``model`` may be a hub id
     (resolved as in :mod:`rag.models`) or a local folder; an already loaded ``SentenceTransformer`` can be passed
     as ``client``.
     """
+
+    backend = "sentence-transformers"
 
     def __init__(
         self,
@@ -55,10 +44,7 @@ class SentenceTransformerEmbeddings(Embeddings):
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._counter: Any = None
-        self._query_prompt, self._document_prompt = "", ""
-        for pattern, query_prompt, document_prompt in _KNOWN_PROMPTS:
-            if pattern.search(model):
-                self._query_prompt, self._document_prompt = query_prompt, document_prompt
+        self._query_prompt, self._document_prompt = known_prompts(model)
         if client is not None:
             self._adopt_prompts(client)
 
@@ -143,9 +129,3 @@ class SentenceTransformerEmbeddings(Embeddings):
             show_progress_bar=False,
             **kwargs,
         )
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self.embed_array(list(texts)).tolist()
-
-    def embed_query(self, text: str) -> list[float]:
-        return self.embed_array([text], query=True)[0].tolist()

