@@ -1,7 +1,10 @@
 """Turning one file into text elements: paragraphs, headings (with depth), tables, with page numbers.
 
-PDFs go through pypdf page by page (fast, CJK fonts included, no layout model download); plain text is decoded
-here (UTF-8/16/32 with or without BOM, GB18030/GBK, Big5, ...); every other format goes through unstructured.
+PDFs go through pypdf page by page (fast, CJK fonts included, no layout model download); a page without a usable
+text layer (a scan, or the mojibake of an unmapped CID font) is rendered alone with pypdfium2 and read by OCR
+(:mod:`ingest.ocr`), so mixed documents work and memory stays flat whatever the page count. Images (png, jpg,
+tiff with all its frames, bmp, webp) are read by OCR, a frame a page. Plain text is decoded here (UTF-8/16/32 with
+or without BOM, GB18030/GBK, Big5, ...); every other format goes through unstructured.
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ import re
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ingest._offline import install_offline_nlp
+
+if TYPE_CHECKING:
+    from ingest.ocr import OcrEngine
 
 __all__ = [
     "SUPPORTED_EXTENSIONS",
@@ -48,6 +54,8 @@ class LoadedDocument:
     """Start of each element in :attr:`text`."""
     text: str = ""
     """The extracted text: elements joined by ``separator``; chunk offsets point into it."""
+    ocr_pages: list[int] = field(default_factory=list)
+    """Pages (image frames) whose text came from OCR."""
 
     def __post_init__(self) -> None:
         position = 0
@@ -76,7 +84,15 @@ _UNSTRUCTURED = {
     ".xml",
     ".json",
 }
-SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(_PLAIN | _MARKDOWN | _HTML | _UNSTRUCTURED | {".pdf"})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
+SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(
+    _PLAIN | _MARKDOWN | _HTML | _UNSTRUCTURED | {".pdf"} | IMAGE_EXTENSIONS
+)
+#: Resolution PDF pages are rendered at for OCR (PP-OCR reads 10-12 pt text well from here on).
+OCR_DPI = 150
+# Characters of real text: CJK, letters, digits, common punctuation and spaces. A text layer mostly made of
+# anything else is the mojibake of a CID font without a ToUnicode map, and is read by OCR instead.
+_TEXTLIKE = re.compile(r"[\w\s\u3000-\u303f\uff00-\uffef.,;:!?'\"()\[\]{}<>/\\|@#$%&*+=~`^-]")
 
 _BOMS = (
     (b"\xef\xbb\xbf", "utf-8"),
@@ -126,8 +142,10 @@ def _readable_as(data: bytes, codec: str) -> tuple[float, str]:
     return (printable - private) / max(len(sample), 1), text
 
 
-def load_document(path: str | os.PathLike[str]) -> LoadedDocument:
-    """Extract the elements of one file. Raises :class:`LoadError` with a reason a user can act on."""
+def load_document(path: str | os.PathLike[str], *, ocr: OcrEngine | None = None) -> LoadedDocument:
+    """Extract the elements of one file. Raises :class:`LoadError` with a reason a user can act on.
+
+    ``ocr``: the engine that reads images and PDF pages without text (None: OCR is off)."""
     path = Path(path)
     extension = path.suffix.lower()
     if extension not in SUPPORTED_EXTENSIONS:
@@ -137,13 +155,17 @@ def load_document(path: str | os.PathLike[str]) -> LoadedDocument:
         )
     try:
         if extension == ".pdf":
-            document = _load_pdf(path)
+            document = _load_pdf(path, ocr)
+        elif extension in IMAGE_EXTENSIONS:
+            document = _load_image(path, ocr)
         elif extension in _PLAIN:
             document = LoadedDocument(_paragraphs(decode_text(path.read_bytes())), "text")
         else:
             document = _load_with_unstructured(path, extension)
     except LoadError:
         raise
+    except ImportError as error:  # the OCR extra is missing
+        raise LoadError(str(error)) from None
     except PermissionError:
         raise LoadError("permission denied: the file cannot be read") from None
     except OSError as error:
@@ -151,7 +173,9 @@ def load_document(path: str | os.PathLike[str]) -> LoadedDocument:
     except Exception as error:  # third-party parsers raise anything on a corrupt file
         raise LoadError(f"cannot be parsed as {extension[1:].upper()} ({type(error).__name__}: {error})") from None
     if not any(element.text.strip() for element in document.elements):
-        raise LoadError("no text could be extracted (empty, or only images/scans: OCR is not supported)")
+        if ocr is None:
+            raise LoadError("no text could be extracted (empty, or only images/scans, and OCR is off: --no-ocr)")
+        raise LoadError("no text could be extracted (empty, or a scan in which OCR found no text)")
     return document
 
 
@@ -160,7 +184,7 @@ def _paragraphs(text: str, page: int | None = None) -> list[Element]:
     return [Element(block.strip(), page=page) for block in re.split(r"\n\s*\n", text) if block.strip()]
 
 
-def _load_pdf(path: Path) -> LoadedDocument:
+def _load_pdf(path: Path, ocr: OcrEngine | None) -> LoadedDocument:
     import logging
 
     from pypdf import PdfReader
@@ -174,11 +198,68 @@ def _load_pdf(path: Path) -> LoadedDocument:
             if reader.is_encrypted and not reader.decrypt(""):
                 raise LoadError("encrypted PDF: remove the password first")
             elements: list[Element] = []
+            scanned: list[int] = []
             for number, page in enumerate(reader.pages, start=1):
-                elements.extend(_paragraphs(page.extract_text() or "", page=number))
+                text = page.extract_text() or ""
+                if _usable_text(text) or ocr is None:
+                    elements.extend(_paragraphs(text, page=number))
+                    continue
+                found = _ocr_pdf_page(path, number, ocr)
+                if found:
+                    scanned.append(number)
+                    elements.extend(found)
+                elif text.strip():
+                    elements.extend(_paragraphs(text, page=number))  # OCR found nothing: keep what there was
     except PdfReadError as error:
         raise LoadError(f"corrupt or unreadable PDF ({error})") from None
-    return LoadedDocument(elements, "pdf")
+    return LoadedDocument(elements, "pdf", ocr_pages=scanned)
+
+
+def _usable_text(text: str) -> bool:
+    """Whether a page's text layer is real text: enough characters, nearly all of them text-like."""
+    visible = "".join(text.split())
+    if len(visible) < 8:
+        return False
+    return sum(1 for char in visible if _TEXTLIKE.match(char)) >= 0.8 * len(visible)
+
+
+def _ocr_pdf_page(path: Path, number: int, ocr: OcrEngine) -> list[Element]:
+    """Render page ``number`` alone (its bitmap is freed before the next page) and read it."""
+    import pypdfium2
+
+    from ingest.ocr import paragraphs
+
+    document = pypdfium2.PdfDocument(str(path))
+    try:
+        page = document[number - 1]
+        try:
+            image = page.render(scale=OCR_DPI / 72).to_pil()
+        finally:
+            page.close()
+    finally:
+        document.close()
+    return [Element(text, page=number) for text in paragraphs(ocr.read(image))]
+
+
+def _load_image(path: Path, ocr: OcrEngine | None) -> LoadedDocument:
+    if ocr is None:
+        raise LoadError("an image: OCR is off (--no-ocr); run without it to read scans")
+    from PIL import Image, ImageSequence, UnidentifiedImageError
+
+    from ingest.ocr import paragraphs
+
+    try:
+        with Image.open(path) as image:
+            elements: list[Element] = []
+            frames: list[int] = []
+            for index, frame in enumerate(ImageSequence.Iterator(image), start=1):
+                found = [Element(text, page=index) for text in paragraphs(ocr.read(frame))]
+                if found:
+                    frames.append(index)
+                    elements.extend(found)
+    except (UnidentifiedImageError, OSError) as error:
+        raise LoadError(f"not a readable image ({type(error).__name__}: {error})") from None
+    return LoadedDocument(elements, "image", ocr_pages=frames)
 
 
 def _relaxed_pdf_limits() -> AbstractContextManager[Any]:

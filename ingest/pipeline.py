@@ -22,6 +22,7 @@ import numpy as np
 from ingest.chunk import CHUNKER_VERSION, Chunk, chunk_document
 from ingest.discover import DiscoveredFile, discover, file_sha256
 from ingest.load import SUPPORTED_EXTENSIONS, LoadError, load_document
+from ingest.ocr import OcrEngine
 from rag.retrieval.embedders.base import Embedder
 from rag.retrieval.lexical import LexicalIndex
 from rag.retrieval.store import ChunkStore, FileVersion
@@ -84,6 +85,8 @@ class _Work:
     lexical_bodies: list[str] = field(default_factory=list)
     token_counts: list[int | None] = field(default_factory=list)
     """The model's tokens of each chunk's text (``count_tokens``), kept by the lexical index."""
+    ocr_pages: list[int] = field(default_factory=list)
+    """Pages (image frames) that were read by OCR."""
 
 
 class IngestPipeline:
@@ -105,6 +108,7 @@ class IngestPipeline:
         chunk_overlap: int = 64,
         max_file_bytes: int = 200 * 1024 * 1024,
         flush_chunks: int = 1024,
+        ocr: OcrEngine | None = None,
         on_progress: Callable[[IngestProgress], None] | None = None,
         on_problem: Callable[[FileProblem, bool], None] | None = None,
         on_notice: Callable[[str], None] | None = None,
@@ -117,6 +121,8 @@ class IngestPipeline:
         self.chunk_overlap = chunk_overlap
         self.max_file_bytes = max_file_bytes
         self.flush_chunks = flush_chunks
+        self.ocr = ocr
+        """Reads images and PDF pages without a text layer (None: OCR off, those files fail with the reason)."""
         self._on_progress = on_progress
         self._on_problem = on_problem
         self._on_notice = on_notice
@@ -236,6 +242,9 @@ class IngestPipeline:
             if error is not None:
                 self._fail(report, FileProblem(item.file.given, error))
             elif item.chunks:
+                if item.ocr_pages and self._on_notice:
+                    pages = ", ".join(map(str, item.ocr_pages))
+                    self._on_notice(f"{item.file.given}: read by OCR (page {pages})")
                 buffer.append(item)
                 buffered_chunks += len(item.chunks)
                 if buffered_chunks >= self.flush_chunks:
@@ -253,9 +262,10 @@ class IngestPipeline:
         """Load, chunk and (for the lexical index) tokenise and count one file; runs in the loader thread, beside
         the embedder."""
         try:
-            document = load_document(item.file.absolute)
+            document = load_document(item.file.absolute, ocr=self.ocr)
         except LoadError as error:
             return str(error)
+        item.ocr_pages = document.ocr_pages
         try:
             item.chunks = chunk_document(document, self.embedder, max_tokens=size, overlap=overlap)
         except ValueError as error:

@@ -91,6 +91,10 @@ class Settings(BaseSettings):
         description="Most embedder tokens per chunk; capped at what the embedding model reads whole.",
     )
     chunk_overlap: int = Field(default=64, ge=0, description="Embedder tokens shared by neighbouring chunks.")
+    ocr: bool = Field(
+        default=True,
+        description="Read images and PDF pages without a text layer with OCR (the ocr extra); false: --no-ocr.",
+    )
     max_file_mb: float = Field(default=200.0, gt=0, description="Files larger than this are skipped, with a reason.")
     llm_model: str = Field(
         default=DEFAULT_LLM_MODEL,

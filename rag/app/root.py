@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from langchain_core.retrievers import BaseRetriever
     from langchain_core.runnables import Runnable
 
+    from ingest.ocr import OcrEngine
     from ingest.pipeline import FileProblem, IngestPipeline, IngestProgress
     from rag.answer.chain import RagChain
     from rag.llm.adapter import MixtralInstructLLM
@@ -75,6 +76,7 @@ class Components:
         self._llm = llm
         self._embedders: dict[str, Embedder] = {}
         self._chains: dict[tuple[str, bool], RagChain] = {}
+        self._ocr: OcrEngine | None = None
         self._lock = threading.RLock()
 
     def settings_for(self, collection: str | None = None) -> Settings:
@@ -148,6 +150,15 @@ class Components:
             return self._embedders.setdefault(
                 _embedder_key(embedder.name, getattr(embedder, "base_url", None)), embedder
             )
+
+    def ocr(self) -> OcrEngine:
+        """The OCR engine of the process (loaded on the first scan; images fail with a reason without the extra)."""
+        with self._lock:
+            if self._ocr is None:
+                from ingest.ocr import OcrEngine
+
+                self._ocr = OcrEngine()
+            return self._ocr
 
     def llm(self) -> MixtralInstructLLM | None:
         """The shared language model (built instantly on first use; weights load at the first answer); None
@@ -242,6 +253,7 @@ class Components:
             chunk_overlap=settings.chunk_overlap,
             max_file_bytes=int(settings.max_file_mb * 2**20),
             count_tokens=mixtral_token_counts,
+            ocr=self.ocr() if settings.ocr else None,
             on_progress=on_progress,
             on_problem=on_problem,
             on_notice=on_notice,

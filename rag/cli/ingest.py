@@ -96,6 +96,7 @@ def _summary(report: IngestReport, collection: str) -> str:
 @click.option("--chunk-overlap", type=int, help="Tokens shared by neighbouring chunks (RAG_CHUNK_OVERLAP; default 64).")
 @click.option("--chroma-url", help="Chroma server, e.g. http://127.0.0.1:8000 (RAG_CHROMA_URL).")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML settings file (RAG_CONFIG).")
+@click.option("--no-ocr", is_flag=True, help="Do not read images and scanned PDF pages with OCR (RAG_OCR=false).")
 @click.option("--reset", is_flag=True, help="Delete the collection first and rebuild it from these paths.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the report on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; problems are still printed.")
@@ -108,6 +109,7 @@ def ingest_command(
     chunk_overlap: int | None,
     chroma_url: str | None,
     config_file: Path | None,
+    no_ocr: bool,
     reset: bool,
     as_json: bool,
     quiet: bool,
@@ -133,6 +135,7 @@ def ingest_command(
         chunk_size=chunk_size,
         chunk_overlap=chunk_overlap,
         chroma_url=chroma_url,
+        ocr=False if no_ocr else None,
     )
 
     from rag.app.root import build_ingest_pipeline
