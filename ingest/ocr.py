@@ -82,6 +82,10 @@ class OcrEngine:
         return lines
 
 
+def _middle(line: OcrLine) -> float:
+    return (line.top + line.bottom) / 2
+
+
 def _joined(left: str, right: str) -> str:
     if _CJK_END.search(left) and _CJK_START.search(right):
         return left + right
@@ -91,7 +95,13 @@ def _joined(left: str, right: str) -> str:
 def paragraphs(lines: list[OcrLine]) -> list[str]:
     """The lines in reading order (top to bottom; a row of lines left to right), joined into paragraphs: a line
     continues the paragraph above when the gap between them is under half a line's height."""
-    ordered = sorted(lines, key=lambda line: (round(line.top / line.height), line.left))
+    rows: list[list[OcrLine]] = []
+    for line in sorted(lines, key=lambda line: line.top):
+        if rows and abs(_middle(line) - _middle(rows[-1][0])) < 0.5 * max(line.height, rows[-1][0].height):
+            rows[-1].append(line)  # beside the line before it: the same row
+        else:
+            rows.append([line])
+    ordered = [line for row in rows for line in sorted(row, key=lambda line: line.left)]
     blocks: list[str] = []
     previous: OcrLine | None = None
     for line in ordered:

@@ -134,6 +134,10 @@ def test_paragraphs_join_lines_and_keep_columns_in_order() -> None:
         OcrLine("第二行。", 0.9, 10, 233, 262),
     ]
     assert paragraphs(lines) == ["A paragraph and the second line of it.", "第一段的第二行。"]
+    taller_below = [OcrLine("中文在上，", 0.9, 10, 60, 95), OcrLine("English below", 0.9, 10, 140, 160)]
+    assert paragraphs(taller_below[::-1]) == ["中文在上，", "English below"]  # lines of other heights stay in order
+    row = [OcrLine("right", 0.9, 300, 12, 40), OcrLine("left", 0.9, 10, 10, 40)]
+    assert paragraphs(row) == ["left right"]
 
 
 def test_ingest_finds_the_scanned_sentence(ocr: OcrEngine, multilingual_embedder: Any, tmp_path: Path) -> None:
