@@ -90,6 +90,8 @@ SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(
 )
 #: Resolution PDF pages are rendered at for OCR (PP-OCR reads 10-12 pt text well from here on).
 OCR_DPI = 150
+#: Pages of one file read by OCR at most (at ~0.5 s a page, an hour); the rest keep what their text layer has.
+MAX_OCR_PAGES = 7200
 # Characters of real text: CJK, letters, digits, common punctuation and spaces. A text layer mostly made of
 # anything else is the mojibake of a CID font without a ToUnicode map, and is read by OCR instead.
 _TEXTLIKE = re.compile(r"[\w\s\u3000-\u303f\uff00-\uffef.,;:!?'\"()\[\]{}<>/\\|@#$%&*+=~`^-]")
@@ -142,10 +144,13 @@ def _readable_as(data: bytes, codec: str) -> tuple[float, str]:
     return (printable - private) / max(len(sample), 1), text
 
 
-def load_document(path: str | os.PathLike[str], *, ocr: OcrEngine | None = None) -> LoadedDocument:
+def load_document(
+    path: str | os.PathLike[str], *, ocr: OcrEngine | None = None, max_ocr_pages: int = MAX_OCR_PAGES
+) -> LoadedDocument:
     """Extract the elements of one file. Raises :class:`LoadError` with a reason a user can act on.
 
-    ``ocr``: the engine that reads images and PDF pages without text (None: OCR is off)."""
+    ``ocr``: the engine that reads images and PDF pages without text (None: OCR is off); ``max_ocr_pages``: pages
+    of one PDF read by OCR at most."""
     path = Path(path)
     extension = path.suffix.lower()
     if extension not in SUPPORTED_EXTENSIONS:
@@ -155,7 +160,7 @@ def load_document(path: str | os.PathLike[str], *, ocr: OcrEngine | None = None)
         )
     try:
         if extension == ".pdf":
-            document = _load_pdf(path, ocr)
+            document = _load_pdf(path, ocr, max_ocr_pages)
         elif extension in IMAGE_EXTENSIONS:
             document = _load_image(path, ocr)
         elif extension in _PLAIN:
@@ -184,7 +189,7 @@ def _paragraphs(text: str, page: int | None = None) -> list[Element]:
     return [Element(block.strip(), page=page) for block in re.split(r"\n\s*\n", text) if block.strip()]
 
 
-def _load_pdf(path: Path, ocr: OcrEngine | None) -> LoadedDocument:
+def _load_pdf(path: Path, ocr: OcrEngine | None, max_ocr_pages: int = MAX_OCR_PAGES) -> LoadedDocument:
     import logging
 
     from pypdf import PdfReader
@@ -201,7 +206,7 @@ def _load_pdf(path: Path, ocr: OcrEngine | None) -> LoadedDocument:
             scanned: list[int] = []
             for number, page in enumerate(reader.pages, start=1):
                 text = page.extract_text() or ""
-                if _usable_text(text) or ocr is None:
+                if _usable_text(text) or ocr is None or len(scanned) >= max_ocr_pages:
                     elements.extend(_paragraphs(text, page=number))
                     continue
                 found = _ocr_pdf_page(path, number, ocr)

@@ -106,6 +106,8 @@ def test_a_pdf_mixing_text_scan_and_blank_pages(ocr: OcrEngine, tmp_path: Path) 
     assert cer(SENTENCES[0], by_page[2]) <= MAX_CER, by_page[2]
     without = load_document(tmp_path / "mixed.pdf", ocr=None)  # --no-ocr: the text page only
     assert without.ocr_pages == [] and {e.page for e in without.elements} == {1}
+    capped = load_document(tmp_path / "mixed.pdf", ocr=ocr, max_ocr_pages=0)  # the page limit reached
+    assert capped.ocr_pages == [] and {e.page for e in capped.elements} == {1}
 
 
 def test_multi_page_tiff_corrupt_image_and_ocr_off(ocr: OcrEngine, tmp_path: Path) -> None:
@@ -122,6 +124,12 @@ def test_multi_page_tiff_corrupt_image_and_ocr_off(ocr: OcrEngine, tmp_path: Pat
         load_document(tmp_path / "broken.png", ocr=ocr)
     with pytest.raises(LoadError, match="--no-ocr"):
         load_document(tmp_path / "contract.tiff", ocr=None)
+    from PIL import ImageOps
+
+    poster = ImageOps.expand(Image.open(tmp_path / "frame0.png"), border=(0, 0, 5200, 0), fill=255)  # 6,400 px wide
+    poster.save(tmp_path / "poster.png")
+    read = load_document(tmp_path / "poster.png", ocr=ocr)  # scaled to 4,000 px before detection: still read
+    assert cer(TIFF_SENTENCES[0], read.text) <= MAX_CER, read.text
 
 
 def test_paragraphs_join_lines_and_keep_columns_in_order() -> None:
