@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -197,8 +197,9 @@ def _load_pdf(path: Path, ocr: OcrEngine | None, max_ocr_pages: int = MAX_OCR_PA
     logging.getLogger("pypdf").setLevel(logging.ERROR)  # our LoadError carries the reason
     from pypdf.errors import PdfReadError
 
+    renderer = _PageRenderer(path)
     try:
-        with _relaxed_pdf_limits():
+        with _relaxed_pdf_limits(), closing(renderer):
             reader = PdfReader(path)
             if reader.is_encrypted and not reader.decrypt(""):
                 raise LoadError("encrypted PDF: remove the password first")
@@ -209,7 +210,7 @@ def _load_pdf(path: Path, ocr: OcrEngine | None, max_ocr_pages: int = MAX_OCR_PA
                 if _usable_text(text) or ocr is None or len(scanned) >= max_ocr_pages:
                     elements.extend(_paragraphs(text, page=number))
                     continue
-                found = _ocr_pdf_page(path, number, ocr)
+                found = _read_page(ocr, renderer.image(number), number)
                 if found:
                     scanned.append(number)
                     elements.extend(found)
@@ -228,22 +229,35 @@ def _usable_text(text: str) -> bool:
     return sum(1 for char in visible if _TEXTLIKE.match(char)) >= 0.8 * len(visible)
 
 
-def _ocr_pdf_page(path: Path, number: int, ocr: OcrEngine) -> list[Element]:
-    """Render page ``number`` alone (its bitmap is freed before the next page) and read it."""
-    import pypdfium2
+class _PageRenderer:
+    """Renders single PDF pages for OCR: the document is opened once, at the first page that needs it, and each
+    page's bitmap is the only one alive (memory flat in the page count)."""
 
-    from ingest.ocr import paragraphs
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._document: Any = None
 
-    document = pypdfium2.PdfDocument(str(path))
-    try:
-        page = document[number - 1]
+    def image(self, number: int) -> Any:
+        import pypdfium2
+
+        if self._document is None:
+            self._document = pypdfium2.PdfDocument(str(self.path))
+        page = self._document[number - 1]
         try:
-            image = page.render(scale=OCR_DPI / 72).to_pil()
+            return page.render(scale=OCR_DPI / 72).to_pil()
         finally:
             page.close()
-    finally:
-        document.close()
-    return [Element(text, page=number) for text in paragraphs(ocr.read(image))]
+
+    def close(self) -> None:
+        if self._document is not None:
+            self._document.close()
+
+
+def _read_page(ocr: OcrEngine, image: Any, page: int) -> list[Element]:
+    """The paragraphs OCR finds on one page (or image frame)."""
+    from ingest.ocr import paragraphs
+
+    return [Element(text, page=page) for text in paragraphs(ocr.read(image))]
 
 
 def _load_image(path: Path, ocr: OcrEngine | None) -> LoadedDocument:
@@ -251,14 +265,12 @@ def _load_image(path: Path, ocr: OcrEngine | None) -> LoadedDocument:
         raise LoadError("an image: OCR is off (--no-ocr); run without it to read scans")
     from PIL import Image, ImageSequence, UnidentifiedImageError
 
-    from ingest.ocr import paragraphs
-
     try:
         with Image.open(path) as image:
             elements: list[Element] = []
             frames: list[int] = []
             for index, frame in enumerate(ImageSequence.Iterator(image), start=1):
-                found = [Element(text, page=index) for text in paragraphs(ocr.read(frame))]
+                found = _read_page(ocr, frame, index)
                 if found:
                     frames.append(index)
                     elements.extend(found)

