@@ -9,9 +9,10 @@ embedder never truncates silently.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ingest.load import LoadedDocument
@@ -20,7 +21,7 @@ from rag.chunks import with_heading
 __all__ = ["CHUNKER_VERSION", "Chunk", "EmbedderTokenCounter", "chunk_document", "split_sentences"]
 
 #: Part of every chunk's signature: bump when chunk boundaries change, so stores re-chunk.
-CHUNKER_VERSION = "1"
+CHUNKER_VERSION = "2"
 
 
 class EmbedderTokenCounter(Protocol):
@@ -47,9 +48,15 @@ class Chunk:
     page: int | None
     index: int
     embed_text: str
-    """What the embedder reads: the heading line, then the text."""
+    """What the embedder reads: the heading line (and the header row of a table continued from an earlier
+    chunk), then the text."""
     tokens: int
     """Embedder tokens of :attr:`embed_text`."""
+    ocr_confidence: float | None = None
+    """Text read by OCR: the recogniser's lowest confidence in it (None: not from OCR)."""
+    table_header: str = ""
+    """The header row of the table this chunk continues (it starts below that row), repeated for the embedder and
+    the reader; empty when the chunk does not start inside a table."""
 
     @property
     def content_hash(self) -> str:
@@ -90,6 +97,7 @@ class _Draft:
     page: int | None
     start: int
     end: int
+    table_header: str = ""
 
 
 @dataclass
@@ -124,18 +132,64 @@ def chunk_document(
     flat = [span for units in section_units for span in units]
     counts = iter(counter.count_tokens([text[b:e] for b, e in flat]))
 
+    tables = [(begin, end) for _, _, spans in sections for begin, end, kind in spans if kind == "table"]
+    headers = _table_headers(tables, text, counter, max_tokens)
     drafts: list[_Draft] = []
-    for (heading, page, _), units in zip(sections, section_units, strict=True):
+    for (heading, page, spans), units in zip(sections, section_units, strict=True):
         # A heading line costs its tokens plus the line break; a pathological one (over a quarter of the
         # budget) stays in the metadata but is not embedded.
         cost = heading_tokens[heading] + 1 if heading else 0
         embedded_heading = heading if cost <= max_tokens // 4 else ""
         budget = max_tokens - (cost if embedded_heading else 0)
+        # a table split over chunks repeats its header row: rows are packed leaving room for it
+        header_cost = max((headers[(b, e)][1] for b, e, kind in spans if kind == "table" and (b, e) in headers),
+                          default=0)  # fmt: skip
         measured = [_Unit(b, e, next(counts)) for b, e in units]
-        for begin, end in _pack(_fit_units(measured, text, counter, budget), budget, overlap):
-            drafts.append(_Draft(heading, embedded_heading, page, begin, end))
+        for begin, end in _pack(_fit_units(measured, text, counter, budget - header_cost), budget - header_cost,
+                                overlap):  # fmt: skip
+            header = next((headers[t][0] for t in headers if t[0] < begin < t[1]), "")
+            drafts.append(_Draft(heading, embedded_heading, page, begin, end, header))
 
-    return _finalise(drafts, text, counter, max_tokens)
+    return _with_ocr_confidence(_finalise(drafts, text, counter, max_tokens), document)
+
+
+def _table_headers(
+    tables: list[tuple[int, int]], text: str, counter: EmbedderTokenCounter, max_tokens: int
+) -> dict[tuple[int, int], tuple[str, int]]:
+    """The header row (first line) and its cost in tokens of each table of more than one row that does not fit
+    in one chunk; a header over an eighth of the budget is not repeated."""
+    candidates = {}
+    for begin, end in tables:
+        first_line = text[begin:end].split("\n", 1)[0]
+        if "\n" in text[begin:end].strip() and first_line.strip():
+            candidates[(begin, end)] = first_line
+    if not candidates:
+        return {}
+    whole = counter.count_tokens([text[b:e] for b, e in candidates])
+    lines = counter.count_tokens(list(candidates.values()))
+    return {
+        span: (line, tokens + 1)
+        for (span, line), total, tokens in zip(candidates.items(), whole, lines, strict=True)
+        if total > max_tokens // 2 and tokens + 1 <= max_tokens // 8
+    }
+
+
+def _with_ocr_confidence(chunks: list[Chunk], document: LoadedDocument) -> list[Chunk]:
+    """Each chunk's lowest OCR confidence among the elements it overlaps (chunks of text layers unchanged)."""
+    read = [
+        (offset, offset + len(element.text), element.ocr_confidence)
+        for element, offset in zip(document.elements, document.offsets, strict=True)
+        if element.ocr_confidence is not None
+    ]
+    if not read:
+        return chunks
+    starts = [start for start, _, _ in read]
+    result = []
+    for chunk in chunks:
+        first = max(0, bisect.bisect_right(starts, chunk.start) - 1)
+        overlapping = [c for start, end, c in read[first : bisect.bisect_left(starts, chunk.end)] if end > chunk.start]
+        result.append(replace(chunk, ocr_confidence=min(overlapping)) if overlapping else chunk)
+    return result
 
 
 def _sections(document: LoadedDocument) -> list[tuple[str, int | None, list[tuple[int, int, str]]]]:
@@ -211,7 +265,7 @@ def _finalise(drafts: list[_Draft], text: str, counter: EmbedderTokenCounter, ma
     at the joins of sentences need not add up exactly)."""
     pending = list(drafts)
     while True:
-        inputs = [_embed_text(d.embedded_heading, text[d.start : d.end]) for d in pending]
+        inputs = [_embed_text(d.embedded_heading, _with_header(d.table_header, text[d.start : d.end])) for d in pending]
         counts = counter.count_tokens(inputs)
         if all(n <= max_tokens for n in counts):
             break
@@ -224,13 +278,27 @@ def _finalise(drafts: list[_Draft], text: str, counter: EmbedderTokenCounter, ma
             middle = draft.start + spans[len(spans) // 2][0] if len(spans) > 1 else draft.end
             if not draft.start < middle < draft.end:
                 raise ValueError(f"cannot split a chunk of {count} tokens to fit {max_tokens}")
-            replaced.append(_Draft(draft.heading, draft.embedded_heading, draft.page, draft.start, middle))
-            replaced.append(_Draft(draft.heading, draft.embedded_heading, draft.page, middle, draft.end))
+            replaced.append(replace(draft, end=middle))
+            replaced.append(replace(draft, start=middle))
         pending = replaced
     return [
-        Chunk(text[d.start : d.end], d.start, d.end, d.heading, d.page, index, inputs[index], counts[index])
+        Chunk(
+            text[d.start : d.end],
+            d.start,
+            d.end,
+            d.heading,
+            d.page,
+            index,
+            inputs[index],
+            counts[index],
+            table_header=d.table_header,
+        )
         for index, d in enumerate(pending)
     ]
+
+
+def _with_header(header: str, body: str) -> str:
+    return f"{header}\n{body}" if header else body
 
 
 def _embed_text(heading: str, body: str) -> str:

@@ -14,9 +14,10 @@ import re
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ingest._offline import install_offline_nlp
+from ingest.ocr import OcrTimeout
 
 if TYPE_CHECKING:
     from ingest.ocr import OcrEngine
@@ -26,6 +27,7 @@ __all__ = [
     "Element",
     "LoadError",
     "LoadedDocument",
+    "PageProgress",
     "decode_text",
     "load_document",
 ]
@@ -33,6 +35,12 @@ __all__ = [
 
 class LoadError(Exception):
     """A file that cannot be turned into text; the message says why (shown next to the file name)."""
+
+
+class PageProgress(Protocol):
+    """Told after each page of a PDF (frame of an image) is read, for progress in pages on long files."""
+
+    def __call__(self, page: int, pages: int, by_ocr: bool) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,8 @@ class Element:
     heading: tuple[str, ...] = ()
     """The titles above this element, outermost first (a title's own path includes itself)."""
     page: int | None = None
+    ocr_confidence: float | None = None
+    """Read by OCR: the recogniser's lowest confidence among its lines (None: not from OCR)."""
 
 
 @dataclass
@@ -56,6 +66,8 @@ class LoadedDocument:
     """The extracted text: elements joined by ``separator``; chunk offsets point into it."""
     ocr_pages: list[int] = field(default_factory=list)
     """Pages (image frames) whose text came from OCR."""
+    ocr_timeouts: list[int] = field(default_factory=list)
+    """Pages (image frames) given up at the OCR time limit per page; they keep what their text layer had."""
 
     def __post_init__(self) -> None:
         position = 0
@@ -145,12 +157,16 @@ def _readable_as(data: bytes, codec: str) -> tuple[float, str]:
 
 
 def load_document(
-    path: str | os.PathLike[str], *, ocr: OcrEngine | None = None, max_ocr_pages: int = MAX_OCR_PAGES
+    path: str | os.PathLike[str],
+    *,
+    ocr: OcrEngine | None = None,
+    max_ocr_pages: int = MAX_OCR_PAGES,
+    on_page: PageProgress | None = None,
 ) -> LoadedDocument:
     """Extract the elements of one file. Raises :class:`LoadError` with a reason a user can act on.
 
     ``ocr``: the engine that reads images and PDF pages without text (None: OCR is off); ``max_ocr_pages``: pages
-    of one PDF read by OCR at most."""
+    of one PDF read by OCR at most; ``on_page``: told after each page of a PDF or frame of an image."""
     path = Path(path)
     extension = path.suffix.lower()
     if extension not in SUPPORTED_EXTENSIONS:
@@ -160,9 +176,9 @@ def load_document(
         )
     try:
         if extension == ".pdf":
-            document = _load_pdf(path, ocr, max_ocr_pages)
+            document = _load_pdf(path, ocr, max_ocr_pages, on_page)
         elif extension in IMAGE_EXTENSIONS:
-            document = _load_image(path, ocr)
+            document = _load_image(path, ocr, on_page)
         elif extension in _PLAIN:
             document = LoadedDocument(_paragraphs(decode_text(path.read_bytes())), "text")
         else:
@@ -178,6 +194,11 @@ def load_document(
     except Exception as error:  # third-party parsers raise anything on a corrupt file
         raise LoadError(f"cannot be parsed as {extension[1:].upper()} ({type(error).__name__}: {error})") from None
     if not any(element.text.strip() for element in document.elements):
+        if document.ocr_timeouts:
+            raise LoadError(
+                f"no text: OCR gave up at its time limit per page (page {_pages(document.ocr_timeouts)}); "
+                "raise RAG_OCR_PAGE_TIME_LIMIT_S to read it"
+            )
         if ocr is None:
             raise LoadError("no text could be extracted (empty, or only images/scans, and OCR is off: --no-ocr)")
         raise LoadError("no text could be extracted (empty, or a scan in which OCR found no text)")
@@ -189,7 +210,9 @@ def _paragraphs(text: str, page: int | None = None) -> list[Element]:
     return [Element(block.strip(), page=page) for block in re.split(r"\n\s*\n", text) if block.strip()]
 
 
-def _load_pdf(path: Path, ocr: OcrEngine | None, max_ocr_pages: int = MAX_OCR_PAGES) -> LoadedDocument:
+def _load_pdf(
+    path: Path, ocr: OcrEngine | None, max_ocr_pages: int = MAX_OCR_PAGES, on_page: PageProgress | None = None
+) -> LoadedDocument:
     import logging
 
     from pypdf import PdfReader
@@ -204,20 +227,26 @@ def _load_pdf(path: Path, ocr: OcrEngine | None, max_ocr_pages: int = MAX_OCR_PA
                 raise LoadError("encrypted PDF: remove the password first")
             elements: list[Element] = []
             scanned: list[int] = []
+            timeouts: list[int] = []
+            pages = len(reader.pages)
             for number, page in enumerate(reader.pages, start=1):
                 text = page.extract_text() or ""
-                if _usable_text(text) or ocr is None or len(scanned) >= max_ocr_pages:
-                    elements.extend(_paragraphs(text, page=number))
-                    continue
-                found = _read_page(ocr, _render_page(path, number), number)
+                found: list[Element] = []
+                if not (_usable_text(text) or ocr is None or len(scanned) >= max_ocr_pages):
+                    try:
+                        found = _read_page(ocr, _render_page(path, number), number)
+                    except OcrTimeout:
+                        timeouts.append(number)
                 if found:
                     scanned.append(number)
                     elements.extend(found)
-                elif text.strip():
-                    elements.extend(_paragraphs(text, page=number))  # OCR found nothing: keep what there was
+                else:  # a text page, or OCR found nothing (or gave up): keep what the text layer has
+                    elements.extend(_paragraphs(text, page=number))
+                if on_page is not None:
+                    on_page(number, pages, bool(found))
     except PdfReadError as error:
         raise LoadError(f"corrupt or unreadable PDF ({error})") from None
-    return LoadedDocument(elements, "pdf", ocr_pages=scanned)
+    return LoadedDocument(elements, "pdf", ocr_pages=scanned, ocr_timeouts=timeouts)
 
 
 def _usable_text(text: str) -> bool:
@@ -249,10 +278,10 @@ def _read_page(ocr: OcrEngine, image: Any, page: int) -> list[Element]:
     """The paragraphs OCR finds on one page (or image frame)."""
     from ingest.ocr import paragraphs
 
-    return [Element(text, page=page) for text in paragraphs(ocr.read(image))]
+    return [Element(block.text, page=page, ocr_confidence=block.confidence) for block in paragraphs(ocr.read(image))]
 
 
-def _load_image(path: Path, ocr: OcrEngine | None) -> LoadedDocument:
+def _load_image(path: Path, ocr: OcrEngine | None, on_page: PageProgress | None = None) -> LoadedDocument:
     if ocr is None:
         raise LoadError("an image: OCR is off (--no-ocr); run without it to read scans")
     from PIL import Image, ImageSequence, UnidentifiedImageError
@@ -261,14 +290,26 @@ def _load_image(path: Path, ocr: OcrEngine | None) -> LoadedDocument:
         with Image.open(path) as image:
             elements: list[Element] = []
             frames: list[int] = []
+            timeouts: list[int] = []
+            count = int(getattr(image, "n_frames", 1))
             for index, frame in enumerate(ImageSequence.Iterator(image), start=1):
-                found = _read_page(ocr, frame, index)
+                try:
+                    found = _read_page(ocr, frame, index)
+                except OcrTimeout:
+                    found = []
+                    timeouts.append(index)
                 if found:
                     frames.append(index)
                     elements.extend(found)
+                if on_page is not None:
+                    on_page(index, count, bool(found))
     except (UnidentifiedImageError, OSError) as error:
         raise LoadError(f"not a readable image ({type(error).__name__}: {error})") from None
-    return LoadedDocument(elements, "image", ocr_pages=frames)
+    return LoadedDocument(elements, "image", ocr_pages=frames, ocr_timeouts=timeouts)
+
+
+def _pages(numbers: list[int]) -> str:
+    return ", ".join(map(str, numbers))
 
 
 def _relaxed_pdf_limits() -> AbstractContextManager[Any]:
@@ -318,7 +359,11 @@ def _from_unstructured(raw: list[Any]) -> list[Element]:
             while headings and headings[-1][0] >= depth:
                 headings.pop()
             headings.append((depth, text))
-        elements.append(Element(text, kind, tuple(title for _, title in headings), page))
+        path = tuple(title for _, title in headings)
+        sheet = getattr(metadata, "page_name", None)  # a spreadsheet's sheet: its name heads its table
+        if sheet and not path:
+            path = (str(sheet),)
+        elements.append(Element(text, kind, path, page))
     return elements
 
 

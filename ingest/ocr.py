@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from rag.chunks import LOW_OCR_CONFIDENCE
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-__all__ = ["OCR_MISSING", "OcrEngine", "OcrLine", "paragraphs"]
+__all__ = ["LOW_CONFIDENCE", "OCR_MISSING", "OcrEngine", "OcrLine", "OcrParagraph", "OcrTimeout", "paragraphs"]
 
 OCR_MISSING = "a scan or image: install chinese-mixtral-rag[ocr] to read scans (pip install rapidocr-onnxruntime)"
-#: Lines the recogniser is less sure of than this are kept (a wrong character beats a lost sentence) but counted.
-LOW_CONFIDENCE = 0.6
+LOW_CONFIDENCE = LOW_OCR_CONFIDENCE
 #: The longest side a page is read at: a poster-sized scan is scaled down first, which bounds the time and memory
 #: of one page (detection cost grows with the pixel count; 4,000 px keeps 8-pt text of an A3 page at 250 dpi).
 MAX_SIDE = 4000
+#: Seconds one page may take (0.5 s is usual here; a dense poster-sized page a few seconds): past it the page is
+#: given up, named in the report, and keeps what its text layer had.
+PAGE_TIME_LIMIT_S = 60.0
 _CJK_END = re.compile(r"[\u3400-\u9fff\u3000-\u303f\uff00-\uffef]$")
 _CJK_START = re.compile(r"^[\u3400-\u9fff\u3000-\u303f\uff00-\uffef]")
 
@@ -43,13 +48,53 @@ class OcrLine:
         return max(1.0, self.bottom - self.top)
 
 
+@dataclass(frozen=True)
+class OcrParagraph:
+    """Lines of one paragraph joined, with the lowest confidence among them."""
+
+    text: str
+    confidence: float
+
+    @property
+    def low_confidence(self) -> bool:
+        return self.confidence < LOW_CONFIDENCE
+
+
+class OcrTimeout(Exception):
+    """A page took longer than the engine's time limit per page."""
+
+
+class _Deadline:
+    """Wraps one of RapidOCR's onnxruntime sessions: refuses to start a model run once the page's time is up.
+    Detection is one run and recognition runs in batches of a few lines, so a page stops within one batch of its
+    limit (onnxruntime cannot interrupt a run that has started)."""
+
+    def __init__(self, session: Any, engine: OcrEngine) -> None:
+        self._session = session
+        self._engine = engine
+
+    def __call__(self, *args: Any) -> Any:
+        self._engine.check_deadline()
+        return self._session(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
 class OcrEngine:
     """RapidOCR, loaded on first use and shared by the loader threads (one recognition at a time: onnxruntime
-    already uses every core for one page)."""
+    already uses every core for one page).
 
-    def __init__(self) -> None:
+    ``page_time_limit_s``: seconds one page may take before :meth:`read` gives up with :class:`OcrTimeout`
+    (None: no limit)."""
+
+    def __init__(self, page_time_limit_s: float | None = PAGE_TIME_LIMIT_S) -> None:
+        if page_time_limit_s is not None and page_time_limit_s <= 0:
+            raise ValueError(f"page_time_limit_s must be positive, got {page_time_limit_s}")
+        self.page_time_limit_s = page_time_limit_s
         self._engine: Any = None
         self._lock = threading.Lock()
+        self._deadline: float | None = None
 
     @staticmethod
     def available() -> bool:
@@ -66,19 +111,35 @@ class OcrEngine:
                     from rapidocr_onnxruntime import RapidOCR
                 except ImportError as error:
                     raise ImportError(OCR_MISSING) from error
-                self._engine = RapidOCR()
+                engine = RapidOCR()
+                engine.text_det.infer = _Deadline(engine.text_det.infer, self)
+                engine.text_cls.infer = _Deadline(engine.text_cls.infer, self)
+                engine.text_rec.session = _Deadline(engine.text_rec.session, self)
+                self._engine = engine
+
+    def check_deadline(self) -> None:
+        """Raise :class:`OcrTimeout` when the page being read is past its time limit."""
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise OcrTimeout(f"OCR stopped at the limit of {self.page_time_limit_s:g} s per page")
 
     def read(self, image: Image) -> list[OcrLine]:
-        """The lines of ``image`` (any mode), in no particular order."""
+        """The lines of ``image`` (any mode), in no particular order. Raises :class:`OcrTimeout` past the time
+        limit per page."""
         import numpy as np
 
         self.warm_up()
-        if max(image.size) > MAX_SIDE:
-            image = image.copy()
-            image.thumbnail((MAX_SIDE, MAX_SIDE))
-        pixels = np.asarray(image.convert("RGB"))
         with self._lock:
-            result, _ = self._engine(pixels)
+            started = time.monotonic()
+            if self.page_time_limit_s is not None:
+                self._deadline = started + self.page_time_limit_s
+            try:
+                if max(image.size) > MAX_SIDE:
+                    image = image.copy()
+                    image.thumbnail((MAX_SIDE, MAX_SIDE))
+                pixels = np.asarray(image.convert("RGB"))
+                result, _ = self._engine(pixels)
+            finally:
+                self._deadline = None
         lines = []
         for box, text, confidence in result or []:
             ys = [float(point[1]) for point in box]
@@ -98,7 +159,7 @@ def _joined(left: str, right: str) -> str:
     return f"{left} {right}"
 
 
-def paragraphs(lines: list[OcrLine]) -> list[str]:
+def paragraphs(lines: list[OcrLine]) -> list[OcrParagraph]:
     """The lines in reading order (top to bottom; a row of lines left to right), joined into paragraphs: a line
     continues the paragraph above when the gap between them is under half a line's height."""
     rows: list[list[OcrLine]] = []
@@ -108,12 +169,13 @@ def paragraphs(lines: list[OcrLine]) -> list[str]:
         else:
             rows.append([line])
     ordered = [line for row in rows for line in sorted(row, key=lambda line: line.left)]
-    blocks: list[str] = []
+    blocks: list[OcrParagraph] = []
     previous: OcrLine | None = None
     for line in ordered:
         if previous is not None and line.top - previous.bottom < 0.5 * max(line.height, previous.height):
-            blocks[-1] = _joined(blocks[-1], line.text)
+            last = blocks[-1]
+            blocks[-1] = OcrParagraph(_joined(last.text, line.text), min(last.confidence, line.confidence))
         else:
-            blocks.append(line.text)
+            blocks.append(OcrParagraph(line.text, line.confidence))
         previous = line
     return blocks

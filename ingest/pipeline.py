@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ import numpy as np
 from ingest.chunk import CHUNKER_VERSION, Chunk, chunk_document
 from ingest.discover import DiscoveredFile, discover, file_sha256
 from ingest.load import SUPPORTED_EXTENSIONS, LoadError, load_document
-from ingest.ocr import OcrEngine
+from ingest.ocr import LOW_CONFIDENCE, OcrEngine
 from rag.retrieval.embedders.base import Embedder
 from rag.retrieval.lexical import LexicalIndex
 from rag.retrieval.store import ChunkStore, FileVersion
@@ -63,16 +64,29 @@ class IngestReport:
 @dataclass(frozen=True)
 class IngestProgress:
     files_done: int
+    """Files loaded, chunked, embedded and written."""
     files_total: int
     bytes_done: int
     bytes_total: int
     chunks_done: int
     current: str
+    """The file last written."""
+    reading: str = ""
+    """The file being read now (ahead of the one being embedded), while it has pages: a long PDF or scan."""
+    page: int = 0
+    """Pages of :attr:`reading` read so far."""
+    pages: int = 0
+    """Pages of :attr:`reading` in all."""
+    ocr_pages: int = 0
+    """Pages of :attr:`reading` read so far by OCR."""
 
 
-def chunk_signature(embedding_model: str, chunk_size: int, chunk_overlap: int) -> str:
-    """Identifies how chunks were made; a change re-chunks (same model) or is refused (other model)."""
+def chunk_signature(embedding_model: str, chunk_size: int, chunk_overlap: int, *, ocr: bool = True) -> str:
+    """Identifies how chunks were made; a change re-chunks (same model) or is refused (other model). OCR turned
+    off (or back on) re-reads every file, since scans read differently; vectors of unchanged chunks are reused."""
     raw = f"chunker={CHUNKER_VERSION}|model={embedding_model}|size={chunk_size}|overlap={chunk_overlap}"
+    if not ocr:  # the signature of OCR on is the one collections had before it could be turned off
+        raw += "|ocr=off"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -87,6 +101,8 @@ class _Work:
     """The model's tokens of each chunk's text (``count_tokens``), kept by the lexical index."""
     ocr_pages: list[int] = field(default_factory=list)
     """Pages (image frames) that were read by OCR."""
+    ocr_timeouts: list[int] = field(default_factory=list)
+    """Pages (image frames) OCR gave up on at its time limit per page."""
 
 
 class IngestPipeline:
@@ -126,10 +142,13 @@ class IngestPipeline:
         self._on_progress = on_progress
         self._on_problem = on_problem
         self._on_notice = on_notice
+        # The last progress event: the loader thread updates its page fields, the writing loop the rest.
+        self._progress = IngestProgress(0, 0, 0, 0, 0, "")
+        self._progress_lock = threading.Lock()
 
     @property
     def signature(self) -> str:
-        return chunk_signature(self.embedder.name, self.chunk_size, self.chunk_overlap)
+        return chunk_signature(self.embedder.name, self.chunk_size, self.chunk_overlap, ocr=self.ocr is not None)
 
     # -- the run -------------------------------------------------------------------------------------------
     def run(self, paths: list[str | os.PathLike[str]], *, reset: bool = False) -> IngestReport:
@@ -143,7 +162,16 @@ class IngestPipeline:
             self.store.reset()
             if self.lexical is not None:
                 self.lexical.clear()
-        self.store.open_for_writing(embedding_model=self.embedder.name, signature=self.signature)
+        recorded_ocr = self.store.metadata.get("ocr")
+        if recorded_ocr is not None and recorded_ocr != (self.ocr is not None) and self._on_notice:
+            self._on_notice(
+                f"OCR was {'on' if recorded_ocr else 'off'} when collection '{self.store.collection_name}' was "
+                f"built and is {'on' if self.ocr else 'off'} now: every file is read again "
+                "(vectors of unchanged passages are reused)"
+            )
+        self.store.open_for_writing(
+            embedding_model=self.embedder.name, signature=self.signature, ocr=self.ocr is not None
+        )
         if self.lexical is not None:
             self.lexical.sync(self.store)  # repairs what an interrupted run left behind
         stored = self.store.file_versions()
@@ -226,7 +254,9 @@ class IngestPipeline:
             )
         overlap = min(self.chunk_overlap, size // 2)
         bytes_total = sum(w.file.size for w in work)
-        bytes_done = files_done = chunks_done = 0
+        with self._progress_lock:
+            self._progress = IngestProgress(0, len(work), 0, bytes_total, 0, "")
+        bytes_done = chunks_done = 0
         buffer: list[_Work] = []
         buffered_chunks = 0
 
@@ -236,36 +266,66 @@ class IngestPipeline:
             buffer.clear()
             buffered_chunks = 0
 
-        for item, error in self._prepared(work, size, overlap):
-            files_done += 1
+        for files_done, (item, error) in enumerate(self._prepared(work, size, overlap), start=1):
             bytes_done += item.file.size
             if error is not None:
                 self._fail(report, FileProblem(item.file.given, error))
             elif item.chunks:
-                if item.ocr_pages and self._on_notice:
-                    pages = ", ".join(map(str, item.ocr_pages))
-                    self._on_notice(f"{item.file.given}: read by OCR (page {pages})")
+                self._tell_ocr(item)
                 buffer.append(item)
                 buffered_chunks += len(item.chunks)
                 if buffered_chunks >= self.flush_chunks:
                     flush()
-            if self._on_progress:
-                self._on_progress(
-                    IngestProgress(files_done, len(work), bytes_done, bytes_total, chunks_done, item.file.given)
-                )
+            self._report_progress(
+                files_done=files_done,
+                files_total=len(work),
+                bytes_done=bytes_done,
+                bytes_total=bytes_total,
+                chunks_done=chunks_done,
+                current=item.file.given,
+            )
         if buffer:
             flush()
-            if self._on_progress:
-                self._on_progress(IngestProgress(files_done, len(work), bytes_done, bytes_total, chunks_done, ""))
+            self._report_progress(chunks_done=chunks_done, current="")
+
+    def _report_progress(self, **changes: Any) -> None:
+        """Send the progress event with ``changes`` applied (called by both the loader and the writing thread)."""
+        if self._on_progress is None:
+            return
+        with self._progress_lock:
+            self._progress = replace(self._progress, **changes)
+            self._on_progress(self._progress)
+
+    def _tell_ocr(self, item: _Work) -> None:
+        if not self._on_notice:
+            return
+        if item.ocr_pages:
+            self._on_notice(f"{item.file.given}: read by OCR (page {_pages(item.ocr_pages)})")
+        if item.ocr_timeouts:
+            self._on_notice(
+                f"{item.file.given}: OCR gave up at its time limit per page on page {_pages(item.ocr_timeouts)} "
+                "(kept what their text layer had; raise RAG_OCR_PAGE_TIME_LIMIT_S to read them)"
+            )
 
     def _prepare(self, item: _Work, size: int, overlap: int) -> str | None:
         """Load, chunk and (for the lexical index) tokenise and count one file; runs in the loader thread, beside
         the embedder."""
+        read_by_ocr = 0
+
+        def on_page(page: int, pages: int, by_ocr: bool) -> None:
+            nonlocal read_by_ocr
+            read_by_ocr += by_ocr
+            self._report_progress(reading=item.file.given, page=page, pages=pages, ocr_pages=read_by_ocr)
+
         try:
-            document = load_document(item.file.absolute, ocr=self.ocr)
+            document = load_document(item.file.absolute, ocr=self.ocr, on_page=on_page)
         except LoadError as error:
             return str(error)
+        finally:
+            if read_by_ocr or self._progress.reading == item.file.given:
+                self._report_progress(reading="", page=0, pages=0, ocr_pages=0)
         item.ocr_pages = document.ocr_pages
+        item.ocr_timeouts = document.ocr_timeouts
         try:
             item.chunks = chunk_document(document, self.embedder, max_tokens=size, overlap=overlap)
         except ValueError as error:
@@ -354,4 +414,14 @@ class IngestPipeline:
         }
         if chunk.page is not None:
             metadata["page"] = chunk.page
+        if chunk.table_header:
+            metadata["table_header"] = chunk.table_header
+        if chunk.ocr_confidence is not None:
+            metadata["ocr"] = True
+            metadata["ocr_confidence"] = round(chunk.ocr_confidence, 3)
+            metadata["low_confidence"] = chunk.ocr_confidence < LOW_CONFIDENCE
         return metadata
+
+
+def _pages(numbers: list[int]) -> str:
+    return ", ".join(map(str, numbers))

@@ -12,7 +12,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 if TYPE_CHECKING:
     from langchain_core.documents import Document
 
-__all__ = ["ChunkReader", "ChunkRow", "ContextChunk", "TokenCounter", "with_heading"]
+__all__ = ["LOW_OCR_CONFIDENCE", "ChunkReader", "ChunkRow", "ContextChunk", "TokenCounter", "with_heading"]
+
+#: OCR text the recogniser is less sure of than this is kept (a wrong character beats a lost sentence) but marked
+#: ``low_confidence`` in the chunk's metadata and its sources.
+LOW_OCR_CONFIDENCE = 0.6
 
 TokenCounter = Callable[[str], int]
 """Exact number of tokens of a piece of text, with the model's own tokenizer (no BOS/EOS)."""
@@ -42,6 +46,10 @@ class ContextChunk(NamedTuple):
     chunk_count: int = 0
     mixtral_tokens: int | None = None
     """Tokens of ``text`` with the Mixtral vocabulary, counted at ingest (None: not known)."""
+    ocr_confidence: float | None = None
+    """Read by OCR from a scan: the recogniser's lowest confidence in it (None: from a text layer)."""
+    table_header: str = ""
+    """The header row of the table this chunk continues (shown in its label), or empty."""
 
     @classmethod
     def from_store(cls, chunk_id: str, text: str, meta: Mapping[str, Any], score: float = 0.0) -> ContextChunk:
@@ -49,6 +57,7 @@ class ContextChunk(NamedTuple):
         end = meta.get("end")
         page = meta.get("page")
         tokens = meta.get("mixtral_tokens")
+        confidence = meta.get("ocr_confidence")
         return cls(
             chunk_id=chunk_id,
             text=text,
@@ -63,6 +72,8 @@ class ContextChunk(NamedTuple):
             score=float(score),
             chunk_count=int(meta.get("chunk_count", 0) or 0),
             mixtral_tokens=tokens if isinstance(tokens, int) else None,
+            ocr_confidence=float(confidence) if isinstance(confidence, int | float) else None,
+            table_header=str(meta.get("table_header") or ""),
         )
 
     @classmethod

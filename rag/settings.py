@@ -95,6 +95,11 @@ class Settings(BaseSettings):
         default=True,
         description="Read images and PDF pages without a text layer with OCR (the ocr extra); false: --no-ocr.",
     )
+    ocr_page_time_limit_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds OCR may spend on one page (usually under 1); a page past it is named and skipped.",
+    )
     max_file_mb: float = Field(default=200.0, gt=0, description="Files larger than this are skipped, with a reason.")
     llm_model: str = Field(
         default=DEFAULT_LLM_MODEL,

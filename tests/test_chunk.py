@@ -99,6 +99,19 @@ def test_a_table_that_fits_stays_whole_and_a_big_one_splits_by_rows() -> None:
         assert all(line.startswith("第") for line in chunk.text.splitlines())  # whole rows
 
 
+def test_a_split_table_repeats_its_header_row_for_the_embedder() -> None:
+    table = "名称 | 数量\n" + "\n".join(f"第{i}行 | 数值{i}" for i in range(40))
+    document = _document(Element("库存表", "title", ("库存表",)), Element(table, "table", ("库存表",)))
+    chunks = chunk_document(document, CharCounter(), max_tokens=60, overlap=0)  # the header costs under 1/8
+    assert len(chunks) > 2 and chunks[0].table_header == "" and chunks[0].text.startswith("名称 | 数量\n")
+    for chunk in chunks[1:]:
+        assert chunk.table_header == "名称 | 数量"
+        assert chunk.embed_text == f"库存表\n名称 | 数量\n{chunk.text}"  # heading line, header row, rows
+        assert chunk.tokens == CharCounter().count_tokens([chunk.embed_text])[0] <= 60
+        assert chunk.text == document.text[chunk.start : chunk.end]  # the stored text stays an exact slice
+    assert "".join(c.text.replace("\n", "") for c in chunks) == document.text.split("\n\n", 1)[1].replace("\n", "")
+
+
 def test_real_tokenizer_never_exceeds_the_model_limit(embedder: Any) -> None:
     rng = random.Random(7)
     pieces = ["中文句子测试。", "English words here. ", "数字123和字母abc混合；", "\n", "长" * 40, "！"]

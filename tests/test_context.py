@@ -263,3 +263,14 @@ def test_a_round_resumed_from_its_checkpoint_plans_what_planning_afresh_does() -
             )
             resumed += checkpoint.position > 0
     assert resumed  # the checkpoints were not all at the start
+
+
+def test_a_passage_never_spans_two_pages_and_a_continued_table_names_its_columns() -> None:
+    first = chunk(0, 0, 100)._replace(page=1)
+    second = chunk(1, 100, 200)._replace(page=2, table_header="名称 | 数量")
+    packed = pack_context([first, second], 10_000, count)
+    assert [(p.page, p.text) for p in packed.passages] == [(1, TEXT[0:100]), (2, TEXT[100:200])]
+    assert "[2] (p. 2; table columns: 名称 | 数量)\n" in packed.text
+    assert packed.tokens == count(packed.text)  # the longer label is paid for exactly
+    assert packed.passages[1].to_source()["table_header"] == "名称 | 数量"
+    assert "table_header" not in packed.passages[0].to_source()

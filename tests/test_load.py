@@ -146,3 +146,35 @@ def _write_more_formats(folder: Path) -> dict[str, tuple[Path, str]]:
 def test_more_formats_through_unstructured(tmp_path: Path, kind: str) -> None:
     path, expected = _write_more_formats(tmp_path)[kind]
     assert expected in load_document(path).text
+
+
+def test_docx_and_xlsx_tables_keep_their_rows_and_sheet_names(tmp_path: Path) -> None:
+    import docx
+    import openpyxl
+
+    document = docx.Document()
+    document.add_heading("价格表", level=1)
+    document.add_paragraph("下表列出水果价格。")
+    table = document.add_table(rows=3, cols=3)
+    for r, row in enumerate([("水果", "价格", "产地"), ("苹果", "12", "烟台"), ("荔枝", "38", "增城")]):
+        for c, value in enumerate(row):
+            table.cell(r, c).text = value
+    document.save(str(tmp_path / "prices.docx"))
+    [found] = [e for e in load_document(tmp_path / "prices.docx").elements if e.kind == "table"]
+    assert found.text.splitlines() == ["水果 | 价格 | 产地", "苹果 | 12 | 烟台", "荔枝 | 38 | 增城"]
+    assert found.heading == ("价格表",)
+
+    workbook = openpyxl.Workbook()
+    stock = workbook.active
+    assert stock is not None
+    stock.title = "库存"
+    for values in [("品名", "数量", "仓库"), ("螺丝", 1200, "上海"), ("螺母", 800, "北京")]:
+        stock.append(values)
+    workbook.create_sheet("单价").append(("品名", "单价"))
+    workbook["单价"].append(("螺丝", 0.5))
+    workbook.save(str(tmp_path / "stock.xlsx"))
+    sheets = load_document(tmp_path / "stock.xlsx").elements
+    assert [(e.kind, e.heading, e.page, e.text.splitlines()) for e in sheets] == [
+        ("table", ("库存",), 1, ["品名 | 数量 | 仓库", "螺丝 | 1200 | 上海", "螺母 | 800 | 北京"]),
+        ("table", ("单价",), 2, ["品名 | 单价", "螺丝 | 0.5"]),
+    ]

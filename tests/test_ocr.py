@@ -14,6 +14,7 @@ import pytest
 
 from ingest.load import LoadError, load_document
 from ingest.ocr import OcrEngine, paragraphs
+from ingest.pipeline import IngestProgress
 from rag.app.root import Components
 from rag.settings import Settings
 from tests.conftest import MULTILINGUAL_EMBEDDER
@@ -87,20 +88,30 @@ def test_an_image_is_read_in_reading_order_within_the_error_bound(ocr: OcrEngine
     assert document.text.index("年假") < document.text.index("coffee")  # top to bottom
 
 
-def test_a_pdf_mixing_text_scan_and_blank_pages(ocr: OcrEngine, tmp_path: Path) -> None:
+def mixed_pdf(path: Path, picture: Path) -> Path:
+    """A text page, a page that is only a picture of ``SENTENCES[0]``, a blank page."""
     from reportlab.lib.pagesizes import A4
     from reportlab.pdfgen import canvas
 
-    image = scan(SENTENCES[:1], tmp_path / "page2.png", seed=1)
-    pdf = canvas.Canvas(str(tmp_path / "mixed.pdf"), pagesize=A4)
+    image = scan(SENTENCES[:1], picture, seed=1)
+    pdf = canvas.Canvas(str(path), pagesize=A4)
     pdf.drawString(72, 750, "Page one has a real text layer: the warranty covers two years.")
     pdf.showPage()
     pdf.drawImage(str(image), 40, 500, width=520, height=520 * 190 / 1260)  # page two: only a picture of text
     pdf.showPage()
     pdf.showPage()  # page three: blank
     pdf.save()
-    document = load_document(tmp_path / "mixed.pdf", ocr=ocr)
+    return path
+
+
+def test_a_pdf_mixing_text_scan_and_blank_pages(ocr: OcrEngine, tmp_path: Path) -> None:
+    mixed_pdf(tmp_path / "mixed.pdf", tmp_path / "page2.png")
+    pages: list[tuple[int, int, bool]] = []
+    document = load_document(tmp_path / "mixed.pdf", ocr=ocr, on_page=lambda *page: pages.append(page))
     assert document.ocr_pages == [2]  # the text page is read as text, the blank page has nothing to read
+    assert pages == [(1, 3, False), (2, 3, True), (3, 3, False)]  # progress in pages, saying which needed OCR
+    assert all(e.ocr_confidence is None for e in document.elements if e.page == 1)
+    assert all(0 < (e.ocr_confidence or 0) <= 1 for e in document.elements if e.page == 2)
     by_page = {page: " ".join(e.text for e in document.elements if e.page == page) for page in (1, 2, 3)}
     assert "warranty covers two years" in by_page[1] and by_page[3] == ""
     assert cer(SENTENCES[0], by_page[2]) <= MAX_CER, by_page[2]
@@ -141,11 +152,48 @@ def test_paragraphs_join_lines_and_keep_columns_in_order() -> None:
         OcrLine("A paragraph and the", 0.9, 10, 10, 38),
         OcrLine("第二行。", 0.9, 10, 233, 262),
     ]
-    assert paragraphs(lines) == ["A paragraph and the second line of it.", "第一段的第二行。"]
+    assert texts(lines) == ["A paragraph and the second line of it.", "第一段的第二行。"]
     taller_below = [OcrLine("中文在上，", 0.9, 10, 60, 95), OcrLine("English below", 0.9, 10, 140, 160)]
-    assert paragraphs(taller_below[::-1]) == ["中文在上，", "English below"]  # lines of other heights stay in order
+    assert texts(taller_below[::-1]) == ["中文在上，", "English below"]  # lines of other heights stay in order
     row = [OcrLine("right", 0.9, 300, 12, 40), OcrLine("left", 0.9, 10, 10, 40)]
-    assert paragraphs(row) == ["left right"]
+    assert texts(row) == ["left right"]
+
+
+def texts(lines: list[Any]) -> list[str]:
+    return [block.text for block in paragraphs(lines)]
+
+
+def test_a_paragraph_keeps_its_least_certain_line_and_chunks_carry_it() -> None:
+    from ingest.chunk import chunk_document
+    from ingest.load import Element, LoadedDocument
+    from ingest.ocr import OcrLine
+    from tests.test_chunk import CharCounter
+
+    lines = [OcrLine("清楚的一行，", 0.98, 10, 10, 40), OcrLine("模糊的一行。", 0.41, 10, 42, 72)]
+    [block] = paragraphs(lines)
+    assert block.confidence == 0.41 and block.low_confidence
+    document = LoadedDocument(
+        [
+            Element("第一页是文字层。", page=1),
+            Element(block.text, page=2, ocr_confidence=block.confidence),
+            Element("第二页的下一段。", page=2, ocr_confidence=0.93),
+        ],
+        "pdf",
+    )
+    chunks = chunk_document(document, CharCounter(), max_tokens=64, overlap=0)
+    assert [(c.page, c.ocr_confidence) for c in chunks] == [(1, None), (2, 0.41)]
+
+
+def test_a_page_past_the_time_limit_is_named_and_keeps_its_text_layer(tmp_path: Path) -> None:
+    hurried = OcrEngine(page_time_limit_s=1e-9)  # every page is past its time before detection starts
+    mixed_pdf(tmp_path / "mixed.pdf", tmp_path / "page2.png")
+    document = load_document(tmp_path / "mixed.pdf", ocr=hurried)
+    assert document.ocr_timeouts == [2, 3] and document.ocr_pages == []
+    assert {e.page for e in document.elements} == {1}  # the text page is still read
+    with pytest.raises(LoadError, match="time limit per page"):
+        load_document(tmp_path / "page2.png", ocr=hurried)
+    with pytest.raises(ValueError, match="page_time_limit_s"):
+        OcrEngine(page_time_limit_s=0)
 
 
 def test_ingest_finds_the_scanned_sentence(ocr: OcrEngine, multilingual_embedder: Any, tmp_path: Path) -> None:
@@ -154,12 +202,49 @@ def test_ingest_finds_the_scanned_sentence(ocr: OcrEngine, multilingual_embedder
     scan(SENTENCES, docs / "notice.png")
     (docs / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (docs / "policy.txt").write_text("远程办公每周最多三天。\n", encoding="utf-8")
-    components = Components(Settings(data_dir=tmp_path / "data", embedding_model=MULTILINGUAL_EMBEDDER))
+    mixed_pdf(docs / "mixed.pdf", tmp_path / "page2.png")
+    settings = Settings(data_dir=tmp_path / "data", embedding_model=MULTILINGUAL_EMBEDDER)
+    components = Components(settings)
     components.share_embedder(multilingual_embedder)
     notices: list[str] = []
-    report = components.ingest_pipeline(on_notice=notices.append).run([docs])
-    assert report.files_added == 2 and [Path(p.path).name for p in report.files_failed] == ["broken.jpg"]
+    events: list[IngestProgress] = []
+    report = components.ingest_pipeline(on_notice=notices.append, on_progress=events.append).run([docs])
+    assert report.files_added == 3 and [Path(p.path).name for p in report.files_failed] == ["broken.jpg"]
     assert "not a readable image" in report.files_failed[0].error
     assert any("notice.png" in notice and "OCR" in notice for notice in notices)
-    top = components.retriever(k=1).invoke("每年有几天带薪年假？")[0]
-    assert top.metadata["file_name"] == "notice.png" and "年假" in top.page_content and top.metadata["page"] == 1
+    assert any(n.startswith(str(docs / "mixed.pdf")) and "read by OCR (page 2)" in n for n in notices)
+    pages = [(e.page, e.pages, e.ocr_pages) for e in events if e.reading.endswith("mixed.pdf")]
+    assert pages == [(1, 3, 0), (2, 3, 1), (3, 3, 1)]  # progress in pages while a PDF is read
+    found = components.retriever(k=2).invoke("每年有几天带薪年假？")  # the sentence is in both scans
+    assert {(d.metadata["file_name"], d.metadata["page"]) for d in found} == {("notice.png", 1), ("mixed.pdf", 2)}
+    for passage in found:
+        assert "年假" in passage.page_content
+        assert passage.metadata["ocr"] is True and 0 < passage.metadata["ocr_confidence"] <= 1
+        assert passage.metadata["low_confidence"] == (passage.metadata["ocr_confidence"] < 0.6)
+    from click.testing import CliRunner
+
+    from rag.cli.main import cli
+
+    asked = CliRunner().invoke(
+        cli,
+        ["ask", "每年有几天带薪年假？", "--no-llm", "--data-dir", str(tmp_path / "data"),
+         "--k", "2"],
+    )  # fmt: skip
+    assert asked.exit_code == 0, asked.output
+    assert "notice.png, p. 1 (read by OCR" in asked.output and "mixed.pdf, p. 2 (read by OCR" in asked.output
+    assert "mixed.pdf, p. 1 (read by OCR" not in asked.output  # its text page (cited or not) is not a scan
+    text_page = components.retriever(k=1).invoke("warranty covers two years")[0]
+    assert text_page.metadata["page"] == 1 and "ocr" not in text_page.metadata
+    assert components.store().metadata["ocr"] is True  # the collection records that OCR was on
+
+    # OCR turned off: the collection says so, every file is read again, the scans fail with the reason, and
+    # nothing already stored is lost.
+    off = Components(settings.model_copy(update={"ocr": False}))
+    off.share_embedder(multilingual_embedder)
+    notices.clear()
+    again = off.ingest_pipeline(on_notice=notices.append).run([docs])
+    assert any("OCR was on" in notice and "off now" in notice for notice in notices)
+    assert off.store().metadata["ocr"] is False
+    assert {Path(p.path).name for p in again.files_failed} == {"broken.jpg", "notice.png"}
+    assert again.files_updated == 2  # policy.txt and mixed.pdf (its text page only now)
+    assert off.retriever(k=1).invoke("每年有几天带薪年假？")[0].metadata["file_name"] == "notice.png"

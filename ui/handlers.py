@@ -321,6 +321,8 @@ def render_sources(sources: Sequence[dict[str, Any]], language: str, *, final: b
             where.append(html.escape(text(language, "page", page=source["page"])))
         if source.get("heading"):
             where.append(html.escape(str(source["heading"])))
+        if "ocr_confidence" in source:
+            where.append(html.escape(text(language, "ocr_low" if source.get("low_confidence") else "ocr")))
         if final and source.get("cited") is False and any(s.get("cited") for s in sources):
             where.append(f"<i>{html.escape(text(language, 'not_cited'))}</i>")
         body = html.escape(str(source.get("text", "")))

@@ -49,6 +49,8 @@ _STRINGS: dict[str, dict[Language, str]] = {
     },
     "page": {"zh": "第 {page} 页", "en": "p. {page}"},
     "not_cited": {"zh": "未引用", "en": "not cited"},
+    "ocr": {"zh": "扫描件识别", "en": "read by OCR"},
+    "ocr_low": {"zh": "扫描件识别，可信度低", "en": "read by OCR, low confidence"},
     "figures": {
         "zh": "检索 {retrieval_ms} 毫秒 · 上下文 {context_tokens} 个词元 · 首词元 {first_token} · {tokens_per_s}",
         "en": "retrieval {retrieval_ms} ms · context {context_tokens} tokens · first token {first_token} · "

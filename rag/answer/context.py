@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rag.chunks import ChunkReader, ContextChunk, TokenCounter
+from rag.chunks import LOW_OCR_CONFIDENCE, ChunkReader, ContextChunk, TokenCounter
 
 if TYPE_CHECKING:
     from langchain_core.documents import Document
@@ -64,6 +64,10 @@ class Passage:
     text: str
     score: float
     chunk_ids: tuple[str, ...]
+    ocr_confidence: float | None = None
+    """Read by OCR: the lowest recogniser confidence among its chunks (None: from a text layer)."""
+    table_header: str = ""
+    """The header row of the table the passage starts inside (shown in its label), or empty."""
 
     @property
     def chunk_id(self) -> str:
@@ -84,6 +88,8 @@ class Passage:
             page=self.page,
             heading=self.heading,
             score=self.score,
+            ocr_confidence=self.ocr_confidence,
+            table_header=self.table_header,
         )
 
     def to_source(self) -> dict[str, Any]:
@@ -98,7 +104,15 @@ class Passage:
             "chunk_ids": list(self.chunk_ids),
             "score": round(self.score, 6),
             "text": self.text,
-        }
+        } | self._ocr_fields()
+
+    def _ocr_fields(self) -> dict[str, Any]:
+        """What a source says only where it applies: a table's header row, how sure OCR was of a scan."""
+        fields: dict[str, Any] = {"table_header": self.table_header} if self.table_header else {}
+        if self.ocr_confidence is not None:
+            fields["ocr_confidence"] = round(self.ocr_confidence, 3)
+            fields["low_confidence"] = self.ocr_confidence < LOW_OCR_CONFIDENCE
+        return fields
 
 
 @dataclass(frozen=True)
@@ -122,13 +136,15 @@ class PackedContext:
 
 
 # -- rendering -------------------------------------------------------------------------------------------------
-def _label_text(n: int, page: int | None, heading: str) -> str:
+def _label_text(n: int, page: int | None, heading: str, table_header: str = "") -> str:
     details = ([f"p. {page}"] if page is not None else []) + ([heading] if heading else [])
+    if table_header:  # rows of a table continued from above: the reader needs its columns
+        details.append(f"table columns: {table_header}")
     return f"[{n}]" + (f" ({'; '.join(details)})" if details else "")
 
 
 def _label(passage: Passage) -> str:
-    return _label_text(passage.n, passage.page, passage.heading)
+    return _label_text(passage.n, passage.page, passage.heading, passage.table_header)
 
 
 def _header(passage: Passage | ContextChunk) -> str:
@@ -215,13 +231,14 @@ def _uncovered(chunk: ContextChunk, covered: Sequence[list[int]]) -> list[Contex
 
 
 def _merge(chunks: list[ContextChunk]) -> list[list[ContextChunk]]:
-    """Runs of chunks of one file that overlap or touch (or are consecutive chunks), in reading order."""
+    """Runs of chunks of one file that overlap or touch (or are consecutive chunks) on one page, in reading
+    order: a passage never spans two pages, so the page it cites is the page its text is on."""
     runs: list[list[ContextChunk]] = []
     end = -1
     last_index = -10
     for chunk in sorted(chunks, key=lambda c: (c.start, c.end)):
         adjacent = chunk.chunk_index in (last_index, last_index + 1) and chunk.start - end < 4
-        if runs and (chunk.start <= end or adjacent):
+        if runs and (chunk.start <= end or adjacent) and chunk.page == runs[-1][-1].page:
             runs[-1].append(chunk)
         else:
             runs.append([chunk])
@@ -261,6 +278,8 @@ def _passages(chosen: list[ContextChunk], order: list[str]) -> list[Passage]:
                     text=text,
                     score=max(c.score for c in run),
                     chunk_ids=ids,
+                    ocr_confidence=min((c.ocr_confidence for c in run if c.ocr_confidence is not None), default=None),
+                    table_header=first.table_header,
                 )
             )
     return passages
@@ -434,7 +453,7 @@ class _Costs:
 
     def label(self, part: ContextChunk, n: int) -> int:
         """A new passage: the blank line before it, its ``[n] (p. ...)`` label and the line break after it."""
-        return 3 + self._after_newline(_label_text(n, part.page, part.heading))
+        return 3 + self._after_newline(_label_text(n, part.page, part.heading, part.table_header))
 
     def header(self, part: ContextChunk) -> int:
         """A new document: the blank line before it and its ``## file`` header."""

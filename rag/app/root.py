@@ -150,7 +150,7 @@ class Components:
             if self._ocr is None:
                 from ingest.ocr import OcrEngine
 
-                self._ocr = OcrEngine()
+                self._ocr = OcrEngine(page_time_limit_s=self.settings.ocr_page_time_limit_s)
             return self._ocr
 
     def llm(self) -> MixtralInstructLLM | None:

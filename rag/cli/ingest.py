@@ -44,11 +44,12 @@ class _ProgressView:
                 TimeElapsedColumn(),
                 TextColumn("left"),
                 TimeRemainingColumn(),
+                TextColumn("{task.fields[reading]}"),
                 console=Console(stderr=True),
                 transient=False,
             )
             self._progress.start()
-            self._task = self._progress.add_task("ingest", total=None, files="0/?", chunks=0, rate="")
+            self._task = self._progress.add_task("ingest", total=None, files="0/?", chunks=0, rate="", reading="")
         return self
 
     def update(self, event: IngestProgress) -> None:
@@ -56,6 +57,11 @@ class _ProgressView:
             return
         elapsed = self._progress.tasks[0].elapsed or 0.0
         rate = f"{event.chunks_done / elapsed:.1f} chunks/s" if elapsed > 0 and event.chunks_done else ""
+        reading = ""
+        if event.reading and event.pages > 1:  # a long PDF or a multi-page scan: say how far it is
+            reading = f"· {Path(event.reading).name}: page {event.page}/{event.pages}"
+            if event.ocr_pages:
+                reading += f" ({event.ocr_pages} by OCR)"
         self._progress.update(
             self._task,
             total=max(event.bytes_total, 1),
@@ -63,6 +69,7 @@ class _ProgressView:
             files=f"{event.files_done}/{event.files_total}",
             chunks=event.chunks_done,
             rate=rate,
+            reading=reading,
         )
 
     def print(self, message: str) -> None:

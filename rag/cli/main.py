@@ -41,6 +41,8 @@ def _source_line(source: dict[str, Any]) -> str:
         where += f", p. {source['page']}"
     if source.get("heading"):
         where += f" — {source['heading']}"
+    if "ocr_confidence" in source:
+        where += " (read by OCR, low confidence)" if source.get("low_confidence") else " (read by OCR)"
     mark = "" if source.get("cited", True) else " (not cited)"
     return f"[{source['n']}] {where}{mark}"
 

@@ -53,10 +53,12 @@ _ROWS_TABLE = (
 # tantivy refuses terms over 65,530 bytes; a token this long (a base64 blob) is never asked for anyway.
 _LONG_TOKEN = re.compile(r"\S{256,}")
 _WRITER_HEAP = 32_000_000
-# In ContextChunk's field order (the score, 0.0, is the retriever's to set).
+# In ContextChunk's field order (the score, 0.0, is the retriever's to set; the OCR confidence and a table's
+# header row, rare, stay in the metadata JSON rather than columns of every row).
 _CHUNK_COLUMNS = (
     "chunk_id, text, source_abs, source, file_name, chunk_index, start_char, end_char, page, heading, 0.0, "
-    "chunk_count, mixtral_tokens"
+    "chunk_count, mixtral_tokens, json_extract(metadata, '$.ocr_confidence'), "
+    "coalesce(json_extract(metadata, '$.table_header'), '')"
 )
 _BATCH = 500
 

@@ -121,14 +121,18 @@ class ChunkStore:
         collection = self._existing()
         return dict(collection.metadata or {}) if collection is not None else {}
 
-    def open_for_writing(self, *, embedding_model: str, signature: str) -> None:
-        """Create the collection, or check that it was built with the same embedding model."""
+    def open_for_writing(self, *, embedding_model: str, signature: str, ocr: bool | None = None) -> None:
+        """Create the collection, or check that it was built with the same embedding model. The chunking
+        signature (and whether OCR read scans, when ``ocr`` is given) are recorded in its metadata."""
         collection = self._existing()
+        recorded: dict[str, Any] = {"embedding_model": embedding_model, "chunk_signature": signature}
+        if ocr is not None:
+            recorded["ocr"] = ocr
         if collection is None:
             self._collection = self.client.get_or_create_collection(
                 self.collection_name,
                 configuration={"hnsw": {"space": "cosine"}},
-                metadata={"embedding_model": embedding_model, "chunk_signature": signature},
+                metadata=recorded,
                 embedding_function=None,
             )
             return
@@ -139,8 +143,9 @@ class ChunkStore:
                 f"not '{embedding_model}'; mixing them would break retrieval. Re-run with --reset to rebuild it "
                 f"with '{embedding_model}', use another --collection, or set RAG_EMBEDDING_MODEL={stored_model}."
             )
-        if (collection.metadata or {}).get("chunk_signature") != signature:
-            collection.modify(metadata={"embedding_model": embedding_model, "chunk_signature": signature})
+        current = collection.metadata or {}
+        if any(current.get(key) != value for key, value in recorded.items()):
+            collection.modify(metadata={**current, **recorded})
 
     def reset(self) -> None:
         """Delete the collection and everything in it."""
