@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["DiscoveredFile", "Discovery", "discover", "file_sha256"]
@@ -33,7 +34,7 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def discover(paths: list[str | os.PathLike[str]]) -> Discovery:
+def discover(paths: Sequence[str | os.PathLike[str]]) -> Discovery:
     """Walk ``paths`` (files or folders) in a stable order.
 
     Folders are walked recursively, following symlinks but never visiting the same folder twice (loops end).

@@ -151,7 +151,7 @@ class IngestPipeline:
         return chunk_signature(self.embedder.name, self.chunk_size, self.chunk_overlap, ocr=self.ocr is not None)
 
     # -- the run -------------------------------------------------------------------------------------------
-    def run(self, paths: list[str | os.PathLike[str]], *, reset: bool = False) -> IngestReport:
+    def run(self, paths: Sequence[str | os.PathLike[str]], *, reset: bool = False) -> IngestReport:
         started = time.monotonic()
         report = IngestReport()
         found = discover(paths)
