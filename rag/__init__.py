@@ -5,7 +5,8 @@ Importing ``rag`` is cheap: the heavy parts (torch, llama.cpp, Chroma) load when
 The library's heart is the application layer: :class:`Components` (the one composition root: settings -> objects,
 the shared model and embedder), :class:`Assistant` (answers as a stream of events with figures) and
 :class:`DocumentLibrary` (collections, documents, uploads, ingest). The LangChain pieces: :class:`MixtralInstructLLM`
-(an ``LLM``), :class:`HybridRetriever` (a ``BaseRetriever``) and :func:`build_chain` (a ``Runnable``).
+(an ``LLM``), :class:`ChatMixtralInstruct` (a chat model), :class:`HybridRetriever` (a ``BaseRetriever``) and
+:func:`build_chain` (a ``Runnable``, sync and async, typed by :class:`RagQuestion` and :class:`RagAnswer`).
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from rag.settings import Settings
 
 if TYPE_CHECKING:
     from rag.answer.chain import RagChain
+    from rag.answer.schemas import RagAnswer, RagOptions, RagQuestion, RagSource
     from rag.app.assistant import AnswerEvent, AnswerStats, AskOptions, Assistant
     from rag.app.library import DocumentLibrary
     from rag.app.root import Components, build_chain, build_ingest_pipeline, build_rag, build_retriever
     from rag.llm.adapter import MixtralInstructLLM
+    from rag.llm.chat_model import ChatMixtralInstruct
     from rag.llm.prompt import ChatMessage, render_instruct_prompt
     from rag.llm.tokenizer import MixtralTokenizer
     from rag.retrieval.embedders.sentence_transformers import SentenceTransformerEmbeddings
@@ -42,6 +45,7 @@ __all__ = [
     "AskOptions",
     "Assistant",
     "ChatMessage",
+    "ChatMixtralInstruct",
     "ChunkStore",
     "Components",
     "ConfigError",
@@ -53,8 +57,12 @@ __all__ = [
     "MixtralTokenizer",
     "ModelMismatchError",
     "ModelNotFoundError",
+    "RagAnswer",
     "RagChain",
     "RagError",
+    "RagOptions",
+    "RagQuestion",
+    "RagSource",
     "SentenceTransformerEmbeddings",
     "Settings",
     "StoreError",
@@ -71,13 +79,18 @@ _LAZY = {
     "AskOptions": "rag.app.assistant",
     "Assistant": "rag.app.assistant",
     "ChatMessage": "rag.llm.prompt",
+    "ChatMixtralInstruct": "rag.llm.chat_model",
     "ChunkStore": "rag.retrieval.store",
     "Components": "rag.app.root",
     "DocumentLibrary": "rag.app.library",
     "HybridRetriever": "rag.retrieval.retriever",
     "MixtralInstructLLM": "rag.llm.adapter",
     "MixtralTokenizer": "rag.llm.tokenizer",
+    "RagAnswer": "rag.answer.schemas",
     "RagChain": "rag.answer.chain",
+    "RagOptions": "rag.answer.schemas",
+    "RagQuestion": "rag.answer.schemas",
+    "RagSource": "rag.answer.schemas",
     "SentenceTransformerEmbeddings": "rag.retrieval.embedders.sentence_transformers",
     "build_chain": "rag.app.root",
     "build_ingest_pipeline": "rag.app.root",

@@ -6,6 +6,11 @@ one (:mod:`rag.app.root`); this module builds nothing.
 >>> history = [("user", "年假有几天？"), ("assistant", "五天[1]")]
 >>> for chunk in chain.stream({"question": "那病假呢？", "chat_history": history}):
 ...     print(chunk)            # {"answer": "..."} pieces as they are generated, then {"sources": [...], ...}
+>>> await chain.ainvoke({"question": "年假有几天？", "options": {"k": 3, "temperature": 0}})
+
+Input and output are typed (:mod:`rag.answer.schemas`), so ``chain.as_tool()`` gives an agent a tool. The model may
+be a :class:`rag.llm.adapter.MixtralInstructLLM` (prompt strings), a :class:`rag.llm.chat_model.ChatMixtralInstruct`
+or any LangChain chat model (messages, e.g. ``ChatOpenAI`` pointed at a llama.cpp server).
 
 Steps: (follow-up) rewrite to a standalone question with the LLM -> hybrid retrieval, deep enough to fill the
 budget -> neighbours, merging, packing to the exact token budget (:mod:`rag.answer.context`) -> the prompt, stable
@@ -15,14 +20,18 @@ prefix first (:mod:`rag.answer.qa_prompt`) -> the LLM, streamed -> citations che
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import Runnable, RunnableGenerator, RunnableLambda
 from langchain_core.runnables.utils import AddableDict
+from pydantic import ValidationError
 
 from rag.answer.citations import CitationStreamFilter, check_citations, select_sources
 from rag.answer.context import ContextAssembler, PackedContext, pack_context
@@ -31,9 +40,11 @@ from rag.answer.qa_prompt import (
     INSUFFICIENT_ZH,
     clean_rewrite,
     is_chinese,
+    qa_messages,
     render_qa_prompt,
     render_rewrite_prompt,
 )
+from rag.answer.schemas import RagAnswer, RagOptions, RagQuestion
 from rag.chunks import ContextChunk
 from rag.errors import ConfigError, ContextOverflowError, EmptyStoreError
 from rag.llm.prompt import ChatMessage, normalize_messages
@@ -44,6 +55,8 @@ if TYPE_CHECKING:
     from rag.chunks import ChunkReader
     from rag.llm.adapter import MixtralInstructLLM
     from rag.llm.counting import ModelTokens
+
+    AnswerModel: TypeAlias = MixtralInstructLLM | BaseChatModel
 
 __all__ = ["PreparedQuestion", "RagChain"]
 
@@ -67,9 +80,14 @@ class PreparedQuestion:
     """The history that fits (oldest turns dropped when it did not)."""
     packed: PackedContext
     prompt: str
+    """The prompt as the model's prompt format renders it (what an ``LLM`` is given)."""
     prompt_tokens: int
     budget: int
     notes: list[str] = field(default_factory=list)
+    messages: list[ChatMessage] = field(default_factory=list)
+    """The same prompt as chat messages (what a chat model is given)."""
+    llm_kwargs: dict[str, Any] = field(default_factory=dict)
+    """This question's generation settings (temperature, max_tokens, seed)."""
 
     @property
     def passages(self) -> list[dict[str, Any]]:
@@ -90,7 +108,7 @@ class RagChain:
         retriever: BaseRetriever,
         tokens: ModelTokens,
         *,
-        llm: MixtralInstructLLM | None = None,
+        llm: AnswerModel | None = None,
         reader: ChunkReader | None = None,
         document_count: Callable[[], int] | None = None,
         k: int = 5,
@@ -118,7 +136,9 @@ class RagChain:
     # -- steps -----------------------------------------------------------------------------------------------
     @staticmethod
     def read_input(inputs: Any) -> tuple[str, list[ChatMessage]]:
-        """(question, history) from a question string or ``{"question", "chat_history"}``."""
+        """(question, history) from a question string, ``{"question", "chat_history"}`` or a :class:`RagQuestion`."""
+        if isinstance(inputs, RagQuestion):
+            inputs = {"question": inputs.question, "chat_history": inputs.chat_history}
         if isinstance(inputs, str):
             question, history = inputs, []
         elif isinstance(inputs, dict):
@@ -131,22 +151,60 @@ class RagChain:
             raise ConfigError("the question is empty: ask something")
         return question.strip(), [m for m in history if m.role != "system"]
 
+    @staticmethod
+    def read_options(inputs: Any) -> RagOptions:
+        """The per-question ``options`` of a dict input (none for a string)."""
+        raw = inputs.options if isinstance(inputs, RagQuestion) else None
+        if isinstance(inputs, dict):
+            raw = inputs.get("options")
+        if raw is None:
+            return RagOptions()
+        if isinstance(raw, RagOptions):
+            return raw
+        try:
+            return RagOptions.model_validate(raw)
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            raise ConfigError(f"invalid options ({problems}): see RagOptions for the fields") from None
+
+    # -- the model: an LLM takes the rendered prompt, a chat model the messages
+    @property
+    def _is_chat(self) -> bool:
+        return isinstance(self.llm, BaseChatModel)
+
+    def _count_prompt(
+        self, question: str, context: str, history: list[ChatMessage]
+    ) -> tuple[str, list[ChatMessage], int]:
+        """The prompt (rendered and as messages) and the tokens the model reads for it."""
+        tokens = self.tokens
+        messages = qa_messages(question, context, history)
+        prompt = render_qa_prompt(question, context, history, prompt_format=tokens.prompt_format)
+        if self._is_chat:
+            return prompt, messages, tokens.count_messages(messages)
+        return prompt, messages, tokens.count_prompt(prompt)
+
     def _check_not_empty(self) -> None:
         if self.document_count is not None and self.document_count() == 0:
             raise EmptyStoreError(self.empty_message)
 
     def budget_for(
-        self, question: str, history: list[ChatMessage], max_context_tokens: int | None = None
+        self,
+        question: str,
+        history: list[ChatMessage],
+        max_context_tokens: int | None = None,
+        *,
+        max_tokens: int | None = None,
     ) -> tuple[int, list[ChatMessage], list[str]]:
         """Tokens for evidence (at most ``max_context_tokens``), the history that fits, notes. Drops the oldest turns
         when the history leaves less than a useful amount of room; raises :class:`ContextOverflowError` when the
-        question alone does not fit."""
+        question alone does not fit. ``max_tokens``: this answer's reserve (default: the model's)."""
         tokens = self.tokens
-        window, reserve, notes = tokens.context_window, tokens.max_tokens, []
+        window, notes = tokens.context_window, []
+        reserve = tokens.max_tokens if max_tokens is None else max_tokens
         floor = min(_MIN_EVIDENCE, max(32, window // 8))
         kept = list(history)
         while True:
-            overhead = tokens.count_prompt(render_qa_prompt(question, "", kept, prompt_format=tokens.prompt_format))
+            overhead = self._count_prompt(question, "", kept)[2]
             room = window - reserve - overhead - _SAFETY
             if room >= floor or not kept:
                 break
@@ -165,26 +223,46 @@ class RagChain:
         budget = room if max_context_tokens is None else min(room, max_context_tokens)
         return budget, kept, notes
 
-    def rewrite(self, question: str, history: Sequence[ChatMessage]) -> str:
-        """``question`` made standalone with the history (LLM, few tokens); the question itself when there is no
-        history, no model, or the rewrite is unusable."""
+    def _rewrite_call(self, question: str, history: Sequence[ChatMessage]) -> tuple[Runnable[Any, Any], Any] | None:
+        """The model and input that make ``question`` standalone; None when nothing needs rewriting."""
         if not history or (self.llm is None and self.rewrite_llm is None):
-            return question
+            return None
         # The rewrite replaces llama.cpp's cached prefix, but all the answer prompt could have reused from the last
         # turn is its instructions (~180 tokens): the evidence after them changes with every question. That is
         # under 1 % of a 32K prompt, so a second context (and its KV memory) is not worth it.
-        prompt = render_rewrite_prompt(
-            question, list(history)[-_REWRITE_TURNS:], prompt_format=self.tokens.prompt_format
-        )
+        turns = list(history)[-_REWRITE_TURNS:]
+        if self.rewrite_llm is not None:
+            prompt = render_rewrite_prompt(question, turns, prompt_format=self.tokens.prompt_format)
+            return self.rewrite_llm, prompt
+        assert self.llm is not None
+        if self._is_chat:  # one user message: the chat model applies its own template
+            model: Runnable[Any, Any] = self.llm.bind(max_tokens=self.rewrite_max_tokens, temperature=0.0)
+            return model, [HumanMessage(render_rewrite_prompt(question, turns, prompt_format="native"))]
+        prompt = render_rewrite_prompt(question, turns, prompt_format=self.tokens.prompt_format)
+        return self.llm.bind(max_tokens=self.rewrite_max_tokens, temperature=0.0), prompt
+
+    def rewrite(self, question: str, history: Sequence[ChatMessage]) -> str:
+        """``question`` made standalone with the history (LLM, few tokens); the question itself when there is no
+        history, no model, or the rewrite is unusable."""
+        call = self._rewrite_call(question, history)
+        if call is None:
+            return question
         try:
-            if self.rewrite_llm is not None:
-                text = self.rewrite_llm.invoke(prompt)
-            else:
-                assert self.llm is not None
-                text = self.llm.invoke(prompt, max_tokens=self.rewrite_max_tokens, temperature=0.0)
+            text = call[0].invoke(call[1])
         except ContextOverflowError:
             return question
-        return clean_rewrite(str(text), question)
+        return clean_rewrite(_text_of(text), question)
+
+    async def arewrite(self, question: str, history: Sequence[ChatMessage]) -> str:
+        """:meth:`rewrite` without blocking the event loop."""
+        call = self._rewrite_call(question, history)
+        if call is None:
+            return question
+        try:
+            text = await call[0].ainvoke(call[1])
+        except ContextOverflowError:
+            return question
+        return clean_rewrite(_text_of(text), question)
 
     def _pack(self, query: str, budget: int, k: int) -> PackedContext:
         depth = ContextAssembler.depth_for(budget, k)
@@ -204,32 +282,82 @@ class RagChain:
     ) -> PreparedQuestion:
         """Rewrite, retrieve, pack and render: the prompt, within the window, and its passages.
 
-        ``k`` and ``max_context_tokens`` are this question's (default: the chain's). ``timings``, when given,
-        receives ``rewrite_ms`` (making a follow-up standalone, an LLM call) and ``retrieval_ms`` (retrieval,
-        expansion and packing): the figures a UI shows.
+        ``k`` and ``max_context_tokens`` are this question's (default: the input's ``options``, then the chain's).
+        ``timings``, when given, receives ``rewrite_ms`` (making a follow-up standalone, an LLM call) and
+        ``retrieval_ms`` (retrieval, expansion and packing): the figures a UI shows.
         """
-        question, history = self.read_input(inputs)
-        self._check_not_empty()
-        tokens = self.tokens
-        limit = self.max_context_tokens if max_context_tokens is None else max_context_tokens
-        budget, kept, notes = self.budget_for(question, history, limit)
+        start = self._start(inputs, k, max_context_tokens)
         started = time.perf_counter()
-        standalone = self.rewrite(question, kept)
+        standalone = self.rewrite(start.question, start.history)
         rewritten = time.perf_counter()
-        packed = self._pack(standalone, budget, self.k if k is None else k)
+        prepared = self._finish(start, standalone)
+        if timings is not None:
+            timings["rewrite_ms"] = (rewritten - started) * 1000
+            timings["retrieval_ms"] = (time.perf_counter() - rewritten) * 1000
+        return prepared
+
+    async def aprepare(
+        self,
+        inputs: Any,
+        *,
+        k: int | None = None,
+        max_context_tokens: int | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> PreparedQuestion:
+        """:meth:`prepare` without blocking the event loop: the rewrite through the model's async API, counting,
+        retrieval and packing (SQLite, Chroma, tokenizers) in a worker thread."""
+        start = await asyncio.to_thread(self._start, inputs, k, max_context_tokens)
+        started = time.perf_counter()
+        standalone = await self.arewrite(start.question, start.history)
+        rewritten = time.perf_counter()
+        prepared = await asyncio.to_thread(self._finish, start, standalone)
+        if timings is not None:
+            timings["rewrite_ms"] = (rewritten - started) * 1000
+            timings["retrieval_ms"] = (time.perf_counter() - rewritten) * 1000
+        return prepared
+
+    def _start(self, inputs: Any, k: int | None, max_context_tokens: int | None) -> _Start:
+        question, history = self.read_input(inputs)
+        options = self.read_options(inputs)
+        self._check_not_empty()
+        if max_context_tokens is None:
+            max_context_tokens = options.max_context_tokens
+        limit = self.max_context_tokens if max_context_tokens is None else max_context_tokens
+        budget, kept, notes = self.budget_for(question, history, limit, max_tokens=options.max_tokens)
+        llm_kwargs = {
+            key: value
+            for key, value in (("temperature", options.temperature), ("max_tokens", options.max_tokens),
+                               ("seed", options.seed))
+            if value is not None
+        }  # fmt: skip
+        chosen_k = k if k is not None else options.k if options.k is not None else self.k
+        return _Start(question, kept, budget, notes, chosen_k, llm_kwargs)
+
+    def _finish(self, start: _Start, standalone: str) -> PreparedQuestion:
+        tokens = self.tokens
+        budget = start.budget
+        reserve = start.llm_kwargs.get("max_tokens", tokens.max_tokens)
+        packed = self._pack(standalone, budget, start.k)
         for _ in range(3):
-            prompt = render_qa_prompt(question, packed.text, kept, prompt_format=tokens.prompt_format)
-            prompt_tokens = tokens.count_prompt(prompt)
-            excess = prompt_tokens + tokens.max_tokens - tokens.context_window
+            prompt, messages, prompt_tokens = self._count_prompt(start.question, packed.text, start.history)
+            excess = prompt_tokens + reserve - tokens.context_window
             if excess <= 0:
                 break
             # token boundaries where the evidence meets the prompt: pack again a little smaller
             budget = max(0, packed.tokens - excess - 2)
             packed = pack_context([p.as_chunk() for p in packed.passages], budget, tokens.count)
-        if timings is not None:
-            timings["rewrite_ms"] = (rewritten - started) * 1000
-            timings["retrieval_ms"] = (time.perf_counter() - rewritten) * 1000
-        return PreparedQuestion(question, standalone, kept, packed, prompt, prompt_tokens, budget, notes)
+        return PreparedQuestion(
+            start.question,
+            standalone,
+            start.history,
+            packed,
+            prompt,
+            prompt_tokens,
+            budget,
+            start.notes,
+            messages=messages,
+            llm_kwargs=start.llm_kwargs,
+        )
 
     def generate(self, prepared: PreparedQuestion, **llm_kwargs: Any) -> Iterator[AddableDict]:
         """The answer in pieces (``{"answer": piece}``), citations checked as they stream; then the sources.
@@ -237,39 +365,122 @@ class RagChain:
         ``llm_kwargs`` (``temperature``, ``max_tokens``, ``seed``, ...) go to the model for this answer only: a UI
         session's own temperature without changing the shared model.
         """
-        passages = prepared.passages
-        valid = {p["n"] for p in passages}
-        answer = ""
-        if not passages:
-            answer = INSUFFICIENT_ZH if is_chinese(prepared.question) else INSUFFICIENT_EN
-            yield AddableDict(answer=answer)
+        answer = _Answer(self, prepared)
+        if answer.insufficient is not None:
+            yield AddableDict(answer=answer.insufficient)
         else:
-            if self.llm is None:
-                raise ConfigError("no language model: build the chain with an llm (or use prepare() for context only)")
-            citations = CitationStreamFilter(valid)
-            for piece in self.llm.stream(prepared.prompt, **llm_kwargs):
-                shown = citations.feed(piece)
+            model, model_input = self._answer_call(prepared)
+            for piece in model.stream(model_input, **{**prepared.llm_kwargs, **llm_kwargs}):
+                shown = answer.feed(_text_of(piece))
                 if shown:
-                    answer += shown
                     yield AddableDict(answer=shown)
-            rest = citations.flush()
+            rest = answer.flush()
             if rest:
-                answer += rest
                 yield AddableDict(answer=rest)
-        cited = check_citations(answer, valid).cited
-        yield AddableDict(
-            sources=select_sources(passages, cited, top_uncited=self.top_uncited),
-            context_tokens=prepared.packed.tokens,
-            standalone_question=prepared.standalone_question,
-        )
+        yield answer.final()
+
+    async def agenerate(self, prepared: PreparedQuestion, **llm_kwargs: Any) -> AsyncIterator[AddableDict]:
+        """:meth:`generate` through the model's async API; closing the stream stops the generation."""
+        answer = _Answer(self, prepared)
+        if answer.insufficient is not None:
+            yield AddableDict(answer=answer.insufficient)
+        else:
+            model, model_input = self._answer_call(prepared)
+            async for piece in model.astream(model_input, **{**prepared.llm_kwargs, **llm_kwargs}):
+                shown = answer.feed(_text_of(piece))
+                if shown:
+                    yield AddableDict(answer=shown)
+            rest = answer.flush()
+            if rest:
+                yield AddableDict(answer=rest)
+        yield answer.final()
+
+    def _answer_call(self, prepared: PreparedQuestion) -> tuple[Runnable[Any, Any], Any]:
+        if self.llm is None:
+            raise ConfigError("no language model: build the chain with an llm (or use prepare() for context only)")
+        if self._is_chat:
+            return self.llm, _langchain_messages(prepared.messages)
+        return self.llm, prepared.prompt
 
     @property
     def runnable(self) -> Runnable[Any, dict[str, Any]]:
-        """``question | {"question", "chat_history"}`` -> ``{"answer", "sources", "context_tokens", ...}``."""
+        """``question | {"question", "chat_history", "options"}`` -> ``{"answer", "sources", "context_tokens",
+        ...}``, sync and async (:mod:`rag.answer.schemas` types it)."""
 
         def generate(inputs: Iterator[PreparedQuestion]) -> Iterator[AddableDict]:
             for prepared in inputs:
                 yield from self.generate(prepared)
 
-        prepare: Runnable[Any, PreparedQuestion] = RunnableLambda(self.prepare, name="rag_prepare")
-        return (prepare | RunnableGenerator(generate, name="rag_answer")).with_config(run_name="rag_chain")
+        async def agenerate(inputs: AsyncIterator[PreparedQuestion]) -> AsyncIterator[AddableDict]:
+            async for prepared in inputs:
+                async for piece in self.agenerate(prepared):
+                    yield piece
+
+        async def aprepare(inputs: Any) -> PreparedQuestion:
+            return await self.aprepare(inputs)
+
+        prepare: Runnable[Any, PreparedQuestion] = RunnableLambda(self.prepare, afunc=aprepare, name="rag_prepare")
+        answer = RunnableGenerator(generate, agenerate, name="rag_answer")
+        chain = (prepare | answer).with_config(run_name="rag_chain")
+        return chain.with_types(input_type=RagQuestion, output_type=RagAnswer)  # type: ignore[arg-type]
+
+
+@dataclass
+class _Start:
+    """What is decided before the rewrite: the question, the history that fits, the budget, this question's
+    settings."""
+
+    question: str
+    history: list[ChatMessage]
+    budget: int
+    notes: list[str]
+    k: int
+    llm_kwargs: dict[str, Any]
+
+
+class _Answer:
+    """The answer as it streams: citations checked piece by piece, then the sources it rests on."""
+
+    def __init__(self, chain: RagChain, prepared: PreparedQuestion) -> None:
+        self.chain = chain
+        self.prepared = prepared
+        self.passages = prepared.passages
+        self.valid = {p["n"] for p in self.passages}
+        self.text = ""
+        self.citations = CitationStreamFilter(self.valid)
+        self.insufficient: str | None = None
+        if not self.passages:
+            self.insufficient = INSUFFICIENT_ZH if is_chinese(prepared.question) else INSUFFICIENT_EN
+            self.text = self.insufficient
+
+    def feed(self, piece: str) -> str:
+        shown = self.citations.feed(piece)
+        self.text += shown
+        return shown
+
+    def flush(self) -> str:
+        rest = self.citations.flush()
+        self.text += rest
+        return rest
+
+    def final(self) -> AddableDict:
+        cited = check_citations(self.text, self.valid).cited
+        return AddableDict(
+            sources=select_sources(self.passages, cited, top_uncited=self.chain.top_uncited),
+            context_tokens=self.prepared.packed.tokens,
+            standalone_question=self.prepared.standalone_question,
+        )
+
+
+def _text_of(output: Any) -> str:
+    """The text of what a model returned: a string (an LLM) or a message / message chunk (a chat model)."""
+    if isinstance(output, str):
+        return output
+    if isinstance(output, BaseMessage):
+        return output.text
+    return str(output)
+
+
+def _langchain_messages(messages: Sequence[ChatMessage]) -> list[BaseMessage]:
+    kinds: dict[str, type[BaseMessage]] = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
+    return [kinds[m.role](m.content) for m in messages]

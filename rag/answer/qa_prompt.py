@@ -21,6 +21,7 @@ __all__ = [
     "clean_rewrite",
     "instructions_for",
     "is_chinese",
+    "qa_messages",
     "render_qa_prompt",
     "render_rewrite_prompt",
 ]
@@ -88,26 +89,35 @@ def render_qa_prompt(
     prompt_format: str = "mixtral",
 ) -> str:
     """The prompt for answering ``question`` from ``context`` after ``history`` (see the module docstring)."""
+    if prompt_format == "mixtral":
+        return render_instruct_prompt(qa_messages(question, context, history))
     chinese = is_chinese(question)
     system = instructions_for(question) + "\n\n" + _evidence_block(question, context)
     turns = [m for m in normalize_messages(history) if m.role != "system" and m.content.strip()]
     label = "问题：" if chinese else "Question: "
-    if prompt_format == "mixtral":
-        if _alternates(turns):  # a real multi-turn conversation: evidence in the first instruction
-            messages: list[ChatMessage] = [ChatMessage("system", system), *turns, ChatMessage("user", question)]
-        elif turns:
-            messages = [
-                ChatMessage("system", system + "\n\n" + _transcript(turns, chinese)),
-                ChatMessage("user", label + question),
-            ]
-        else:
-            messages = [ChatMessage("system", system), ChatMessage("user", label + question)]
-        return render_instruct_prompt(messages)
     parts = [system]
     if turns:
         parts.append(_transcript(turns, chinese))
     parts.append(label + question)
     return "\n\n".join(parts)
+
+
+def qa_messages(question: str, context: str, history: Sequence[Any] = ()) -> list[ChatMessage]:
+    """The prompt of :func:`render_qa_prompt` as chat messages: the instructions and evidence as the system
+    message, a conversation that alternates as real turns (else as a transcript in the system message), then the
+    question. ``render_instruct_prompt`` of them is the ``mixtral`` prompt exactly."""
+    chinese = is_chinese(question)
+    system = instructions_for(question) + "\n\n" + _evidence_block(question, context)
+    turns = [m for m in normalize_messages(history) if m.role != "system" and m.content.strip()]
+    label = "问题：" if chinese else "Question: "
+    if _alternates(turns):  # a real multi-turn conversation: evidence in the first instruction
+        return [ChatMessage("system", system), *turns, ChatMessage("user", question)]
+    if turns:
+        return [
+            ChatMessage("system", system + "\n\n" + _transcript(turns, chinese)),
+            ChatMessage("user", label + question),
+        ]
+    return [ChatMessage("system", system), ChatMessage("user", label + question)]
 
 
 def render_rewrite_prompt(question: str, history: Sequence[Any], *, prompt_format: str = "mixtral") -> str:

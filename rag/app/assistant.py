@@ -27,9 +27,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from rag.answer.chain import RagChain
+    from rag.answer.chain import AnswerModel, RagChain
     from rag.app.root import Components
-    from rag.llm.adapter import MixtralInstructLLM
     from rag.settings import Settings
 
 __all__ = ["AnswerEvent", "AnswerStats", "AskOptions", "Assistant"]
@@ -116,7 +115,7 @@ class Assistant:
         return self.components.chain(collection, retrieval_only=retrieval_only)
 
     @property
-    def llm(self) -> MixtralInstructLLM | None:
+    def llm(self) -> AnswerModel | None:
         """The shared model (None without one)."""
         return self.components.llm()
 

@@ -28,8 +28,7 @@ if TYPE_CHECKING:
 
     from ingest.ocr import OcrEngine
     from ingest.pipeline import FileProblem, IngestPipeline, IngestProgress
-    from rag.answer.chain import RagChain
-    from rag.llm.adapter import MixtralInstructLLM
+    from rag.answer.chain import AnswerModel, RagChain
     from rag.retrieval.embedders.base import Embedder
     from rag.retrieval.lexical import LexicalIndex
     from rag.retrieval.retriever import HybridRetriever
@@ -70,7 +69,7 @@ class Components:
     ``use_llm=False``: never build a language model; every chain is retrieval-only.
     """
 
-    def __init__(self, settings: Settings, *, llm: MixtralInstructLLM | None = None, use_llm: bool = True) -> None:
+    def __init__(self, settings: Settings, *, llm: AnswerModel | None = None, use_llm: bool = True) -> None:
         self.settings = settings
         self.use_llm = use_llm
         self._llm = llm
@@ -153,7 +152,7 @@ class Components:
                 self._ocr = OcrEngine(page_time_limit_s=self.settings.ocr_page_time_limit_s)
             return self._ocr
 
-    def llm(self) -> MixtralInstructLLM | None:
+    def llm(self) -> AnswerModel | None:
         """The shared language model (built instantly on first use; weights load at the first answer); None
         without one (``use_llm=False``)."""
         if not self.use_llm:
@@ -188,6 +187,7 @@ class Components:
         """A :class:`RagChain` handed everything it uses: the retriever, where passages are read, the model's token
         counts and limits, the model (none when ``retrieval_only``), the collection's size and empty message."""
         from rag.answer.chain import RagChain
+        from rag.llm.core import MixtralModelCore
         from rag.llm.counting import ModelTokens
         from rag.retrieval.retriever import HybridRetriever
 
@@ -198,7 +198,12 @@ class Components:
         data = settings.chroma_url or str(settings.data_dir)
         return RagChain(
             retriever,
-            ModelTokens(model, context_window=settings.llm_n_ctx, max_tokens=settings.llm_max_tokens),
+            # another LangChain chat model (ChatOpenAI, ...) is sized with the Mixtral vocabulary and the settings
+            ModelTokens(
+                model if isinstance(model, MixtralModelCore) else None,
+                context_window=settings.llm_n_ctx,
+                max_tokens=settings.llm_max_tokens,
+            ),
             llm=model,
             # neighbours come from where the retriever reads passages (the local copy beside the BM25 index)
             reader=_LazyReader(hybrid) if hybrid is not None else None,
@@ -308,7 +313,7 @@ def build_retriever(settings: Settings, **fields: Any) -> HybridRetriever:
 def build_rag(
     settings: Settings | None = None,
     *,
-    llm: MixtralInstructLLM | None = None,
+    llm: AnswerModel | None = None,
     retriever: BaseRetriever | None = None,
     use_llm: bool = True,
     k: int = 5,
@@ -324,7 +329,7 @@ def build_rag(
 def build_chain(
     settings: Settings | None = None,
     *,
-    llm: MixtralInstructLLM | None = None,
+    llm: AnswerModel | None = None,
     retriever: BaseRetriever | None = None,
     k: int = 5,
 ) -> Runnable[Any, dict[str, Any]]:

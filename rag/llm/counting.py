@@ -13,8 +13,11 @@ from typing import TYPE_CHECKING
 from rag.llm.tokenizer import MixtralTokenizer
 
 if TYPE_CHECKING:
-    from rag.llm.adapter import MixtralInstructLLM
+    from collections.abc import Sequence
+
     from rag.llm.backends.base import PromptFormat
+    from rag.llm.core import MixtralModelCore
+    from rag.llm.prompt import ChatMessage
 
 __all__ = ["ModelTokens"]
 
@@ -23,11 +26,13 @@ _PROBE = "长江全长约6300公里。The Yangtze is 6,300 km long; 黄河 5464 
 
 
 class ModelTokens:
-    """Token counts and limits of ``llm``; without one, of Chinese-Mixtral-Instruct (the Mixtral vocabulary, exact
-    without any weights) with the configured ``context_window`` and ``max_tokens``."""
+    """Token counts and limits of ``llm`` (:class:`rag.llm.adapter.MixtralInstructLLM` or
+    :class:`rag.llm.chat_model.ChatMixtralInstruct`); without one (no model, or another LangChain chat model), of
+    Chinese-Mixtral-Instruct (the Mixtral vocabulary, exact without any weights) with the configured
+    ``context_window`` and ``max_tokens``."""
 
     def __init__(
-        self, llm: MixtralInstructLLM | None = None, *, context_window: int = 32768, max_tokens: int = 1024
+        self, llm: MixtralModelCore | None = None, *, context_window: int = 32768, max_tokens: int = 1024
     ) -> None:
         self.llm = llm
         self._context_window = context_window
@@ -68,6 +73,15 @@ class ModelTokens:
         if self.llm is not None:
             return self.llm.count_prompt_tokens(prompt)
         return self._tokenizer().count(prompt)
+
+    def count_messages(self, messages: Sequence[ChatMessage]) -> int:
+        """Tokens a chat model reads for ``messages`` (its own template where it has one, BOS included)."""
+        count_turns = getattr(self.llm, "count_turn_tokens", None)
+        if count_turns is not None:
+            return int(count_turns(messages))
+        from rag.llm.prompt import render_instruct_prompt
+
+        return self.count_prompt(render_instruct_prompt(messages))
 
     @property
     def counts_like_mixtral(self) -> bool:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from rag.llm.prompt import ChatMessage, render_instruct_prompt
 from rag.llm.tokenizer import MixtralTokenizer
 
 __all__ = [
@@ -58,6 +59,9 @@ class GenerationParams:
     repeat_penalty: float
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    json_schema: dict[str, Any] | None = None
+    """Constrain the output to JSON of this schema (llama.cpp: a grammar; a server: ``response_format``); a backend
+    that cannot raises :class:`rag.errors.ConfigError`."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,17 @@ class Backend(ABC):
     @abstractmethod
     def format_prompt(self, prompt: str, prompt_format: PromptFormat) -> FormattedPrompt:
         """Apply the prompt format and count the tokens, without generating."""
+
+    def format_chat(self, messages: Sequence[ChatMessage], prompt_format: PromptFormat) -> FormattedPrompt:
+        """A conversation as the model reads it: the Mixtral-Instruct template (system text folded into the first
+        ``[INST]``), or with ``native`` the model's own chat template (:meth:`format_native`)."""
+        if prompt_format == "native":
+            return self.format_native([{"role": m.role, "content": m.content} for m in messages])
+        return self.format_prompt(render_instruct_prompt(messages), "mixtral")
+
+    def format_native(self, messages: list[dict[str, str]]) -> FormattedPrompt:
+        """Messages in the model's own chat template; a backend without one uses the Mixtral-Instruct template."""
+        return self.format_prompt(render_instruct_prompt(messages), "mixtral")
 
     @abstractmethod
     def generate(

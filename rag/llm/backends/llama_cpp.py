@@ -245,26 +245,29 @@ class LlamaCppBackend(Backend):
             ids = tokenizer.encode(text)
             return FormattedPrompt(text=text, n_tokens=len(ids), ids=ids)
         if prompt_format == "native":
-            template = tokenizer.llama.metadata.get("tokenizer.chat_template")
-            if not template:
-                logger.warning("%s has no chat template: using the Mixtral-Instruct format", self.model_path.name)
-                return self.format_prompt(prompt, "mixtral")
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-            llama = tokenizer.llama
-            bos = llama.detokenize([llama.token_bos()], special=True).decode("utf-8", errors="ignore")
-            eos = llama.detokenize([llama.token_eos()], special=True).decode("utf-8", errors="ignore")
-            formatted = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)(
-                messages=[{"role": "user", "content": prompt}]
-            )
-            ids = tokenizer.encode_special(formatted.prompt, add_bos=not formatted.added_special)
-            stop = [formatted.stop] if isinstance(formatted.stop, str) else list(formatted.stop or [])
-            return FormattedPrompt(text=formatted.prompt, n_tokens=len(ids), ids=ids, extra_stop=stop)
+            return self.format_native([{"role": "user", "content": prompt}])
         ids = tokenizer.encode_special(prompt, add_bos=False)
         add_bos = tokenizer.llama.metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"
         if add_bos and (not ids or ids[0] != tokenizer.bos_id):
             ids.insert(0, tokenizer.bos_id)
         return FormattedPrompt(text=prompt, n_tokens=len(ids), ids=ids)
+
+    def format_native(self, messages: list[dict[str, str]]) -> FormattedPrompt:
+        tokenizer = self.tokenizer
+        assert isinstance(tokenizer, LlamaTokenizer)
+        template = tokenizer.llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            logger.warning("%s has no chat template: using the Mixtral-Instruct format", self.model_path.name)
+            return super().format_native(messages)
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        llama = tokenizer.llama
+        bos = llama.detokenize([llama.token_bos()], special=True).decode("utf-8", errors="ignore")
+        eos = llama.detokenize([llama.token_eos()], special=True).decode("utf-8", errors="ignore")
+        formatted = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)(messages=messages)  # type: ignore[arg-type]
+        ids = tokenizer.encode_special(formatted.prompt, add_bos=not formatted.added_special)
+        stop = [formatted.stop] if isinstance(formatted.stop, str) else list(formatted.stop or [])
+        return FormattedPrompt(text=formatted.prompt, n_tokens=len(ids), ids=ids, extra_stop=stop)
 
     # -- generation
     def generate(
@@ -286,6 +289,7 @@ class LlamaCppBackend(Backend):
                 repeat_penalty=params.repeat_penalty,
                 stop=[*params.stop, *prompt.extra_stop],
                 seed=params.seed,
+                grammar=_grammar(params.json_schema),
                 stream=True,
             )
             finish: str | None = None
@@ -323,3 +327,14 @@ class LlamaCppBackend(Backend):
 
     def describe(self) -> str:
         return str(self._path or self.config.model)
+
+
+def _grammar(schema: dict[str, Any] | None) -> Any:
+    """llama.cpp's grammar that only lets the model write JSON of ``schema`` (None: no constraint)."""
+    if schema is None:
+        return None
+    import json
+
+    from llama_cpp import LlamaGrammar
+
+    return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)

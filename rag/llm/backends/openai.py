@@ -83,12 +83,16 @@ class OpenAIBackend(Backend):
 
     def format_prompt(self, prompt: str, prompt_format: PromptFormat) -> FormattedPrompt:
         if prompt_format == "native":
-            # the server renders its own template: count the plain instruction as a lower bound
-            n_tokens = self.tokenizer.count(prompt) + 1
-            return FormattedPrompt(text=prompt, n_tokens=n_tokens, messages=[{"role": "user", "content": prompt}])
+            return self.format_native([{"role": "user", "content": prompt}])
         text = wrap_instruction(prompt) if prompt_format == "mixtral" else prompt
         n_tokens = self.tokenizer.count(text) if text.startswith(BOS) else self.tokenizer.count(text) + 1
         return FormattedPrompt(text=text.removeprefix(BOS), n_tokens=n_tokens)
+
+    def format_native(self, messages: list[dict[str, str]]) -> FormattedPrompt:
+        # the server renders its own template: count the messages' text as a lower bound
+        n_tokens = sum(self.tokenizer.count(m["content"]) for m in messages) + 1
+        text = "\n\n".join(m["content"] for m in messages)
+        return FormattedPrompt(text=text, n_tokens=n_tokens, messages=messages)
 
     def generate(
         self, prompt: FormattedPrompt, params: GenerationParams, cancelled: Callable[[], bool]
@@ -109,6 +113,11 @@ class OpenAIBackend(Backend):
             body["stop"] = params.stop
         if params.seed is not None:
             body["seed"] = params.seed
+        if params.json_schema is not None:  # llama.cpp's server and vLLM constrain to it
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": str(params.json_schema.get("title") or "output"), "schema": params.json_schema},
+            }
         if prompt.messages is not None:
             url, body["messages"] = f"{self.base_url}/chat/completions", prompt.messages
         else:

@@ -163,20 +163,32 @@ class TransformersBackend(Backend):
         assert isinstance(tokenizer, HFTokenizer)
         hf = tokenizer.hf_tokenizer
         if prompt_format == "native" and getattr(hf, "chat_template", None):
-            text = hf.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-            )
-            ids = list(hf.encode(text, add_special_tokens=False))
-        elif prompt_format == "raw":
+            return self.format_native([{"role": "user", "content": prompt}])
+        if prompt_format == "raw":
             text, ids = prompt, list(hf.encode(prompt))
         else:
             text = wrap_instruction(prompt)
             ids = tokenizer.encode(text)
         return FormattedPrompt(text=text, n_tokens=len(ids), ids=ids)
 
+    def format_native(self, messages: list[dict[str, str]]) -> FormattedPrompt:
+        tokenizer = self.tokenizer
+        assert isinstance(tokenizer, HFTokenizer)
+        hf = tokenizer.hf_tokenizer
+        if not getattr(hf, "chat_template", None):
+            return super().format_native(messages)
+        text = hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = list(hf.encode(text, add_special_tokens=False))
+        return FormattedPrompt(text=text, n_tokens=len(ids), ids=ids)
+
     def generate(
         self, prompt: FormattedPrompt, params: GenerationParams, cancelled: Callable[[], bool]
     ) -> Iterator[Piece]:
+        if params.json_schema is not None:
+            raise ConfigError(
+                "structured output needs a backend that can constrain generation: llama.cpp (a GGUF) or an "
+                "OpenAI-compatible server; the transformers backend cannot"
+            )
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 

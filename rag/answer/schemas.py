@@ -1,0 +1,74 @@
+"""What the chain takes and returns, as types LangChain can show: ``chain.get_input_jsonschema()``,
+``chain.get_output_jsonschema()`` and ``chain.as_tool()`` read them.
+
+The chain also accepts a bare question string, and LangChain messages in ``chat_history``; the types describe the
+JSON a tool call or an HTTP client sends.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NotRequired, TypedDict
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["RagAnswer", "RagOptions", "RagQuestion", "RagSource"]
+
+
+class RagOptions(BaseModel):
+    """Settings of one question (unset: the chain's own)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int | None = Field(default=None, ge=1, le=100, description="Top hits expanded into passages first.")
+    max_context_tokens: int | None = Field(
+        default=None, ge=1, description="Most tokens of evidence in the prompt (the window's room at most)."
+    )
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="Sampling temperature (0: greedy).")
+    max_tokens: int | None = Field(default=None, ge=1, description="Most tokens in the answer.")
+    seed: int | None = Field(default=None, description="Sampling seed.")
+
+
+class RagQuestion(BaseModel):
+    """A question about the ingested documents, with the conversation so far."""
+
+    question: str = Field(description="The question, in Chinese or English.")
+    chat_history: list[tuple[Literal["user", "assistant"], str]] = Field(
+        default_factory=list,
+        description="Earlier turns, oldest first, as (role, text) pairs; LangChain messages are accepted too.",
+    )
+    options: RagOptions | None = Field(default=None, description="Settings of this question only.")
+
+
+class RagSource(TypedDict):
+    """A passage the answer rests on (or, when it cites none, one of the closest ones)."""
+
+    n: int
+    """Its number in the prompt: the ``[n]`` the answer cites."""
+    source: str
+    """The file as it was given to ``ingest``."""
+    file_name: str
+    page: int | None
+    heading: str
+    """The heading path above the passage, outermost first, joined with ' > '."""
+    chunk_id: str
+    chunk_ids: list[str]
+    score: float
+    text: str
+    """The passage: an exact slice of the file's extracted text."""
+    cited: bool
+    table_header: NotRequired[str]
+    """The header row of the table the passage continues."""
+    ocr_confidence: NotRequired[float]
+    """Read by OCR from a scan: the recogniser's lowest confidence in it."""
+    low_confidence: NotRequired[bool]
+
+
+class RagAnswer(TypedDict):
+    """The chain's output (streamed: ``answer`` in pieces, then the other keys once)."""
+
+    answer: str
+    sources: list[RagSource]
+    standalone_question: str
+    """The question made standalone from the conversation (the question itself without one)."""
+    context_tokens: int
+    """Tokens of evidence in the prompt."""
