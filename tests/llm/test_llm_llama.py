@@ -15,8 +15,8 @@ from langchain_core.prompts import PromptTemplate
 
 from rag.errors import ConfigError, ContextOverflowError, ModelNotFoundError
 from rag.llm.adapter import MixtralInstructLLM
-from rag.llm.factory import infer_backend
 from rag.llm.backends.llama_cpp import LlamaTokenizer
+from rag.llm.factory import infer_backend
 from rag.llm.prompt import render_instruct_prompt
 from rag.llm.tokenizer import MixtralTokenizer
 from rag.settings import Settings
