@@ -69,6 +69,8 @@ class ScriptedBackend(Backend):
         self.piece_chars = piece_chars
         self.delay = delay
         self.prompts: list[str] = []
+        self.finishes: list[str] = []
+        """How each generation ended (``stop``, ``length``, ``cancelled``), in order."""
         self._tokenizer = MixtralTokenizer()
 
     @property
@@ -117,6 +119,7 @@ class ScriptedBackend(Backend):
         rest = trimmer.flush()
         if rest:
             yield Piece(rest)
+        self.finishes.append(finish)
         yield Piece("", finish_reason=finish, info={"prompt_tokens": prompt.n_tokens})
 
 

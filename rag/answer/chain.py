@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from langchain_core.runnables import Runnable, RunnableGenerator, RunnableLambda
+from langchain_core.runnables import Runnable, RunnableGenerator, RunnableLambda, RunnableSequence
 from langchain_core.runnables.utils import AddableDict
 from pydantic import ValidationError
 
@@ -421,7 +421,7 @@ class RagChain:
 
         prepare: Runnable[Any, PreparedQuestion] = RunnableLambda(self.prepare, afunc=aprepare, name="rag_prepare")
         answer = RunnableGenerator(generate, agenerate, name="rag_answer")
-        chain = (prepare | answer).with_config(run_name="rag_chain")
+        chain: Runnable[Any, dict[str, Any]] = RunnableSequence(prepare, answer, name="rag_chain")  # a tool's name
         return chain.with_types(input_type=RagQuestion, output_type=RagAnswer)  # type: ignore[arg-type]
 
 

@@ -2,12 +2,12 @@
 ``chain.get_output_jsonschema()`` and ``chain.as_tool()`` read them.
 
 The chain also accepts a bare question string, and LangChain messages in ``chat_history``; the types describe the
-JSON a tool call or an HTTP client sends.
+JSON a tool call or an HTTP client sends, and the dict the chain returns.
 """
 
 from __future__ import annotations
 
-from typing import Literal, NotRequired, TypedDict
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,8 +39,10 @@ class RagQuestion(BaseModel):
     options: RagOptions | None = Field(default=None, description="Settings of this question only.")
 
 
-class RagSource(TypedDict):
+class RagSource(BaseModel):
     """A passage the answer rests on (or, when it cites none, one of the closest ones)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     n: int
     """Its number in the prompt: the ``[n]`` the answer cites."""
@@ -56,15 +58,19 @@ class RagSource(TypedDict):
     text: str
     """The passage: an exact slice of the file's extracted text."""
     cited: bool
-    table_header: NotRequired[str]
-    """The header row of the table the passage continues."""
-    ocr_confidence: NotRequired[float]
-    """Read by OCR from a scan: the recogniser's lowest confidence in it."""
-    low_confidence: NotRequired[bool]
+    """Whether the answer cites it (False: the answer cites nothing and this is one of the closest passages)."""
+    table_header: str | None = None
+    """The header row of the table the passage continues (absent otherwise)."""
+    ocr_confidence: float | None = None
+    """Read by OCR from a scan: the recogniser's lowest confidence in it (absent for a text layer)."""
+    low_confidence: bool | None = None
+    """Read by OCR with a confidence under 0.6 (absent for a text layer)."""
 
 
-class RagAnswer(TypedDict):
-    """The chain's output (streamed: ``answer`` in pieces, then the other keys once)."""
+class RagAnswer(BaseModel):
+    """The chain's output, a dict with these keys (streamed: ``answer`` in pieces, then the other keys once)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     answer: str
     sources: list[RagSource]

@@ -32,6 +32,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.utils.function_calling import convert_to_json_schema
 from pydantic import BaseModel
 
 from rag.errors import ConfigError
@@ -60,7 +61,7 @@ class ChatMixtralInstruct(MixtralModelCore, BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = super()._get_ls_params(stop=stop, **kwargs)
         params["ls_provider"] = self._get_backend().ls_provider
-        params["ls_model_name"] = self.model
+        params["ls_model_name"] = kwargs.get("model", self.model)
         params["ls_model_type"] = "chat"
         params["ls_temperature"] = kwargs.get("temperature", self.temperature)
         params["ls_max_tokens"] = kwargs.get("max_tokens", self.max_tokens)
@@ -152,27 +153,43 @@ class ChatMixtralInstruct(MixtralModelCore, BaseChatModel):
     # -- structured output
     def with_structured_output(
         self,
-        schema: dict[str, Any] | type,
+        schema: dict[str, Any] | type | None = None,
         *,
-        method: Literal["json_schema"] = "json_schema",
+        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
         include_raw: bool = False,
+        strict: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, Any]:
         """A runnable whose output is ``schema`` (a pydantic class: an instance; a JSON schema or TypedDict: a
         dict), the model constrained to it as it writes (llama.cpp grammar, a server's ``response_format``).
 
-        Raises :class:`rag.errors.ConfigError` for the transformers backend, which cannot constrain its output."""
+        ``method``: ``json_schema`` (the default) and ``function_calling`` both constrain to the schema (there is
+        no tool calling to use instead); ``json_mode`` constrains to any JSON object (``schema`` optional). ``strict``
+        is accepted for compatibility: a grammar is always strict. Raises :class:`rag.errors.ConfigError` for the
+        transformers backend, which cannot constrain its output."""
         if kwargs:
             raise TypeError(f"unexpected arguments: {', '.join(sorted(kwargs))}")
-        if method != "json_schema":
-            raise ValueError(f"method {method!r} is not offered: only 'json_schema' (no tool calling, no JSON mode)")
+        if method not in ("json_schema", "function_calling", "json_mode"):
+            raise ValueError(f"unknown method {method!r}: use json_schema, function_calling or json_mode")
         if self.backend_name not in _STRUCTURED_BACKENDS:
             raise ConfigError(
                 f"structured output needs a backend that can constrain generation (llama_cpp or openai), not "
                 f"{self.backend_name}: use a GGUF or an OpenAI-compatible server"
             )
-        json_schema, parser = _schema_and_parser(schema)
-        bound = self.bind(json_schema=json_schema, ls_structured_output_format={"schema": json_schema})
+        if method == "json_mode" or schema is None:
+            if method != "json_mode":
+                raise ValueError("a schema is needed (or method='json_mode' for any JSON object)")
+            json_schema: dict[str, Any] = {"type": "object"}
+            parser: Runnable[Any, Any] = JsonOutputParser()
+            if schema is not None and isinstance(schema, type) and issubclass(schema, BaseModel):
+                parser = PydanticOutputParser(pydantic_object=schema)
+            traced = json_schema
+        else:
+            json_schema, parser = _schema_and_parser(schema)
+            traced = convert_to_json_schema(schema)  # what LangSmith and callbacks are told
+        bound = self.bind(
+            json_schema=json_schema, ls_structured_output_format={"kwargs": {"method": method}, "schema": traced}
+        )
         if not include_raw:
             return bound | parser
         parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
@@ -220,8 +237,6 @@ def _conversation(turns: list[ChatMessage], json_schema: dict[str, Any] | None) 
 
 def _schema_and_parser(schema: Mapping[str, Any] | type) -> tuple[dict[str, Any], Runnable[Any, Any]]:
     """The JSON schema to constrain generation with, and the parser of its output (a pydantic class: instances)."""
-    from langchain_core.utils.function_calling import convert_to_json_schema
-
     if isinstance(schema, type) and issubclass(schema, BaseModel):
         return schema.model_json_schema(), PydanticOutputParser(pydantic_object=schema)
     try:

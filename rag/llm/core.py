@@ -215,7 +215,7 @@ class MixtralModelCore(BaseModel):
 
     # -- generation
     def _params(self, stop: list[str] | None, kwargs: Mapping[str, Any]) -> GenerationParams:
-        if self.stop is not None and stop is not None:
+        if self.stop and stop is not None:
             raise ValueError("`stop` found in both the input and default params.")
         unknown = set(kwargs) - set(GENERATION_KEYS)
         if unknown:
