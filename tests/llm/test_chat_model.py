@@ -18,6 +18,7 @@ from rag.llm.chat_model import ChatMixtralInstruct, to_chat_messages
 from rag.llm.prompt import ChatMessage, render_instruct_prompt
 from rag.models import bundled_model_path
 from tests.fakes import ScriptedBackend
+from tests.llm.test_prompt import CONVERSATIONS, mistral_reference
 
 
 def smollm2_path() -> str:
@@ -170,3 +171,15 @@ def test_structured_output_is_constrained_by_a_grammar_and_refused_without_one(t
     transformers_chat = ChatMixtralInstruct(model=str(tmp_path), backend="transformers")
     with pytest.raises(ConfigError, match="constrain"):
         transformers_chat.with_structured_output(City)
+
+
+@pytest.mark.parametrize("conversation", CONVERSATIONS)
+def test_llama_cpp_reads_exactly_the_token_ids_of_mistral_common(
+    tiny_mixtral_gguf: Path, conversation: list[tuple[str, str]]
+) -> None:
+    chat = ChatMixtralInstruct(model=str(tiny_mixtral_gguf), prompt_format="mixtral", n_ctx=512)
+    messages = [{"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}[role](text)
+                for role, text in conversation]  # fmt: skip
+    prepared = chat.backend_instance.format_chat(to_chat_messages(messages), "mixtral")
+    assert prepared.ids == mistral_reference(conversation)
+    assert chat.count_message_tokens(messages) == len(mistral_reference(conversation))
