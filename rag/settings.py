@@ -148,6 +148,33 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest file (or zip, and everything in it) one upload to the browser UI may hold.",
     )
+    serve_host: str = Field(
+        default="127.0.0.1",
+        description="Address `rag serve` binds to; anything but loopback needs an API key (api_key).",
+    )
+    serve_port: int = Field(default=8000, ge=1, le=65535, description="Port of `rag serve`.")
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="The key `rag serve` requires as `Authorization: Bearer KEY` (unset: no key, loopback only).",
+    )
+    api_key_file: Path | None = Field(
+        default=None, description="A file holding the API key (its first line), instead of api_key."
+    )
+    serve_cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call `rag serve` (e.g. http://localhost:3000); empty: CORS off.",
+    )
+    serve_slots: int | None = Field(
+        default=None,
+        ge=1,
+        description="Answers generated at once: 1 for an in-process model; a model server's parallel slots.",
+    )
+    serve_queue: int = Field(
+        default=16, ge=0, description="Requests that may wait for a slot; past it `rag serve` answers 503."
+    )
+    serve_max_body_mb: float = Field(
+        default=4.0, gt=0, description="Largest JSON request body `rag serve` reads (uploads: ui_max_upload_mb)."
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -191,6 +218,20 @@ class Settings(BaseSettings):
         if raw is not None and (":" not in raw or not raw.split(":", 1)[0] or not raw.split(":", 1)[1]):
             raise ValueError("give USER:PASSWORD (both non-empty), e.g. alice:correct-horse")
         return value
+
+    def server_api_key(self) -> str | None:
+        """The API key of `rag serve`: ``api_key``, else the first line of ``api_key_file``."""
+        if self.api_key is not None and self.api_key.get_secret_value():
+            return self.api_key.get_secret_value()
+        if self.api_key_file is not None:
+            try:
+                key = self.api_key_file.read_text(encoding="utf-8").splitlines()[0].strip()
+            except (OSError, IndexError) as error:
+                raise ConfigError(f"cannot read the API key from {self.api_key_file}: {error}") from None
+            if not key:
+                raise ConfigError(f"the API key file {self.api_key_file} is empty: write the key on its first line")
+            return key
+        return None
 
     @property
     def ui_credentials(self) -> tuple[str, str] | None:

@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"rag.llm", "rag.retrieval"},  # the model; retrieval (siblings: neither knows the other)
     {"rag.answer", "ingest", "rag.eval"},  # answering a question; filling the store; measuring
     {"rag.app"},  # the composition root and the services the edges call
-    {"ui"},  # the browser UI (only lays out and wires rag.app)
+    {"ui", "rag.server"},  # the browser UI and the HTTP API (edges: they only wire rag.app)
     {"rag.cli"},  # the command line (`rag ui` starts the UI)
     {"rag.__main__"},  # python -m rag
 ]

@@ -152,6 +152,18 @@ class RagChain:
         return question.strip(), [m for m in history if m.role != "system"]
 
     @staticmethod
+    def read_system(inputs: Any) -> str:
+        """The caller's instructions: the input's ``system`` and any system messages of its ``chat_history``."""
+        if isinstance(inputs, RagQuestion):
+            return inputs.system or ""
+        if not isinstance(inputs, dict):
+            return ""
+        parts = [str(inputs.get("system") or "")]
+        history = inputs.get("chat_history") or inputs.get("history") or []
+        parts += [m.content for m in normalize_messages(history) if m.role == "system"]
+        return "\n\n".join(part.strip() for part in parts if part.strip())
+
+    @staticmethod
     def read_options(inputs: Any) -> RagOptions:
         """The per-question ``options`` of a dict input (none for a string)."""
         raw = inputs.options if isinstance(inputs, RagQuestion) else None
@@ -173,12 +185,12 @@ class RagChain:
         return isinstance(self.llm, BaseChatModel)
 
     def _count_prompt(
-        self, question: str, context: str, history: list[ChatMessage]
+        self, question: str, context: str, history: list[ChatMessage], system: str = ""
     ) -> tuple[str, list[ChatMessage], int]:
         """The prompt (rendered and as messages) and the tokens the model reads for it."""
         tokens = self.tokens
-        messages = qa_messages(question, context, history)
-        prompt = render_qa_prompt(question, context, history, prompt_format=tokens.prompt_format)
+        messages = qa_messages(question, context, history, system=system)
+        prompt = render_qa_prompt(question, context, history, prompt_format=tokens.prompt_format, system=system)
         if self._is_chat:
             return prompt, messages, tokens.count_messages(messages)
         return prompt, messages, tokens.count_prompt(prompt)
@@ -194,6 +206,7 @@ class RagChain:
         max_context_tokens: int | None = None,
         *,
         max_tokens: int | None = None,
+        system: str = "",
     ) -> tuple[int, list[ChatMessage], list[str]]:
         """Tokens for evidence (at most ``max_context_tokens``), the history that fits, notes. Drops the oldest turns
         when the history leaves less than a useful amount of room; raises :class:`ContextOverflowError` when the
@@ -204,7 +217,7 @@ class RagChain:
         floor = min(_MIN_EVIDENCE, max(32, window // 8))
         kept = list(history)
         while True:
-            overhead = self._count_prompt(question, "", kept)[2]
+            overhead = self._count_prompt(question, "", kept, system)[2]
             room = window - reserve - overhead - _SAFETY
             if room >= floor or not kept:
                 break
@@ -264,9 +277,12 @@ class RagChain:
             return question
         return clean_rewrite(_text_of(text), question)
 
-    def _pack(self, query: str, budget: int, k: int) -> PackedContext:
+    def _pack(self, query: str, budget: int, k: int, sources: list[str] | None = None) -> PackedContext:
         depth = ContextAssembler.depth_for(budget, k)
-        documents = self.retriever.invoke(query, k=depth)
+        if sources:
+            documents = self.retriever.invoke(query, k=depth, sources=sources)
+        else:
+            documents = self.retriever.invoke(query, k=depth)
         if self.reader is not None:
             assembler = ContextAssembler(self.reader, self.tokens.count, mixtral_counts=self.tokens.counts_like_mixtral)
             return assembler.assemble(documents, budget, k=k)
@@ -323,7 +339,8 @@ class RagChain:
         if max_context_tokens is None:
             max_context_tokens = options.max_context_tokens
         limit = self.max_context_tokens if max_context_tokens is None else max_context_tokens
-        budget, kept, notes = self.budget_for(question, history, limit, max_tokens=options.max_tokens)
+        system = self.read_system(inputs)
+        budget, kept, notes = self.budget_for(question, history, limit, max_tokens=options.max_tokens, system=system)
         llm_kwargs = {
             key: value
             for key, value in (("temperature", options.temperature), ("max_tokens", options.max_tokens),
@@ -331,15 +348,17 @@ class RagChain:
             if value is not None
         }  # fmt: skip
         chosen_k = k if k is not None else options.k if options.k is not None else self.k
-        return _Start(question, kept, budget, notes, chosen_k, llm_kwargs)
+        return _Start(question, kept, budget, notes, chosen_k, llm_kwargs, system, options.sources)
 
     def _finish(self, start: _Start, standalone: str) -> PreparedQuestion:
         tokens = self.tokens
         budget = start.budget
         reserve = start.llm_kwargs.get("max_tokens", tokens.max_tokens)
-        packed = self._pack(standalone, budget, start.k)
+        packed = self._pack(standalone, budget, start.k, start.sources)
         for _ in range(3):
-            prompt, messages, prompt_tokens = self._count_prompt(start.question, packed.text, start.history)
+            prompt, messages, prompt_tokens = self._count_prompt(
+                start.question, packed.text, start.history, start.system
+            )
             excess = prompt_tokens + reserve - tokens.context_window
             if excess <= 0:
                 break
@@ -436,6 +455,8 @@ class _Start:
     notes: list[str]
     k: int
     llm_kwargs: dict[str, Any]
+    system: str = ""
+    sources: list[str] | None = None
 
 
 class _Answer:

@@ -87,12 +87,15 @@ def render_qa_prompt(
     history: Sequence[Any] = (),
     *,
     prompt_format: str = "mixtral",
+    system: str = "",
 ) -> str:
-    """The prompt for answering ``question`` from ``context`` after ``history`` (see the module docstring)."""
+    """The prompt for answering ``question`` from ``context`` after ``history`` (see the module docstring).
+
+    ``system``: the caller's own instructions (a client's system message), put before ours."""
     if prompt_format == "mixtral":
-        return render_instruct_prompt(qa_messages(question, context, history))
+        return render_instruct_prompt(qa_messages(question, context, history, system=system))
     chinese = is_chinese(question)
-    system = instructions_for(question) + "\n\n" + _evidence_block(question, context)
+    system = _system_text(question, context, system)
     turns = [m for m in normalize_messages(history) if m.role != "system" and m.content.strip()]
     label = "问题：" if chinese else "Question: "
     parts = [system]
@@ -102,12 +105,17 @@ def render_qa_prompt(
     return "\n\n".join(parts)
 
 
-def qa_messages(question: str, context: str, history: Sequence[Any] = ()) -> list[ChatMessage]:
-    """The prompt of :func:`render_qa_prompt` as chat messages: the instructions and evidence as the system
-    message, a conversation that alternates as real turns (else as a transcript in the system message), then the
-    question. ``render_instruct_prompt`` of them is the ``mixtral`` prompt exactly."""
+def _system_text(question: str, context: str, system: str) -> str:
+    own = instructions_for(question) + "\n\n" + _evidence_block(question, context)
+    return f"{system.strip()}\n\n{own}" if system.strip() else own
+
+
+def qa_messages(question: str, context: str, history: Sequence[Any] = (), *, system: str = "") -> list[ChatMessage]:
+    """The prompt of :func:`render_qa_prompt` as chat messages: the caller's ``system`` text, the instructions and
+    the evidence as the system message, a conversation that alternates as real turns (else as a transcript in the
+    system message), then the question. ``render_instruct_prompt`` of them is the ``mixtral`` prompt exactly."""
     chinese = is_chinese(question)
-    system = instructions_for(question) + "\n\n" + _evidence_block(question, context)
+    system = _system_text(question, context, system)
     turns = [m for m in normalize_messages(history) if m.role != "system" and m.content.strip()]
     label = "问题：" if chinese else "Question: "
     if _alternates(turns):  # a real multi-turn conversation: evidence in the first instruction

@@ -26,6 +26,10 @@ class RagOptions(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="Sampling temperature (0: greedy).")
     max_tokens: int | None = Field(default=None, ge=1, description="Most tokens in the answer.")
     seed: int | None = Field(default=None, description="Sampling seed.")
+    sources: list[str] | None = Field(
+        default=None,
+        description="Only passages of these files: file names, paths as ingested, or folders (and what is below).",
+    )
 
 
 class RagQuestion(BaseModel):
@@ -35,6 +39,9 @@ class RagQuestion(BaseModel):
     chat_history: list[tuple[Literal["user", "assistant"], str]] = Field(
         default_factory=list,
         description="Earlier turns, oldest first, as (role, text) pairs; LangChain messages are accepted too.",
+    )
+    system: str | None = Field(
+        default=None, description="Instructions of the caller (a system message), put before the chain's own."
     )
     options: RagOptions | None = Field(default=None, description="Settings of this question only.")
 

@@ -23,6 +23,7 @@ from rag.settings import Settings
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
+    from langchain_core.language_models import BaseChatModel
     from langchain_core.retrievers import BaseRetriever
     from langchain_core.runnables import Runnable
 
@@ -73,6 +74,7 @@ class Components:
         self.settings = settings
         self.use_llm = use_llm
         self._llm = llm
+        self._chat: BaseChatModel | None = None
         self._embedders: dict[str, Embedder] = {}
         self._chains: dict[tuple[str, bool], RagChain] = {}
         self._ocr: OcrEngine | None = None
@@ -163,6 +165,22 @@ class Components:
 
                 self._llm = MixtralInstructLLM.from_settings(self.settings)
             return self._llm
+
+    def chat_model(self) -> BaseChatModel | None:
+        """The shared model as a LangChain chat model (the same backend and weights as :meth:`llm`), for
+        conversations without retrieval; None without a model."""
+        from langchain_core.language_models import BaseChatModel
+
+        model = self.llm()
+        if model is None or isinstance(model, BaseChatModel):
+            return model
+        with self._lock:
+            if self._chat is None:
+                from rag.llm.chat_model import ChatMixtralInstruct
+
+                fields = {name: getattr(model, name) for name in type(model).model_fields if name != "client"}
+                self._chat = ChatMixtralInstruct(**fields, client=model.backend_instance)
+            return self._chat
 
     # -- retrieval and answering -----------------------------------------------------------------------------
     def retriever(self, collection: str | None = None, **fields: Any) -> HybridRetriever:

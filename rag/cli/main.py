@@ -12,6 +12,7 @@ import click
 from rag.cli.common import quiet_third_party, settings_from_flags
 from rag.cli.eval import eval_command
 from rag.cli.ingest import ingest_command
+from rag.cli.serve import serve_command
 from rag.errors import ConfigError, RagError
 
 __all__ = ["cli", "main"]
@@ -33,6 +34,7 @@ def cli() -> None:
 
 cli.add_command(ingest_command)
 cli.add_command(eval_command)
+cli.add_command(serve_command)
 
 
 def _source_line(source: dict[str, Any]) -> str:

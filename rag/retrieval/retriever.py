@@ -14,11 +14,13 @@ reconciled with the store on the first query of a process, not at construction.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr
@@ -121,11 +123,34 @@ class HybridRetriever(BaseRetriever):
                     self.lexical.sync(self.store)
                 self._synced = True
 
-    def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun | None = None, k: int | None = None
+    async def _aget_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: AsyncCallbackManagerForRetrieverRun | None = None,
+        k: int | None = None,
+        sources: Sequence[str] | None = None,
     ) -> list[Document]:
+        """:meth:`_get_relevant_documents` in a worker thread (Chroma, SQLite and the embedder block)."""
+        import asyncio
+
+        sync_manager = run_manager.get_sync() if run_manager is not None else None
+        return await asyncio.to_thread(
+            self._get_relevant_documents, query, run_manager=sync_manager, k=k, sources=sources
+        )
+
+    def _get_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun | None = None,
+        k: int | None = None,
+        sources: Sequence[str] | None = None,
+    ) -> list[Document]:
+        """``sources``: only chunks of these files (file names, paths as ingested, or folders and what is below)."""
         wanted = k or self.k
-        pool = max(self.candidates, wanted)
+        pool = max(self.candidates, wanted) * (8 if sources else 1)  # a filter keeps only some candidates
+        keep = _source_filter(sources)
         reader = self.reader
         dense: dict[str, float] = {}
         lexical: dict[str, float] = {}
@@ -156,6 +181,8 @@ class HybridRetriever(BaseRetriever):
             if chunk is None:  # deleted since the lexical index saw it
                 continue
             text, metadata = chunk
+            if keep is not None and not keep(metadata):
+                continue
             fingerprint = "".join(text.split())
             if fingerprint in seen_texts:
                 continue
@@ -169,3 +196,19 @@ class HybridRetriever(BaseRetriever):
             if len(documents) == wanted:
                 break
         return documents
+
+
+def _source_filter(sources: Sequence[str] | None) -> Callable[[Mapping[str, Any]], bool] | None:
+    """Whether a chunk's file is one of ``sources``: its file name, its path as given or absolute, or a folder
+    above it."""
+    if not sources:
+        return None
+    names = {str(source) for source in sources}
+    folders = tuple(os.path.abspath(source).rstrip(os.sep) + os.sep for source in names)
+
+    def keep(metadata: Mapping[str, Any]) -> bool:
+        path = str(metadata.get("source_abs") or "")
+        given = {str(metadata.get("file_name") or ""), str(metadata.get("source") or ""), path}
+        return bool(given & names) or path.startswith(folders)
+
+    return keep

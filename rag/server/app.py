@@ -1,0 +1,694 @@
+"""`rag serve`: an OpenAI-compatible HTTP API over the composition root, with the sources real clients show.
+
+>>> app = create_app(Components(Settings.load()))      # a FastAPI app; `rag serve` runs it with uvicorn
+
+Endpoints: ``GET /v1/models`` (``rag-COLLECTION`` per collection, plus the bare model), ``POST /v1/chat/completions``
+(streamed or not; sources in ``message.sources`` and ``url_citation`` annotations, in the first chunk of a stream),
+``POST /v1/chunks`` (retrieval only), ``POST /v1/embeddings``, ``GET|DELETE /v1/documents[/{id}]``,
+``POST /v1/ingest`` + ``GET /v1/ingest/{job}``, ``GET /health``. Responses are the ``openai`` package's types;
+errors use OpenAI's envelope (:mod:`rag.server.errors`). Answers are admitted before retrieval
+(:mod:`rag.server.admission`); a client that disconnects cancels its generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from rag.errors import RagError
+from rag.server.admission import Admission
+from rag.server.errors import ApiError, install_error_handlers, stream_error_event
+from rag.server.jobs import IngestJobs
+from rag.server.protocol import ChatCompletionRequest, ChatMessageIn, ChunksRequest, EmbeddingsRequest
+
+if TYPE_CHECKING:
+    from rag.answer.chain import PreparedQuestion
+    from rag.app.root import Components
+
+__all__ = ["ServeOptions", "create_app"]
+
+logger = logging.getLogger("rag.server")
+
+COLLECTION_PREFIX = "rag-"
+#: The headers the official OpenAI clients send, allowed by CORS when origins are configured.
+_CLIENT_HEADERS = [
+    "Authorization", "Content-Type", "OpenAI-Organization", "OpenAI-Project", "x-stainless-arch",
+    "x-stainless-async", "x-stainless-lang", "x-stainless-os", "x-stainless-package-version",
+    "x-stainless-retry-count", "x-stainless-runtime", "x-stainless-runtime-version", "x-stainless-timeout",
+    "x-stainless-read-timeout", "x-stainless-helper-method",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What the server needs besides the components: its key, slots and limits (from :class:`Settings`)."""
+
+    api_key: str | None = None
+    slots: int = 1
+    queue: int = 16
+    max_body_bytes: int = 4 * 2**20
+    max_upload_bytes: int = 50 * 2**20
+    cors_origins: tuple[str, ...] = ()
+    warm_up: bool = True
+    """Load the model when the server starts (``/health`` says 503 until it has)."""
+
+    @classmethod
+    def from_components(cls, components: Components, *, warm_up: bool = True) -> ServeOptions:
+        settings = components.settings
+        in_process = settings.llm_base_url is None
+        return cls(
+            api_key=settings.server_api_key(),
+            slots=settings.serve_slots or (1 if in_process else 4),
+            queue=settings.serve_queue,
+            max_body_bytes=int(settings.serve_max_body_mb * 2**20),
+            max_upload_bytes=int(settings.ui_max_upload_mb * 2**20),
+            cors_origins=tuple(settings.serve_cors_origins),
+            warm_up=warm_up,
+        )
+
+
+def document_id(path: str) -> str:
+    """A document's id in the API: stable, opaque, the same in every worker."""
+    return "doc-" + hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+
+
+def bare_model_id(components: Components) -> str:
+    """The id of the model without retrieval: the model file's (or server model's) name."""
+    name = components.settings.llm_model.rstrip("/").split("/")[-1]
+    return name.removesuffix(".gguf") or "model"
+
+
+class _BodyLimit:
+    """Answers 413 to a body over the limit (by Content-Length, or counted as it arrives), before any handler."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, upload_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.upload_bytes = upload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.upload_bytes if scope["path"].startswith("/v1/ingest") else self.max_bytes
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await self._refuse(send, limit)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise ApiError(413, _too_large(limit), code="request_too_large")
+            return message
+
+        await self.app(scope, counted, send)
+
+    @staticmethod
+    async def _refuse(send: Send, limit: int) -> None:
+        import json
+
+        from rag.server.errors import error_body
+
+        body = json.dumps(error_body(413, _too_large(limit), code="request_too_large")).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _too_large(limit: int) -> str:
+    return f"the request body is larger than {limit / 2**20:.1f} MB: send less (or raise RAG_SERVE_MAX_BODY_MB)"
+
+
+class _Health:
+    """Whether the model answers yet: loaded in a thread when the server starts."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.error: str | None = None
+
+
+def create_app(components: Components, options: ServeOptions | None = None) -> FastAPI:
+    """The FastAPI app of `rag serve` over ``components`` (the composition root)."""
+    from rag.app.library import DocumentLibrary
+
+    options = options or ServeOptions.from_components(components)
+    library = DocumentLibrary(components)
+    jobs = IngestJobs(library)
+    health = _Health()
+    state: dict[str, Admission] = {}
+    count_tokens = _TokenCount(components)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state["admission"] = Admission(options.slots, options.queue)
+        if components.use_llm and options.warm_up:
+            threading.Thread(target=_warm_up, args=(components, health), name="warm-up", daemon=True).start()
+        else:
+            health.ready.set()
+        yield
+
+    app = FastAPI(
+        title="chinese-mixtral-rag",
+        summary="OpenAI-compatible question answering over your own documents, with sources.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(_BodyLimit, max_bytes=options.max_body_bytes, upload_bytes=options.max_upload_bytes)
+    if options.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(options.cors_origins),
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=_CLIENT_HEADERS,
+        )
+
+    async def authorized(request: Request) -> None:
+        if options.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, key = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), options.api_key.encode()):
+            raise ApiError(
+                401,
+                "missing or wrong API key: send `Authorization: Bearer KEY` (the server's RAG_API_KEY)",
+                code="invalid_api_key",
+            )
+
+    guarded = [Depends(authorized)]
+
+    def collection_of(model: str) -> str | None:
+        """The collection a model id names; None for the bare model; 404 for anything else."""
+        if model == bare_model_id(components):
+            return None
+        if model.startswith(COLLECTION_PREFIX):
+            name = model[len(COLLECTION_PREFIX) :]
+            if name in {info.name for info in library.collections()}:
+                return name
+        known = ", ".join(item["id"] for item in _models(components, library))
+        raise ApiError(404, f"the model '{model}' does not exist: use one of {known}", code="model_not_found",
+                       param="model")  # fmt: skip
+
+    # -- health and models -------------------------------------------------------------------------------
+    @app.get("/health")
+    async def health_check() -> JSONResponse:
+        if health.error is not None:
+            return JSONResponse({"status": "error", "error": health.error}, status_code=503)
+        if not health.ready.is_set():
+            return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "5"})
+        admission = state.get("admission")
+        busy = {"running": admission.running, "waiting": admission.waiting} if admission else {}
+        return JSONResponse({"status": "ok", **busy})
+
+    @app.get("/v1/models", dependencies=guarded)
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": await asyncio.to_thread(_models, components, library)}
+
+    # -- answers -----------------------------------------------------------------------------------------
+    @app.post("/v1/chat/completions", dependencies=guarded)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+        collection = await asyncio.to_thread(collection_of, body.model)
+        system, history, question = _conversation(body.messages)
+        extra = body.rag
+        use_retrieval = collection is not None and (extra is None or extra.retrieval)
+        if not components.use_llm:
+            raise ApiError(503, "this server runs without a language model (--no-llm): use /v1/chunks",
+                           code="model_unavailable")  # fmt: skip
+        admission = state["admission"]
+        await admission.enter()  # before retrieval: a refused request costs nothing
+        try:
+            answer = _Answer(body, question, time.time(), count_tokens)
+            if use_retrieval:
+                assert collection is not None
+                chain = components.chain(collection)
+                inputs = {
+                    "question": question,
+                    "chat_history": history,
+                    "system": system,
+                    "options": {
+                        key: value
+                        for key, value in (
+                            ("k", extra.k if extra else None),
+                            ("sources", extra.sources if extra else None),
+                            ("max_context_tokens", extra.max_context_tokens if extra else None),
+                        )
+                        if value is not None
+                    },
+                }
+                prepared = await chain.aprepare(inputs)
+                pieces: AsyncIterator[dict[str, Any]] = chain.agenerate(prepared, **_sampling(body))
+                answer.prepared = prepared
+            else:
+                pieces = _bare(components, system, history, question, body)
+        except BaseException:
+            admission.leave()
+            raise
+        include_sources = extra is None or extra.include_sources
+        base = str(request.base_url).rstrip("/")
+        if body.stream:
+            stream = _stream(answer, pieces, include_sources=include_sources, base_url=base)
+            return StreamingResponse(
+                _released(stream, admission.leave),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        try:
+            return await _until_disconnected(request, _complete(answer, pieces, include_sources, base))
+        finally:
+            admission.leave()
+
+    @app.post("/v1/chunks", dependencies=guarded)
+    async def chunks(body: ChunksRequest) -> dict[str, Any]:
+        collection = await asyncio.to_thread(collection_of, body.model)
+        if collection is None:
+            raise ApiError(400, "retrieval needs a collection: use a rag-... model id", code="invalid_value",
+                           param="model")  # fmt: skip
+        retriever = components.retriever(collection)
+        filters: dict[str, Any] = {"sources": body.sources} if body.sources else {}
+        found = await retriever.ainvoke(body.query, k=body.k, **filters)
+        data = [
+            {
+                "object": "chunk",
+                "id": document.id,
+                "document_id": document_id(str(document.metadata.get("source_abs") or "")),
+                "file_name": document.metadata.get("file_name"),
+                "source": document.metadata.get("source"),
+                "page": document.metadata.get("page"),
+                "heading": document.metadata.get("heading") or "",
+                "score": document.metadata.get("score"),
+                "text": document.page_content,
+            }
+            for document in found
+        ]
+        return {"object": "list", "model": body.model, "data": data}
+
+    @app.post("/v1/embeddings", dependencies=guarded)
+    async def embeddings(body: EmbeddingsRequest) -> dict[str, Any]:
+        from openai.types import CreateEmbeddingResponse, Embedding
+        from openai.types.create_embedding_response import Usage
+
+        collection = await asyncio.to_thread(collection_of, body.model)
+        texts = body.texts()
+        if not texts or any(not isinstance(text, str) for text in texts):
+            raise ApiError(400, "input must be a text or a list of texts", code="invalid_value", param="input")
+        store = components.store(collection)
+        embedder = components.embedder(collection, store)
+        if body.input_type == "query":
+            vectors = [await asyncio.to_thread(embedder.embed_query, text) for text in texts]
+        else:
+            vectors = await asyncio.to_thread(embedder.embed_documents, texts)
+        tokens = sum(await asyncio.to_thread(embedder.count_tokens, texts))
+        # model_construct: the openai type declares the float list only, its client also asks for base64
+        data = [
+            Embedding.model_construct(index=i, object="embedding", embedding=_encoded(vector, body.encoding_format))
+            for i, vector in enumerate(vectors)
+        ]
+        response = CreateEmbeddingResponse(
+            data=data, model=body.model, object="list", usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
+        )
+        return response.model_dump(mode="json")
+
+    # -- documents and ingest ----------------------------------------------------------------------------
+    def find_document(doc_id: str, collection: str | None) -> tuple[str, str]:
+        for info in library.collections():
+            if collection is not None and info.name != collection:
+                continue
+            for document in library.documents(info.name):
+                if document_id(document.path) == doc_id:
+                    return info.name, document.path
+        raise ApiError(404, f"no document '{doc_id}': list them with GET /v1/documents", code="document_not_found")
+
+    def collection_param(model: str | None) -> str | None:
+        if model is None:
+            return None
+        name = collection_of(model)
+        if name is None:
+            raise ApiError(400, "documents belong to a collection: use a rag-... model id", param="model")
+        return name
+
+    @app.get("/v1/documents", dependencies=guarded)
+    async def list_documents(model: str | None = None) -> dict[str, Any]:
+        def listing() -> list[dict[str, Any]]:
+            wanted = collection_param(model)
+            return [
+                {
+                    "object": "document",
+                    "id": document_id(document.path),
+                    "model": COLLECTION_PREFIX + info.name,
+                    "file_name": document.file_name,
+                    "chunks": document.chunks,
+                    "complete": document.complete,
+                    "uploaded": document.uploaded,
+                }
+                for info in library.collections()
+                if wanted is None or info.name == wanted
+                for document in library.documents(info.name)
+            ]
+
+        return {"object": "list", "data": await asyncio.to_thread(listing)}
+
+    @app.get("/v1/documents/{doc_id}", dependencies=guarded)
+    async def get_document(doc_id: str, model: str | None = None) -> dict[str, Any]:
+        def read() -> dict[str, Any]:
+            collection, path = find_document(doc_id, collection_param(model))
+            parts = components.lexical_index(collection).chunks_of_files([path])
+            return {
+                "object": "document",
+                "id": doc_id,
+                "model": COLLECTION_PREFIX + collection,
+                "file_name": os.path.basename(path),
+                "chunks": [
+                    {"index": part.chunk_index, "page": part.page, "heading": part.heading, "text": part.text}
+                    for part in parts
+                ],
+            }
+
+        return await asyncio.to_thread(read)
+
+    @app.delete("/v1/documents/{doc_id}", dependencies=guarded)
+    async def delete_document(doc_id: str, model: str | None = None) -> dict[str, Any]:
+        def delete() -> dict[str, Any]:
+            collection, path = find_document(doc_id, collection_param(model))
+            removed = library.delete_document(collection, path)
+            return {"object": "document.deleted", "id": doc_id, "deleted": True, "chunks_removed": removed}
+
+        return await asyncio.to_thread(delete)
+
+    @app.post("/v1/ingest", dependencies=guarded, status_code=202)
+    async def ingest(files: Annotated[list[UploadFile], File()], model: Annotated[str, Form()]) -> dict[str, Any]:
+        collection = await asyncio.to_thread(collection_param, model) if model != "new" else None
+        name = collection or components.settings.collection
+        with tempfile.TemporaryDirectory(prefix="rag-upload-") as folder:
+            saved: list[tuple[str, str]] = []
+            for index, upload in enumerate(files):
+                target = Path(folder) / f"{index}-{uuid.uuid4().hex[:8]}"
+                with target.open("wb") as out:
+                    while chunk := await upload.read(2**20):
+                        out.write(chunk)
+                saved.append((upload.filename or target.name, str(target)))
+            result = await asyncio.to_thread(library.save_uploads, name, saved)
+        job = jobs.start(name, result)
+        return job.to_dict()
+
+    @app.get("/v1/ingest/{job_id}", dependencies=guarded)
+    async def ingest_status(job_id: str) -> dict[str, Any]:
+        job = jobs.get(job_id)
+        if job is None:
+            raise ApiError(404, f"no ingest job '{job_id}'", code="job_not_found")
+        return job.to_dict()
+
+    return app
+
+
+# -- answering ------------------------------------------------------------------------------------------------
+def _warm_up(components: Components, health: _Health) -> None:
+    try:
+        model = components.llm()
+        if model is not None and hasattr(model, "warm_up"):
+            model.warm_up()
+        health.ready.set()
+    except Exception as error:  # reported by /health; answers will say it too
+        logger.error("the model failed to load: %s", error)
+        health.error = str(error)
+
+
+def _models(components: Components, library: Any) -> list[dict[str, Any]]:
+    from openai.types import Model
+
+    created = int(time.time())
+    models = [
+        Model(id=COLLECTION_PREFIX + info.name, created=created, object="model", owned_by="chinese-mixtral-rag")
+        for info in library.collections()
+    ]
+    models.append(Model(id=bare_model_id(components), created=created, object="model", owned_by="chinese-mixtral-rag"))
+    return [model.model_dump(mode="json", exclude_none=True) for model in models]
+
+
+def _conversation(messages: list[ChatMessageIn]) -> tuple[str, list[tuple[str, str]], str]:
+    """(system text, earlier turns, the question): system and developer messages are honoured, never dropped."""
+    system = "\n\n".join(m.text for m in messages if m.role in ("system", "developer") and m.text.strip())
+    turns: list[tuple[str, str]] = [(m.role, m.text) for m in messages if m.role in ("user", "assistant")]
+    if not turns or turns[-1][0] != "user" or not turns[-1][1].strip():
+        raise ApiError(400, "the last message must be a user message with the question", code="invalid_value",
+                       param="messages")  # fmt: skip
+    return system, turns[:-1], turns[-1][1]
+
+
+def _sampling(body: ChatCompletionRequest) -> dict[str, Any]:
+    values = {"temperature": body.temperature, "top_p": body.top_p, "max_tokens": body.answer_tokens,
+              "seed": body.seed}  # fmt: skip
+    return {key: value for key, value in values.items() if value is not None}
+
+
+async def _bare(
+    components: Components, system: str, history: list[tuple[str, str]], question: str, body: ChatCompletionRequest
+) -> AsyncIterator[dict[str, Any]]:
+    """The model alone: the conversation as chat messages, no documents."""
+    from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+
+    chat = components.chat_model()
+    assert chat is not None
+    messages: list[BaseMessage] = [SystemMessage(system)] if system else []
+    messages += [HumanMessage(text) if role == "user" else AIMessage(text) for role, text in history]
+    messages.append(HumanMessage(question))
+    kwargs = _sampling(body)
+    if body.stop_strings:
+        kwargs["stop"] = body.stop_strings
+    async for chunk in chat.astream(messages, **kwargs):
+        if chunk.text:
+            yield {"answer": chunk.text}
+        if getattr(chunk, "usage_metadata", None):
+            yield {"usage": chunk.usage_metadata}
+    yield {}
+
+
+class _Answer:
+    """One answer's identity and what is known of it: the same ``id`` in every chunk."""
+
+    def __init__(
+        self, body: ChatCompletionRequest, question: str, created: float, count_tokens: Callable[[str], int]
+    ) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.count_tokens = count_tokens
+        self.model = body.model
+        self.created = int(created)
+        self.body = body
+        self.question = question
+        self.prepared: PreparedQuestion | None = None
+        self.text = ""
+        self.final: dict[str, Any] = {}
+        self.usage: dict[str, int] = {}
+
+    def sources(self, base_url: str, *, final: bool) -> list[dict[str, Any]]:
+        """All passages given to the model (a stream's first chunk), or those the answer rests on (final)."""
+        if self.prepared is None:
+            return []
+        if final and "sources" in self.final:
+            chosen = list(self.final["sources"])
+        else:
+            chosen = [dict(passage) for passage in self.prepared.passages]
+        for source in chosen:
+            source["document_id"] = document_id(_source_abs(self.prepared, source))
+            source["url"] = f"{base_url}/v1/documents/{source['document_id']}"
+        return chosen
+
+    def annotations(self, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``url_citation`` entries (Open WebUI turns them into source cards): one per source, at its ``[n]``."""
+        found = []
+        for source in sources:
+            marker = f"[{source['n']}]"
+            start = self.text.find(marker)
+            found.append(
+                {
+                    "type": "url_citation",
+                    "url_citation": {
+                        "url": source["url"],
+                        "title": source.get("file_name") or source.get("source") or "",
+                        "start_index": max(start, 0),
+                        "end_index": max(start, 0) + (len(marker) if start >= 0 else 0),
+                    },
+                }
+            )
+        return found
+
+    def completion_usage(self) -> dict[str, int]:
+        if self.usage:
+            prompt, completion = int(self.usage.get("input_tokens", 0)), int(self.usage.get("output_tokens", 0))
+        else:
+            prompt = self.prepared.prompt_tokens if self.prepared is not None else 0
+            completion = self.count_tokens(self.text)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def finish_reason(self, completion_tokens: int) -> str:
+        limit = self.body.answer_tokens
+        return "length" if limit is not None and completion_tokens >= limit else "stop"
+
+
+def _source_abs(prepared: PreparedQuestion, source: dict[str, Any]) -> str:
+    for passage in prepared.packed.passages:
+        if passage.n == source.get("n"):
+            return passage.source_abs
+    return str(source.get("source") or "")
+
+
+class _TokenCount:
+    """Counts an answer's tokens with the model's own tokenizer (read on first use: the vocabulary, not weights)."""
+
+    def __init__(self, components: Components) -> None:
+        self.components = components
+        self._tokenizer: Any = None
+
+    def __call__(self, text: str) -> int:
+        if self._tokenizer is None:
+            from rag.llm.tokenizer import MixtralTokenizer
+
+            model = self.components.llm()
+            self._tokenizer = getattr(model, "tokenizer", None) or MixtralTokenizer()
+        return int(self._tokenizer.count(text))
+
+
+async def _consume(answer: _Answer, pieces: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+    """The answer's text pieces; what is not text (sources, usage) is kept on ``answer``."""
+    async for piece in pieces:
+        if "answer" in piece:
+            answer.text += piece["answer"]
+            yield piece["answer"]
+        if "usage" in piece:
+            answer.usage = dict(piece["usage"])
+        if "sources" in piece:
+            answer.final = dict(piece)
+
+
+async def _complete(
+    answer: _Answer, pieces: AsyncIterator[dict[str, Any]], include_sources: bool, base_url: str
+) -> dict[str, Any]:
+    from openai.types.chat import ChatCompletion
+
+    async for _ in _consume(answer, pieces):
+        pass
+    usage = answer.completion_usage()
+    message: dict[str, Any] = {"role": "assistant", "content": answer.text}
+    if include_sources and answer.prepared is not None:
+        sources = answer.sources(base_url, final=True)
+        message["sources"] = sources
+        message["annotations"] = answer.annotations(sources)
+    completion = ChatCompletion.model_validate(
+        {
+            "id": answer.id,
+            "object": "chat.completion",
+            "created": answer.created,
+            "model": answer.model,
+            "choices": [
+                {"index": 0, "message": message, "finish_reason": answer.finish_reason(usage["completion_tokens"])}
+            ],
+            "usage": usage,
+        }
+    )
+    return completion.model_dump(mode="json", exclude_none=True)
+
+
+def _chunk(answer: _Answer, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+    import json
+
+    from openai.types.chat import ChatCompletionChunk
+
+    chunk = ChatCompletionChunk.model_validate(
+        {
+            "id": answer.id,
+            "object": "chat.completion.chunk",
+            "created": answer.created,
+            "model": answer.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **extra,
+        }
+    )
+    return f"data: {json.dumps(chunk.model_dump(mode='json', exclude_none=True), ensure_ascii=False)}\n\n"
+
+
+async def _stream(
+    answer: _Answer, pieces: AsyncIterator[dict[str, Any]], *, include_sources: bool, base_url: str
+) -> AsyncIterator[str]:
+    """Server-sent events: a first chunk with the role and the sources (once), the text, the finish reason, the
+    usage when asked for, then ``[DONE]``; a failure sends one error event and ends the stream."""
+    import json
+
+    from openai.types.chat import ChatCompletionChunk
+
+    try:
+        first: dict[str, Any] = {"role": "assistant", "content": ""}
+        if include_sources and answer.prepared is not None:
+            sources = answer.sources(base_url, final=False)
+            first["sources"] = sources
+            first["annotations"] = answer.annotations(sources)
+        yield _chunk(answer, first)
+        async for text in _consume(answer, pieces):
+            yield _chunk(answer, {"content": text})
+        usage = answer.completion_usage()
+        cited = [source["n"] for source in answer.final.get("sources", []) if source.get("cited")]
+        extra: dict[str, Any] = {"cited": cited} if include_sources and answer.prepared is not None else {}
+        yield _chunk(answer, {}, answer.finish_reason(usage["completion_tokens"]), **extra)
+        options = answer.body.stream_options
+        if options is not None and options.include_usage:
+            chunk = ChatCompletionChunk.model_validate(
+                {"id": answer.id, "object": "chat.completion.chunk", "created": answer.created,
+                 "model": answer.model, "choices": [], "usage": usage}
+            )  # fmt: skip
+            yield f"data: {json.dumps(chunk.model_dump(mode='json', exclude_none=True))}\n\n"
+        yield "data: [DONE]\n\n"
+    except (RagError, ApiError, Exception) as error:  # the stream has started: an error event, then the end
+        yield stream_error_event(error)
+
+
+async def _released(stream: AsyncIterator[str], release: Callable[[], None]) -> AsyncIterator[str]:
+    """``stream``, with the admission slot given back however it ends (done, failed, client gone)."""
+    try:
+        async for event in stream:
+            yield event
+    finally:
+        release()
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def _until_disconnected(request: Request, work: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """``work``, cancelled when the client goes away (its generation stops at the next token)."""
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        done, _ = await asyncio.wait({task}, timeout=0.5)
+        if not done and await request.is_disconnected():
+            task.cancel()
+            raise ApiError(499, "the client disconnected")
+    return task.result()
+
+
+def _encoded(vector: Any, encoding: str) -> list[float] | str:
+    import numpy as np
+
+    values = np.asarray(vector, dtype=np.float32)
+    if encoding == "base64":
+        return base64.b64encode(values.tobytes()).decode("ascii")
+    return [float(value) for value in values]
