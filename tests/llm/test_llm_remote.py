@@ -13,7 +13,7 @@ import pytest
 
 from rag.errors import ConfigError, ContextOverflowError
 from rag.llm.adapter import MixtralInstructLLM
-from tests.llm.conftest import SERVER_N_CTX, free_port
+from tests.conftest import SERVER_N_CTX, free_port
 from tests.llm.test_prompt import CONVERSATIONS, mistral_reference
 
 QUESTION = "What is the capital of France? Answer in one word."
