@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ingest.chunk import CHUNKER_VERSION, Chunk, chunk_document
-from ingest.discover import DiscoveredFile, discover, file_sha256
+from ingest.discover import DiscoveredFile, discover, file_sha256, printable_path
 from ingest.load import SUPPORTED_EXTENSIONS, LoadError, load_document
 from ingest.ocr import LOW_CONFIDENCE, OcrEngine
 from rag.retrieval.embedders.base import Embedder
@@ -125,6 +125,7 @@ class IngestPipeline:
         max_file_bytes: int = 200 * 1024 * 1024,
         flush_chunks: int = 1024,
         ocr: OcrEngine | None = None,
+        follow_links: bool = False,
         on_progress: Callable[[IngestProgress], None] | None = None,
         on_problem: Callable[[FileProblem, bool], None] | None = None,
         on_notice: Callable[[str], None] | None = None,
@@ -139,6 +140,8 @@ class IngestPipeline:
         self.flush_chunks = flush_chunks
         self.ocr = ocr
         """Reads images and PDF pages without a text layer (None: OCR off, those files fail with the reason)."""
+        self.follow_links = follow_links
+        """Follow symbolic links inside named folders (off: they are skipped, so no folder reaches outside)."""
         self._on_progress = on_progress
         self._on_problem = on_problem
         self._on_notice = on_notice
@@ -154,10 +157,14 @@ class IngestPipeline:
     def run(self, paths: Sequence[str | os.PathLike[str]], *, reset: bool = False) -> IngestReport:
         started = time.monotonic()
         report = IngestReport()
-        found = discover(paths)
+        found = discover(paths, follow_links=self.follow_links)
         for missing in found.missing:
             self._fail(report, FileProblem(missing, "no such file or folder"))
-        named = {os.path.abspath(os.fspath(p)) for p in paths}
+        for link in found.links:
+            report.files_skipped.append(FileProblem(link, "a symbolic link: not followed (--follow-links follows)"))
+            if self._on_problem:
+                self._on_problem(report.files_skipped[-1], False)
+        named = {printable_path(os.path.abspath(os.fspath(p))) for p in paths}
         if reset:
             self.store.reset()
             if self.lexical is not None:
@@ -191,7 +198,7 @@ class IngestPipeline:
                         self._on_problem(report.files_skipped[-1], False)
                 continue
             try:
-                file_hash = file_sha256(file.absolute)
+                file_hash = file_sha256(file.path)
             except OSError as error:
                 self._fail(report, FileProblem(file.given, f"cannot be read ({error.strerror or error})"))
                 continue
@@ -318,7 +325,7 @@ class IngestPipeline:
             self._report_progress(reading=item.file.given, page=page, pages=pages, ocr_pages=read_by_ocr)
 
         try:
-            document = load_document(item.file.absolute, ocr=self.ocr, on_page=on_page)
+            document = load_document(item.file.path, ocr=self.ocr, on_page=on_page)
         except LoadError as error:
             return str(error)
         finally:

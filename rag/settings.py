@@ -101,6 +101,10 @@ class Settings(BaseSettings):
         description="Seconds OCR may spend on one page (usually under 1); a page past it is named and skipped.",
     )
     max_file_mb: float = Field(default=200.0, gt=0, description="Files larger than this are skipped, with a reason.")
+    follow_links: bool = Field(
+        default=False,
+        description="`ingest` follows symbolic links inside the folders it walks (the browser UI never does).",
+    )
     llm_model: str = Field(
         default=DEFAULT_LLM_MODEL,
         description="GGUF path, 'hub-repo/file.gguf', or a model name for the remote server.",

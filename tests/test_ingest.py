@@ -154,6 +154,61 @@ def test_symlink_loops_and_hidden_folders(tmp_path: Path, embedder: Any) -> None
     (folder / ".git" / "config.txt").write_text("hidden", encoding="utf-8")
     report = pipeline_for(tmp_path / "data", embedder).run([folder])
     assert (report.files_seen, report.files_added) == (1, 1)
+    followed = pipeline_for(tmp_path / "data2", embedder, follow_links=True).run([folder])
+    assert (followed.files_seen, followed.files_added) == (1, 1)  # followed, the loop still ends
+
+
+def test_links_do_not_lead_out_of_a_folder_unless_asked(tmp_path: Path, embedder: Any) -> None:
+    outside = tmp_path / "outside"
+    (outside / "private").mkdir(parents=True)
+    (outside / "secret.txt").write_text("The vault code is 7391.\n", encoding="utf-8")
+    (outside / "private" / "notes.txt").write_text("Private notes about the vault.\n", encoding="utf-8")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "public.txt").write_text("The cafeteria opens at noon.\n", encoding="utf-8")
+    (docs / "passwd_link.txt").symlink_to(outside / "secret.txt")
+    (docs / "linked").symlink_to(outside / "private", target_is_directory=True)
+
+    report = pipeline_for(tmp_path / "data", embedder).run([docs])
+    assert report.files_added == 1 and not report.files_failed
+    skipped = {Path(problem.path).name: problem.error for problem in report.files_skipped}
+    assert set(skipped) == {"passwd_link.txt", "linked"} and all("symbolic link" in e for e in skipped.values())
+    assert not any("vault" in text for text, _ in snapshot(tmp_path / "data").values())
+
+    named = pipeline_for(tmp_path / "data", embedder).run([docs / "passwd_link.txt"])  # named: the user's choice
+    assert named.files_added == 1
+    followed = pipeline_for(tmp_path / "data3", embedder, follow_links=True).run([docs])
+    assert followed.files_added == 3  # --follow-links
+
+    # the browser UI and the API never follow a link, whatever the command line's setting says
+    from rag.app.library import DocumentLibrary
+    from rag.app.root import Components
+    from rag.settings import Settings
+
+    components = Components(Settings(data_dir=tmp_path / "ui-data", embedding_model=BUNDLED_EMBEDDER,
+                                     follow_links=True))  # fmt: skip
+    components.share_embedder(embedder)
+    ui_report = DocumentLibrary(components, folder_roots=[docs]).reingest(None, docs)
+    assert ui_report.files_added == 1 and len(ui_report.files_skipped) == 2
+
+
+def test_a_file_name_that_is_not_utf8_costs_nothing(tmp_path: Path, embedder: Any) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    bad = os.path.join(os.fsencode(docs), b"bad\xffname.txt")
+    with open(bad, "wb") as handle:
+        handle.write(b"Shipping labels are printed in room 12.\n")
+    (docs / "good.txt").write_text("The printer is on the second floor.\n", encoding="utf-8")
+    (docs / "odd name - with spaces.txt").write_text("Spaces are fine in names.\n", encoding="utf-8")
+    report = pipeline_for(tmp_path / "data", embedder).run([docs])
+    assert report.files_added == 3 and not report.files_failed, report
+    names = {meta["file_name"] for _, meta in snapshot(tmp_path / "data").values()}
+    assert "bad\\xffname.txt" in names  # kept, shown with its byte escaped
+    again = pipeline_for(tmp_path / "data", embedder).run([docs])
+    assert (again.files_unchanged, again.chunks_added, again.chunks_removed) == (3, 0, 0)  # a rerun changes nothing
+    os.remove(bad)
+    gone = pipeline_for(tmp_path / "data", embedder).run([docs])
+    assert gone.files_removed == 1
 
 
 def test_model_change_is_refused_and_reset_rebuilds(tmp_path: Path, embedder: Any) -> None:
@@ -349,3 +404,24 @@ def test_sample_docs_ingest(tmp_path: Path, embedder: Any) -> None:
     report = pipeline_for(tmp_path / "data", embedder).run([copy])
     assert not report.files_failed
     assert report.files_added == len([p for p in copy.rglob("*") if p.is_file()]) >= 4
+
+
+def test_without_a_terminal_long_work_still_says_it_is_working(
+    tmp_path: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from rag.cli.ingest import _ProgressView, ingest_command
+
+    monkeypatch.setattr(_ProgressView, "heartbeat_s", 0.05)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "long.txt").write_text("这是一句没有结尾的很长的话" * 2000, encoding="utf-8")  # one 26,000-character line
+    result = CliRunner().invoke(
+        ingest_command,
+        [str(docs), "--json", "--data-dir", str(tmp_path / "data"), "--embedding-model", BUNDLED_EMBEDDER],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["files_added"] == 1  # stdout stays one JSON object
+    beats = [line for line in result.stderr.splitlines() if line.startswith("ingest: ")]
+    assert len(beats) >= 2 and any(" s" in line for line in beats)  # stderr kept saying it was working

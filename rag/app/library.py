@@ -154,9 +154,13 @@ class DocumentLibrary:
         on_progress: Callable[[IngestProgress], None] | None = None,
         on_problem: Callable[[FileProblem, bool], None] | None = None,
     ) -> IngestReport:
-        """Ingest ``paths`` into the collection (what ``ingest PATH...`` does), one run at a time per process."""
+        """Ingest ``paths`` into the collection (what ``ingest PATH...`` does), one run at a time per process.
+        Symbolic links inside the folders are never followed: a user of the UI or the API cannot reach outside a
+        folder through one, whatever ``follow_links`` says for the command line."""
         with self._write_lock:
-            pipeline = self.components.ingest_pipeline(collection, on_progress=on_progress, on_problem=on_problem)
+            pipeline = self.components.ingest_pipeline(
+                collection, on_progress=on_progress, on_problem=on_problem, follow_links=False
+            )
             return pipeline.run([os.fspath(path) for path in paths])
 
     def ingest_uploads(

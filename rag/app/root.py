@@ -253,8 +253,10 @@ class Components:
         on_progress: Callable[[IngestProgress], None] | None = None,
         on_problem: Callable[[FileProblem, bool], None] | None = None,
         on_notice: Callable[[str], None] | None = None,
+        follow_links: bool | None = None,
     ) -> IngestPipeline:
-        """The ingest pipeline into a collection, with the shared embedder (or ``embedder``)."""
+        """The ingest pipeline into a collection, with the shared embedder (or ``embedder``); ``follow_links``
+        overrides the setting (the UI and the API never follow links out of a folder)."""
         from ingest.pipeline import IngestPipeline
         from rag.llm.tokenizer import mixtral_token_counts
 
@@ -269,6 +271,7 @@ class Components:
             max_file_bytes=int(settings.max_file_mb * 2**20),
             count_tokens=mixtral_token_counts,
             ocr=self.ocr() if settings.ocr else None,
+            follow_links=settings.follow_links if follow_links is None else follow_links,
             on_progress=on_progress,
             on_problem=on_problem,
             on_notice=on_notice,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +19,20 @@ __all__ = ["ingest_command", "main"]
 
 
 class _ProgressView:
-    """A rich progress bar on a terminal: files, chunks, rate and time left (by bytes)."""
+    """A rich progress bar on a terminal: files, chunks, rate and time left (by bytes). Without a terminal (a log,
+    ``--json``) one plain line every :attr:`heartbeat_s` seconds, so long work always says it is working."""
 
-    def __init__(self, enabled: bool) -> None:
+    heartbeat_s = 15.0
+
+    def __init__(self, enabled: bool, *, heartbeat: bool = False) -> None:
         self.enabled = enabled
+        self.heartbeat = heartbeat and not enabled
         self._progress: Any = None
         self._task: Any = None
+        self._started = time.monotonic()
+        self._last: IngestProgress | None = None
+        self._stop = threading.Event()
+        self._beater: threading.Thread | None = None
 
     def __enter__(self) -> _ProgressView:
         if self.enabled:
@@ -50,9 +60,13 @@ class _ProgressView:
             )
             self._progress.start()
             self._task = self._progress.add_task("ingest", total=None, files="0/?", chunks=0, rate="", reading="")
+        elif self.heartbeat:
+            self._beater = threading.Thread(target=self._beat, name="ingest-heartbeat", daemon=True)
+            self._beater.start()
         return self
 
     def update(self, event: IngestProgress) -> None:
+        self._last = event
         if not self._progress:
             return
         elapsed = self._progress.tasks[0].elapsed or 0.0
@@ -72,6 +86,21 @@ class _ProgressView:
             reading=reading,
         )
 
+    def _beat(self) -> None:
+        """Every ``heartbeat_s`` seconds, the last progress event as one line (even while one file takes long)."""
+        while not self._stop.wait(self.heartbeat_s):
+            elapsed = time.monotonic() - self._started
+            event = self._last
+            if event is None:
+                click.echo(f"ingest: looking at the files, {elapsed:.0f} s", err=True)
+                continue
+            line = f"ingest: {event.files_done}/{event.files_total} files, {event.chunks_done} chunks, {elapsed:.0f} s"
+            if 0 < event.bytes_done < event.bytes_total:
+                line += f", about {elapsed * (event.bytes_total - event.bytes_done) / event.bytes_done:.0f} s left"
+            if event.reading and event.pages > 1:
+                line += f"; reading {Path(event.reading).name} page {event.page}/{event.pages}"
+            click.echo(line, err=True)
+
     def print(self, message: str) -> None:
         if self._progress:
             self._progress.console.print(message, markup=False, highlight=False)
@@ -79,6 +108,7 @@ class _ProgressView:
             click.echo(message, err=True)
 
     def __exit__(self, *exc: object) -> None:
+        self._stop.set()
         if self._progress:
             self._progress.stop()
 
@@ -104,6 +134,9 @@ def _summary(report: IngestReport, collection: str) -> str:
 @click.option("--chroma-url", help="Chroma server, e.g. http://127.0.0.1:8000 (RAG_CHROMA_URL).")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML settings file (RAG_CONFIG).")
 @click.option("--no-ocr", is_flag=True, help="Do not read images and scanned PDF pages with OCR (RAG_OCR=false).")
+@click.option(
+    "--follow-links", is_flag=True, help="Follow symbolic links inside the folders (RAG_FOLLOW_LINKS; off: skipped)."
+)
 @click.option("--reset", is_flag=True, help="Delete the collection first and rebuild it from these paths.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the report on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; problems are still printed.")
@@ -117,6 +150,7 @@ def ingest_command(
     chroma_url: str | None,
     config_file: Path | None,
     no_ocr: bool,
+    follow_links: bool,
     reset: bool,
     as_json: bool,
     quiet: bool,
@@ -143,12 +177,13 @@ def ingest_command(
         chunk_overlap=chunk_overlap,
         chroma_url=chroma_url,
         ocr=False if no_ocr else None,
+        follow_links=True if follow_links else None,
     )
 
     from rag.app.root import build_ingest_pipeline
 
     show_progress = not quiet and not as_json and sys.stderr.isatty()
-    with _ProgressView(show_progress) as view:
+    with _ProgressView(show_progress, heartbeat=not quiet) as view:
 
         def on_problem(problem: FileProblem, failed: bool) -> None:
             if failed:
