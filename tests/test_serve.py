@@ -5,6 +5,7 @@ sources on content (retrieval is ours)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -214,10 +215,18 @@ def test_a_full_queue_gets_503_and_every_answer_its_own(data_dir: Path) -> None:
         questions = [QUESTION, "How long must passwords be?", "长江有多长？", "How many days of paid leave?"]
 
         def ask(question: str) -> tuple[str, int, list[dict[str, Any]]]:
-            response = httpx.post(f"{base}/v1/chat/completions", timeout=120, json={
-                "model": "rag-docs", "messages": [{"role": "user", "content": question}]})  # fmt: skip
-            body = response.json()
-            sources = body["choices"][0]["message"]["sources"] if response.status_code == 200 else []
+            """Streamed: the first chunk carries every passage the model was given (what retrieval chose)."""
+            body = {"model": "rag-docs", "stream": True, "messages": [{"role": "user", "content": question}]}
+            with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=120) as response:
+                if response.status_code != 200:
+                    response.read()
+                    assert response.headers["retry-after"] and response.json()["error"]["code"] == "server_busy"
+                    return question, response.status_code, []
+                lines = response.iter_lines()
+                first = next(line for line in lines if line.startswith("data: "))
+                sources = json.loads(first[6:])["choices"][0]["delta"]["sources"]
+                for _ in lines:  # the rest of the answer
+                    pass
             return question, response.status_code, sources
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
