@@ -34,20 +34,27 @@ from langchain_core.runnables.utils import AddableDict
 from pydantic import ValidationError
 
 from rag.answer.citations import CitationStreamFilter, check_citations, select_sources
-from rag.answer.context import ContextAssembler, PackedContext, pack_context
+from rag.answer.context import ContextAssembler, PackedContext, pack_context, render_context
+from rag.answer.conversation import (
+    ConversationLayout,
+    LayoutMemory,
+    flatten,
+    follow_up_message,
+    renumbered,
+    rewrite_follow_up_message,
+)
 from rag.answer.qa_prompt import (
     INSUFFICIENT_EN,
     INSUFFICIENT_ZH,
     clean_rewrite,
     is_chinese,
     qa_messages,
-    render_qa_prompt,
     render_rewrite_prompt,
 )
 from rag.answer.schemas import RagAnswer, RagOptions, RagQuestion
 from rag.chunks import ContextChunk
 from rag.errors import ConfigError, ContextOverflowError, EmptyStoreError
-from rag.llm.prompt import ChatMessage, normalize_messages
+from rag.llm.prompt import ChatMessage, normalize_messages, render_instruct_prompt
 
 if TYPE_CHECKING:
     from langchain_core.retrievers import BaseRetriever
@@ -88,6 +95,12 @@ class PreparedQuestion:
     """The same prompt as chat messages (what a chat model is given)."""
     llm_kwargs: dict[str, Any] = field(default_factory=dict)
     """This question's generation settings (temperature, max_tokens, seed)."""
+    system: str = ""
+    """The caller's own instructions."""
+    conversation: list[ChatMessage] = field(default_factory=list)
+    """The history as the caller sent it (all of it): with the question and the answer, the next turn's key."""
+    follows_up: bool = False
+    """The prompt extends the previous turn's (its evidence kept in place, new passages after it)."""
 
     @property
     def passages(self) -> list[dict[str, Any]]:
@@ -117,6 +130,7 @@ class RagChain:
         top_uncited: int = 3,
         empty_message: str = "nothing has been ingested yet: run `ingest PATH` (or `rag ingest PATH`) first",
         rewrite_llm: Runnable[Any, str] | None = None,
+        reuse_conversation: bool = True,
     ) -> None:
         self.retriever = retriever
         self.tokens = tokens
@@ -132,6 +146,9 @@ class RagChain:
         self.rewrite_max_tokens = rewrite_max_tokens
         self.top_uncited = top_uncited
         self.empty_message = empty_message
+        self.reuse_conversation = reuse_conversation
+        """Follow-ups extend the previous turn's prompt (llama.cpp reuses its cache) instead of a fresh one."""
+        self.layouts = LayoutMemory()
 
     # -- steps -----------------------------------------------------------------------------------------------
     @staticmethod
@@ -188,12 +205,22 @@ class RagChain:
         self, question: str, context: str, history: list[ChatMessage], system: str = ""
     ) -> tuple[str, list[ChatMessage], int]:
         """The prompt (rendered and as messages) and the tokens the model reads for it."""
-        tokens = self.tokens
         messages = qa_messages(question, context, history, system=system)
-        prompt = render_qa_prompt(question, context, history, prompt_format=tokens.prompt_format, system=system)
-        if self._is_chat:
-            return prompt, messages, tokens.count_messages(messages)
-        return prompt, messages, tokens.count_prompt(prompt)
+        prompt, count = self._render(messages)
+        return prompt, messages, count
+
+    def _render(self, messages: list[ChatMessage]) -> tuple[str, int]:
+        """``messages`` as the model is given them (a chat model: the messages; an LLM: one prompt string that
+        grows at the end only as the conversation does) and the tokens it reads for them."""
+        tokens = self.tokens
+        if tokens.prompt_format == "mixtral":
+            prompt = render_instruct_prompt(messages)
+        elif self._is_chat:
+            prompt = "\n\n".join(m.content for m in messages)  # shown only: the chat model gets the messages
+        else:
+            prompt = flatten(messages)
+        count = tokens.count_messages(messages) if self._is_chat else tokens.count_prompt(prompt)
+        return prompt, count
 
     def _check_not_empty(self) -> None:
         if self.document_count is not None and self.document_count() == 0:
@@ -236,10 +263,17 @@ class RagChain:
         budget = room if max_context_tokens is None else min(room, max_context_tokens)
         return budget, kept, notes
 
-    def _rewrite_call(self, question: str, history: Sequence[ChatMessage]) -> tuple[Runnable[Any, Any], Any] | None:
-        """The model and input that make ``question`` standalone; None when nothing needs rewriting."""
+    def _rewrite_call(
+        self, question: str, history: Sequence[ChatMessage], layout: ConversationLayout | None = None
+    ) -> tuple[Runnable[Any, Any], Any] | None:
+        """The model and input that make ``question`` standalone; None when nothing needs rewriting. With the
+        conversation's layout, it is asked at the end of the conversation's own prompt (the cache stays)."""
         if not history or (self.llm is None and self.rewrite_llm is None):
             return None
+        if layout is not None and self.llm is not None and self.rewrite_llm is None:
+            messages = [*layout.messages, ChatMessage("user", rewrite_follow_up_message(question))]
+            bound = self.llm.bind(max_tokens=self.rewrite_max_tokens, temperature=0.0)
+            return bound, _langchain_messages(messages) if self._is_chat else self._render(messages)[0]
         # The rewrite replaces llama.cpp's cached prefix, but all the answer prompt could have reused from the last
         # turn is its instructions (~180 tokens): the evidence after them changes with every question. That is
         # under 1 % of a 32K prompt, so a second context (and its KV memory) is not worth it.
@@ -254,10 +288,10 @@ class RagChain:
         prompt = render_rewrite_prompt(question, turns, prompt_format=self.tokens.prompt_format)
         return self.llm.bind(max_tokens=self.rewrite_max_tokens, temperature=0.0), prompt
 
-    def rewrite(self, question: str, history: Sequence[ChatMessage]) -> str:
+    def rewrite(self, question: str, history: Sequence[ChatMessage], layout: ConversationLayout | None = None) -> str:
         """``question`` made standalone with the history (LLM, few tokens); the question itself when there is no
         history, no model, or the rewrite is unusable."""
-        call = self._rewrite_call(question, history)
+        call = self._rewrite_call(question, history, layout)
         if call is None:
             return question
         try:
@@ -266,9 +300,11 @@ class RagChain:
             return question
         return clean_rewrite(_text_of(text), question)
 
-    async def arewrite(self, question: str, history: Sequence[ChatMessage]) -> str:
+    async def arewrite(
+        self, question: str, history: Sequence[ChatMessage], layout: ConversationLayout | None = None
+    ) -> str:
         """:meth:`rewrite` without blocking the event loop."""
-        call = self._rewrite_call(question, history)
+        call = self._rewrite_call(question, history, layout)
         if call is None:
             return question
         try:
@@ -277,16 +313,25 @@ class RagChain:
             return question
         return clean_rewrite(_text_of(text), question)
 
-    def _pack(self, query: str, budget: int, k: int, sources: list[str] | None = None) -> PackedContext:
+    def _pack(
+        self, query: str, budget: int, k: int, sources: list[str] | None = None, exclude: frozenset[str] = frozenset()
+    ) -> PackedContext:
+        return self._pack_documents(self._retrieve(query, budget, k, sources), budget, k, exclude)
+
+    def _retrieve(self, query: str, budget: int, k: int, sources: list[str] | None) -> list[Any]:
         depth = ContextAssembler.depth_for(budget, k)
         if sources:
-            documents = self.retriever.invoke(query, k=depth, sources=sources)
-        else:
-            documents = self.retriever.invoke(query, k=depth)
+            return list(self.retriever.invoke(query, k=depth, sources=sources))
+        return list(self.retriever.invoke(query, k=depth))
+
+    def _pack_documents(
+        self, documents: list[Any], budget: int, k: int, exclude: frozenset[str] = frozenset()
+    ) -> PackedContext:
         if self.reader is not None:
             assembler = ContextAssembler(self.reader, self.tokens.count, mixtral_counts=self.tokens.counts_like_mixtral)
-            return assembler.assemble(documents, budget, k=k)
-        return pack_context([ContextChunk.from_document(d) for d in documents], budget, self.tokens.count)
+            return assembler.assemble(documents, budget, k=k, exclude=exclude)
+        chunks = [ContextChunk.from_document(d) for d in documents]
+        return pack_context([c for c in chunks if c.chunk_id not in exclude], budget, self.tokens.count)
 
     def prepare(
         self,
@@ -304,7 +349,7 @@ class RagChain:
         """
         start = self._start(inputs, k, max_context_tokens)
         started = time.perf_counter()
-        standalone = self.rewrite(start.question, start.history)
+        standalone = self.rewrite(start.question, start.history, start.layout)
         rewritten = time.perf_counter()
         prepared = self._finish(start, standalone)
         if timings is not None:
@@ -324,7 +369,7 @@ class RagChain:
         retrieval and packing (SQLite, Chroma, tokenizers) in a worker thread."""
         start = await asyncio.to_thread(self._start, inputs, k, max_context_tokens)
         started = time.perf_counter()
-        standalone = await self.arewrite(start.question, start.history)
+        standalone = await self.arewrite(start.question, start.history, start.layout)
         rewritten = time.perf_counter()
         prepared = await asyncio.to_thread(self._finish, start, standalone)
         if timings is not None:
@@ -348,9 +393,76 @@ class RagChain:
             if value is not None
         }  # fmt: skip
         chosen_k = k if k is not None else options.k if options.k is not None else self.k
-        return _Start(question, kept, budget, notes, chosen_k, llm_kwargs, system, options.sources)
+        layout = self.layouts.get(system, history) if self.reuse_conversation and history else None
+        return _Start(
+            question, kept, budget, notes, chosen_k, llm_kwargs, system, options.sources, history, layout, limit
+        )
 
     def _finish(self, start: _Start, standalone: str) -> PreparedQuestion:
+        if start.layout is not None:
+            prepared = self._follow_up(start, start.layout, standalone)
+            if prepared is not None:
+                return prepared
+            start.notes.append("the window is full: the conversation's evidence starts afresh")
+        return self._fresh(start, standalone)
+
+    def _follow_up(self, start: _Start, layout: ConversationLayout, standalone: str) -> PreparedQuestion | None:
+        """The previous turn's prompt, extended by the passages new for this question and the question; None when
+        the window cannot hold this question's own best passages after what is already there."""
+        tokens = self.tokens
+        reserve = start.llm_kwargs.get("max_tokens", tokens.max_tokens)
+        base = [*layout.messages, ChatMessage("user", follow_up_message(start.question, ""))]
+        room = tokens.context_window - reserve - self._render(base)[1] - _SAFETY - 16  # 16: the new block's heading
+        limit = self.max_context_tokens if start.max_context_tokens is None else start.max_context_tokens
+        budget = room if limit is None else min(room, limit)
+        floor = min(_MIN_EVIDENCE, max(32, tokens.context_window // 8))
+        needed = floor if limit is None else min(floor, limit)  # a useful amount of evidence (or all that is asked)
+        if room < needed:
+            return None  # the conversation so far leaves too little room
+        given = frozenset(chunk_id for passage in layout.passages for chunk_id in passage.chunk_ids)
+        documents = self._retrieve(standalone, budget, start.k, start.sources)
+        best = [str(d.id or d.metadata.get("chunk_id") or "") for d in documents[: min(start.k, 3)]]
+        packed = self._pack_documents(documents, budget, start.k, given)
+        for _ in range(3):
+            fresh = renumbered(packed.passages, len(layout.passages) + 1)
+            context = render_context(fresh) if fresh else ""
+            messages = [*layout.messages, ChatMessage("user", follow_up_message(start.question, context))]
+            prompt, prompt_tokens = self._render(messages)
+            excess = prompt_tokens + reserve - tokens.context_window
+            if excess <= 0:
+                break
+            packed = pack_context([p.as_chunk() for p in packed.passages], max(0, packed.tokens - excess - 2),
+                                  tokens.count)  # fmt: skip
+        else:
+            return None
+        covered = given | {chunk_id for passage in fresh for chunk_id in passage.chunk_ids}
+        if not all(chunk_id in covered for chunk_id in best):
+            return None  # this question's own best passages must be in its prompt
+        evidence = PackedContext(
+            text=context,
+            passages=[*layout.passages, *fresh],
+            tokens=layout.evidence_tokens + packed.tokens,
+            budget=budget,
+            truncated=packed.truncated,
+            notes=packed.notes,
+        )
+        return PreparedQuestion(
+            start.question,
+            standalone,
+            start.history,
+            evidence,
+            prompt,
+            prompt_tokens,
+            budget,
+            start.notes,
+            messages=messages,
+            llm_kwargs=start.llm_kwargs,
+            system=start.system,
+            conversation=start.conversation,
+            follows_up=True,
+        )
+
+    def _fresh(self, start: _Start, standalone: str) -> PreparedQuestion:
         tokens = self.tokens
         budget = start.budget
         reserve = start.llm_kwargs.get("max_tokens", tokens.max_tokens)
@@ -376,6 +488,8 @@ class RagChain:
             start.notes,
             messages=messages,
             llm_kwargs=start.llm_kwargs,
+            system=start.system,
+            conversation=start.conversation,
         )
 
     def generate(self, prepared: PreparedQuestion, **llm_kwargs: Any) -> Iterator[AddableDict]:
@@ -457,6 +571,11 @@ class _Start:
     llm_kwargs: dict[str, Any]
     system: str = ""
     sources: list[str] | None = None
+    conversation: list[ChatMessage] = field(default_factory=list)
+    """The whole history the caller sent (``history`` may have dropped old turns to fit)."""
+    layout: ConversationLayout | None = None
+    """The previous turn's prompt, when this question follows up on it."""
+    max_context_tokens: int | None = None
 
 
 class _Answer:
@@ -486,6 +605,19 @@ class _Answer:
 
     def final(self) -> AddableDict:
         cited = check_citations(self.text, self.valid).cited
+        prepared = self.prepared
+        if self.insufficient is None and prepared.messages and self.text.strip():
+            turns = [
+                *prepared.conversation,
+                ChatMessage("user", prepared.question),
+                ChatMessage("assistant", self.text),
+            ]
+            layout = ConversationLayout(
+                messages=[*prepared.messages, ChatMessage("assistant", self.text)],
+                passages=list(prepared.packed.passages),
+                evidence_tokens=prepared.packed.tokens,
+            )
+            self.chain.layouts.put(prepared.system, turns, layout)
         return AddableDict(
             sources=select_sources(self.passages, cited, top_uncited=self.chain.top_uncited),
             context_tokens=self.prepared.packed.tokens,

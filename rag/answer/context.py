@@ -17,7 +17,7 @@ import bisect
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -661,8 +661,13 @@ class ContextAssembler:
             for hit in hits:
                 yield from near(hit, (-distance, distance))
 
-    def assemble(self, documents: Sequence[Document], budget: int, *, k: int = 5) -> PackedContext:
-        """Pack the retrieved ``documents`` (best first) and their surroundings into ``budget`` tokens."""
-        hits = [ContextChunk.from_document(d) for d in documents]
+    def assemble(
+        self, documents: Sequence[Document], budget: int, *, k: int = 5, exclude: Collection[str] = ()
+    ) -> PackedContext:
+        """Pack the retrieved ``documents`` (best first) and their surroundings into ``budget`` tokens; chunks in
+        ``exclude`` (given earlier in the conversation) are left out."""
+        hits = [chunk for chunk in map(ContextChunk.from_document, documents) if chunk.chunk_id not in exclude]
         candidates = self.candidates(hits, budget, k=k)
+        if exclude:
+            candidates = (chunk for chunk in candidates if chunk.chunk_id not in exclude)
         return pack_context(candidates, budget, self.count, mixtral_counts=self.mixtral_counts)

@@ -1,0 +1,120 @@
+"""Follow-ups extend the previous turn's prompt: the evidence already given stays in place, the new question's own
+passages come after it (numbered on), the rewrite is asked at the end of the same prompt, and llama.cpp reuses its
+cache through the chain. The scripted backend pins the answers; SmolLM2 shows the cache reuse (llama.cpp's own
+count of cached prompt tokens, whatever it writes)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from langchain_core.callbacks import BaseCallbackHandler
+
+from rag.answer.chain import RagChain
+from rag.llm.adapter import MixtralInstructLLM
+from rag.llm.counting import ModelTokens
+from rag.retrieval.retriever import HybridRetriever
+from tests.documents import ingest_into_store
+from tests.fakes import ScriptedBackend, scripted_llm
+from tests.test_chain import DOCUMENTS
+
+FIRST = "How many days per week may employees work remotely?"
+FOLLOW_UP = "And how long must passwords be?"
+
+
+@pytest.fixture(scope="module")
+def retriever(embedder: Any, tmp_path_factory: pytest.TempPathFactory) -> HybridRetriever:
+    store, lexical = ingest_into_store(tmp_path_factory.mktemp("conversation-store"), DOCUMENTS, embedder)
+    return HybridRetriever(store=store, embedder=embedder, lexical=lexical)
+
+
+def quote_passage_with(word: str) -> Any:
+    """A faithful model: the sentence of the passage that mentions ``word``, cited with that passage's number."""
+
+    def script(prompt: str) -> str:
+        if "Output only the rewritten question" in prompt:
+            return "How long must passwords be at least?"
+        blocks = re.findall(r"^\[(\d+)\][^\n]*\n(.*?)(?=^\[\d+\]|^## |\Z)", prompt, flags=re.MULTILINE | re.DOTALL)
+        for number, body in blocks:
+            sentence = next((s for s in re.split(r"(?<=[.!?])\s+", body) if word in s), None)
+            if sentence:
+                return f"{sentence.strip()} [{number}]"
+        return "Not in the documents."
+
+    return script
+
+
+def chain_of(retriever: HybridRetriever, llm: Any, **options: Any) -> RagChain:
+    return RagChain(
+        retriever, ModelTokens(llm), llm=llm, reader=retriever.reader, document_count=retriever.store.count, k=2,
+        **options,
+    )  # fmt: skip
+
+
+def conversation(chain: RagChain) -> tuple[dict[str, Any], dict[str, Any]]:
+    first = chain.runnable.invoke(FIRST)
+    history = [("user", FIRST), ("assistant", first["answer"])]
+    second = chain.runnable.invoke({"question": FOLLOW_UP, "chat_history": history})
+    return first, second
+
+
+def test_a_follow_up_extends_the_previous_prompt_and_cites_its_own_new_passage(retriever: HybridRetriever) -> None:
+    backend = ScriptedBackend(lambda prompt: quote_passage_with("three days" if "remotely?" in prompt[-80:]
+                                                                else "14 characters")(prompt))  # fmt: skip
+    llm = scripted_llm()
+    llm.client = backend
+    # a small budget per turn: the first question's evidence cannot already hold the follow-up's
+    first, second = conversation(chain_of(retriever, llm, max_context_tokens=60))
+    answer_one, rewrite, answer_two = backend.prompts
+    assert "14 characters" not in answer_one
+    assert "three days per week" in first["answer"] and first["sources"][0]["cited"]
+    before = answer_one + " " + first["answer"] + "</s>"
+    assert rewrite.startswith(before) and answer_two.startswith(before)  # the whole previous turn is the prefix
+    new_block = answer_two[len(before) :]
+    assert "14 characters" in new_block and "three days per week" not in new_block  # only the new evidence
+    numbers = {int(n) for n in re.findall(r"^\[(\d+)\]", answer_one, flags=re.MULTILINE)}
+    [cited] = second["sources"]
+    assert cited["cited"] and "14 characters" in cited["text"] and cited["n"] > max(numbers)  # numbered on
+    assert second["answer"].endswith(f"[{cited['n']}]") and second["standalone_question"].startswith("How long")
+
+
+def test_without_reuse_or_without_room_the_follow_up_starts_afresh(retriever: HybridRetriever) -> None:
+    backend = ScriptedBackend(quote_passage_with("days"))
+    llm = scripted_llm()
+    llm.client = backend
+    conversation(chain_of(retriever, llm, reuse_conversation=False))
+    answer_one, _, answer_two = backend.prompts
+    assert not answer_two.startswith(answer_one)
+
+    tight = ScriptedBackend(quote_passage_with("days"), context_window=360)
+    small = scripted_llm(max_tokens=64)
+    small.client = tight
+    chain = chain_of(retriever, small)
+    first = chain.runnable.invoke(FIRST)
+    prepared = chain.prepare({"question": FOLLOW_UP, "chat_history": [("user", FIRST), ("assistant", first["answer"])]})
+    assert not prepared.follows_up and any("starts afresh" in note for note in prepared.notes)  # the window was full
+    assert prepared.prompt_tokens + 64 <= 360
+    assert any("14 characters" in passage.text for passage in prepared.packed.passages)  # its own best passage
+
+
+class _CachedTokens(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.runs: list[tuple[int, int]] = []
+
+    def on_llm_end(self, response: Any, **kwargs: Any) -> None:
+        info = response.generations[0][0].generation_info or {}
+        self.runs.append((int(info.get("prompt_tokens", 0)), int(info.get("cached_prompt_tokens", 0))))
+
+
+def test_llama_cpp_reuses_its_cache_through_the_chain(retriever: HybridRetriever, smollm2_gguf: Any) -> None:
+    llm = MixtralInstructLLM(model=str(smollm2_gguf), prompt_format="native", n_ctx=4096, max_tokens=16,
+                             temperature=0.0, seed=0, n_threads=2)  # fmt: skip
+    seen = _CachedTokens()
+    chain = chain_of(retriever, llm)
+    first = chain.runnable.invoke(FIRST, config={"callbacks": [seen]})
+    history = [("user", FIRST), ("assistant", first["answer"])]
+    chain.runnable.invoke({"question": FOLLOW_UP, "chat_history": history}, config={"callbacks": [seen]})
+    (first_prompt, _), (_, rewrite_cached), (follow_prompt, follow_cached) = seen.runs
+    assert rewrite_cached >= 0.9 * first_prompt  # the rewrite did not evict the conversation
+    assert follow_cached >= 0.9 * first_prompt and follow_prompt > first_prompt  # only the new part was read
