@@ -21,11 +21,12 @@ prefix first (:mod:`rag.answer.qa_prompt`) -> the LLM, streamed -> citations che
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
@@ -131,6 +132,7 @@ class RagChain:
         empty_message: str = "nothing has been ingested yet: run `ingest PATH` (or `rag ingest PATH`) first",
         rewrite_llm: Runnable[Any, str] | None = None,
         reuse_conversation: bool = True,
+        follow_up_room: float = 0.25,
     ) -> None:
         self.retriever = retriever
         self.tokens = tokens
@@ -148,6 +150,9 @@ class RagChain:
         self.empty_message = empty_message
         self.reuse_conversation = reuse_conversation
         """Follow-ups extend the previous turn's prompt (llama.cpp reuses its cache) instead of a fresh one."""
+        self.follow_up_room = follow_up_room
+        """Share of the evidence room a fresh prompt leaves free (without an explicit ``max_context_tokens``), so
+        follow-ups can extend it."""
         self.layouts = LayoutMemory()
 
     # -- steps -----------------------------------------------------------------------------------------------
@@ -386,6 +391,9 @@ class RagChain:
         limit = self.max_context_tokens if max_context_tokens is None else max_context_tokens
         system = self.read_system(inputs)
         budget, kept, notes = self.budget_for(question, history, limit, max_tokens=options.max_tokens, system=system)
+        if self.reuse_conversation and limit is None:
+            # a fresh prompt leaves room for follow-ups to extend it (else the next turn must start afresh)
+            budget = max(1, int(budget * (1 - self.follow_up_room)))
         llm_kwargs = {
             key: value
             for key, value in (("temperature", options.temperature), ("max_tokens", options.max_tokens),
@@ -512,17 +520,22 @@ class RagChain:
                 yield AddableDict(answer=rest)
         yield answer.final()
 
-    async def agenerate(self, prepared: PreparedQuestion, **llm_kwargs: Any) -> AsyncIterator[AddableDict]:
+    async def agenerate(self, prepared: PreparedQuestion, **llm_kwargs: Any) -> AsyncGenerator[AddableDict, None]:
         """:meth:`generate` through the model's async API; closing the stream stops the generation."""
         answer = _Answer(self, prepared)
         if answer.insufficient is not None:
             yield AddableDict(answer=answer.insufficient)
         else:
             model, model_input = self._answer_call(prepared)
-            async for piece in model.astream(model_input, **{**prepared.llm_kwargs, **llm_kwargs}):
-                shown = answer.feed(_text_of(piece))
-                if shown:
-                    yield AddableDict(answer=shown)
+            # closed explicitly when this stream is: the model's worker thread stops at its next token
+            generation = cast(
+                "AsyncGenerator[Any, None]", model.astream(model_input, **prepared.llm_kwargs, **llm_kwargs)
+            )
+            async with contextlib.aclosing(generation) as stream:
+                async for piece in stream:
+                    shown = answer.feed(_text_of(piece))
+                    if shown:
+                        yield AddableDict(answer=shown)
             rest = answer.flush()
             if rest:
                 yield AddableDict(answer=rest)
@@ -546,8 +559,9 @@ class RagChain:
 
         async def agenerate(inputs: AsyncIterator[PreparedQuestion]) -> AsyncIterator[AddableDict]:
             async for prepared in inputs:
-                async for piece in self.agenerate(prepared):
-                    yield piece
+                async with contextlib.aclosing(self.agenerate(prepared)) as pieces:
+                    async for piece in pieces:
+                        yield piece
 
         async def aprepare(inputs: Any) -> PreparedQuestion:
             return await self.aprepare(inputs)

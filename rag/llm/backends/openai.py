@@ -103,6 +103,9 @@ class OpenAIBackend(Backend):
             "temperature": params.temperature,
             "top_p": params.top_p,
             "stream": True,
+            # llama.cpp's server keeps the KV cache of the common prefix (a follow-up reads only its new part);
+            # other servers ignore the field
+            "cache_prompt": True,
         }
         if params.top_k > 0:
             body["top_k"] = params.top_k
