@@ -138,6 +138,17 @@ class Settings(BaseSettings):
         ge=256,
         description="Token budget for retrieved evidence (default: the window less reserves).",
     )
+    max_wait_s: float | None = Field(
+        default=30.0,
+        gt=0,
+        description="Longest wait for the first token: evidence is cut to what the model reads in this time here "
+        "(measured on real prompts; unset: no limit).",
+    )
+    prompt_tokens_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="How fast the model reads a prompt here, in tokens/s (unset: measured on the first prompts).",
+    )
     ui_host: str = Field(
         default="127.0.0.1",
         description="Address the browser UI binds to; 127.0.0.1 keeps it on this machine (0.0.0.0: every network).",

@@ -94,3 +94,7 @@ def test_ask_streams_the_answer_then_the_sources(data_dir: Path, tmp_path: Path)
     else:
         assert not cited and all(line.endswith("(not cited)") for line in lines)
     assert "<|im_start|>" not in answer and "[INST]" not in answer  # SmolLM2 got its own chat template
+    # the first real prompt measured how fast this machine reads, for the wait budget of the next questions
+    speeds = json.loads((data_dir / "prompt-speed.json").read_text(encoding="utf-8"))
+    [(key, tokens_per_s)] = speeds.items()
+    assert "SmolLM2" in key and tokens_per_s > 0

@@ -118,3 +118,28 @@ def test_llama_cpp_reuses_its_cache_through_the_chain(retriever: HybridRetriever
     (first_prompt, _), (_, rewrite_cached), (follow_prompt, follow_cached) = seen.runs
     assert rewrite_cached >= 0.9 * first_prompt  # the rewrite did not evict the conversation
     assert follow_cached >= 0.9 * first_prompt and follow_prompt > first_prompt  # only the new part was read
+
+
+def test_the_evidence_budget_is_what_the_model_reads_within_the_wait(retriever: HybridRetriever, tmp_path: Any) -> None:
+    from rag.llm.speed import PromptSpeed
+
+    slow = PromptSpeed("model|machine", fixed=100.0)  # 100 prompt tokens/s: 3 s reads 300 tokens
+    llm = scripted_llm()
+    chain = chain_of(retriever, llm, prompt_speed=slow, max_wait_s=3.0)
+    prepared = chain.prepare(FIRST)
+    assert prepared.budget == 256  # never less than a useful minimum of evidence
+    [note] = prepared.notes
+    assert note.startswith("256 of ") and "limited by the 3 s wait" in note and "100 prompt tokens/s" in note
+    fast = chain_of(retriever, llm, prompt_speed=PromptSpeed("m|g", fixed=50_000.0), max_wait_s=3.0).prepare(FIRST)
+    assert not fast.notes and fast.budget > 256  # a GPU reads the whole window within the wait
+
+    measured = PromptSpeed("model|machine", path=tmp_path / "prompt-speed.json")
+    assert measured.tokens_per_s() is None  # unknown until the first real prompt: no limit yet
+    measured.observe(100, 0.1)  # too short a prompt to measure reading speed
+    assert measured.tokens_per_s() is None
+    measured.observe(2000, 4.0)
+    measured.observe(3000, 5.0)  # smoothed: (500 + 600) / 2
+    again = PromptSpeed("model|machine", path=tmp_path / "prompt-speed.json")
+    assert again.tokens_per_s() == 550.0  # kept per model and machine in the data dir
+    (tmp_path / "prompt-speed.json").write_text("{not json", encoding="utf-8")
+    assert PromptSpeed("model|machine", path=tmp_path / "prompt-speed.json").tokens_per_s() is None

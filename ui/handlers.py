@@ -137,7 +137,7 @@ class UiHandlers:
                 for event in events:
                     if event.kind == "passages":
                         sources_html = render_sources(event.sources, language, final=False)
-                        figures = render_figures(event.stats, language, final=False)
+                        figures = with_notes(render_figures(event.stats, language, final=False), event.notes)
                     elif event.kind == "delta":
                         answer += event.text
                         shown[-1] = {"role": "assistant", "content": answer}
@@ -151,7 +151,7 @@ class UiHandlers:
                             list(shown),
                             list(history),
                             render_sources(event.sources, language, final=False),
-                            render_figures(event.stats, language),
+                            with_notes(render_figures(event.stats, language), event.notes),
                         )
                         return
                     else:
@@ -161,7 +161,7 @@ class UiHandlers:
                             shown,
                             kept,
                             render_sources(event.sources, language, final=True),
-                            render_figures(event.stats, language),
+                            with_notes(render_figures(event.stats, language), event.notes),
                         )
                         return
                     yield list(shown), list(history), sources_html, figures
@@ -332,6 +332,13 @@ def render_sources(sources: Sequence[dict[str, Any]], language: str, *, final: b
         )
     parts.append("</div>")
     return "".join(parts)
+
+
+def with_notes(figures: str, notes: Sequence[str]) -> str:
+    """The figures line, then what the chain noted about this answer (evidence cut by the wait, turns dropped)."""
+    if not notes:
+        return figures
+    return figures + "\n\n" + "\n".join(f"- {html.escape(note)}" for note in notes)
 
 
 def render_figures(stats: AnswerStats, language: str, *, final: bool = True) -> str:

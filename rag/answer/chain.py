@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from rag.chunks import ChunkReader
     from rag.llm.adapter import MixtralInstructLLM
     from rag.llm.counting import ModelTokens
+    from rag.llm.speed import PromptSpeed
 
     AnswerModel: TypeAlias = MixtralInstructLLM | BaseChatModel
 
@@ -133,6 +134,8 @@ class RagChain:
         rewrite_llm: Runnable[Any, str] | None = None,
         reuse_conversation: bool = True,
         follow_up_room: float = 0.25,
+        prompt_speed: PromptSpeed | None = None,
+        max_wait_s: float | None = None,
     ) -> None:
         self.retriever = retriever
         self.tokens = tokens
@@ -150,6 +153,10 @@ class RagChain:
         self.empty_message = empty_message
         self.reuse_conversation = reuse_conversation
         """Follow-ups extend the previous turn's prompt (llama.cpp reuses its cache) instead of a fresh one."""
+        self.prompt_speed = prompt_speed
+        """How fast the model reads prompts here (measured), for :attr:`max_wait_s`."""
+        self.max_wait_s = max_wait_s
+        """Longest wait for the first token: evidence is cut to what the model reads in it (None: no limit)."""
         self.follow_up_room = follow_up_room
         """Share of the evidence room a fresh prompt leaves free (without an explicit ``max_context_tokens``), so
         follow-ups can extend it."""
@@ -266,7 +273,32 @@ class RagChain:
                 context_window=window,
             )
         budget = room if max_context_tokens is None else min(room, max_context_tokens)
+        cap = self.wait_cap(overhead)
+        if cap is not None and cap < budget:
+            notes.append(self._wait_note(cap, room))
+            budget = cap
+        elif self.reuse_conversation and max_context_tokens is None:
+            # a fresh prompt leaves room for follow-ups to extend it (else the next turn must start afresh)
+            budget = max(1, int(budget * (1 - self.follow_up_room)))
         return budget, kept, notes
+
+    def wait_cap(self, overhead: int) -> int | None:
+        """The most evidence the model reads, after ``overhead`` other prompt tokens, within ``max_wait_s`` at the
+        measured prompt speed (None: no limit, or the speed is not known yet); never below a useful minimum."""
+        if self.max_wait_s is None or self.prompt_speed is None:
+            return None
+        speed = self.prompt_speed.tokens_per_s()
+        if speed is None:
+            return None
+        return max(_MIN_EVIDENCE, int(self.max_wait_s * speed) - overhead)
+
+    def _wait_note(self, cap: int, room: int) -> str:
+        speed = self.prompt_speed.tokens_per_s() if self.prompt_speed is not None else None
+        return (
+            f"{cap:,} of {room:,} context tokens: limited by the {self.max_wait_s:g} s wait for the first token "
+            f"(this machine reads about {speed or 0:,.0f} prompt tokens/s); raise max_wait_s (RAG_MAX_WAIT_S) "
+            "for more evidence"
+        )
 
     def _rewrite_call(
         self, question: str, history: Sequence[ChatMessage], layout: ConversationLayout | None = None
@@ -391,9 +423,6 @@ class RagChain:
         limit = self.max_context_tokens if max_context_tokens is None else max_context_tokens
         system = self.read_system(inputs)
         budget, kept, notes = self.budget_for(question, history, limit, max_tokens=options.max_tokens, system=system)
-        if self.reuse_conversation and limit is None:
-            # a fresh prompt leaves room for follow-ups to extend it (else the next turn must start afresh)
-            budget = max(1, int(budget * (1 - self.follow_up_room)))
         llm_kwargs = {
             key: value
             for key, value in (("temperature", options.temperature), ("max_tokens", options.max_tokens),
@@ -423,6 +452,10 @@ class RagChain:
         room = tokens.context_window - reserve - self._render(base)[1] - _SAFETY - 16  # 16: the new block's heading
         limit = self.max_context_tokens if start.max_context_tokens is None else start.max_context_tokens
         budget = room if limit is None else min(room, limit)
+        cap = self.wait_cap(32)  # only the new message is read: its question and headings, then the evidence
+        if cap is not None and cap < budget:
+            start.notes.append(self._wait_note(cap, room))
+            budget = cap
         floor = min(_MIN_EVIDENCE, max(32, tokens.context_window // 8))
         needed = floor if limit is None else min(floor, limit)  # a useful amount of evidence (or all that is asked)
         if room < needed:

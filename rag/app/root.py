@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ingest.ocr import OcrEngine
     from ingest.pipeline import FileProblem, IngestPipeline, IngestProgress
     from rag.answer.chain import AnswerModel, RagChain
+    from rag.llm.speed import PromptSpeed
     from rag.retrieval.embedders.base import Embedder
     from rag.retrieval.lexical import LexicalIndex
     from rag.retrieval.retriever import HybridRetriever
@@ -75,6 +76,8 @@ class Components:
         self.use_llm = use_llm
         self._llm = llm
         self._chat: BaseChatModel | None = None
+        self._speed: PromptSpeed | None = None
+        self._speed_lock = threading.Lock()
         self._embedders: dict[str, Embedder] = {}
         self._chains: dict[tuple[str, bool], RagChain] = {}
         self._ocr: OcrEngine | None = None
@@ -164,7 +167,23 @@ class Components:
                 from rag.llm.adapter import MixtralInstructLLM
 
                 self._llm = MixtralInstructLLM.from_settings(self.settings)
+                # every real prompt measures how fast this machine reads (the wait budget is sized by it)
+                self._llm.observe_prompt_speed(self.prompt_speed().observe)
             return self._llm
+
+    def prompt_speed(self) -> PromptSpeed:
+        """How fast the configured model reads prompts here: ``prompt_tokens_per_s``, else measured on real
+        prompts and kept per model and machine in ``DATA_DIR/prompt-speed.json``."""
+        with self._speed_lock:
+            if self._speed is None:
+                from rag.llm.speed import PromptSpeed, machine_key
+
+                settings = self.settings
+                key = machine_key(settings.llm_model, n_gpu_layers=settings.llm_n_gpu_layers,
+                                  n_threads=settings.llm_n_threads, base_url=settings.llm_base_url)  # fmt: skip
+                path = None if settings.chroma_url else settings.data_dir / "prompt-speed.json"
+                self._speed = PromptSpeed(key, path=path, fixed=settings.prompt_tokens_per_s)
+            return self._speed
 
     def chat_model(self) -> BaseChatModel | None:
         """The shared model as a LangChain chat model (the same backend and weights as :meth:`llm`), for
@@ -228,6 +247,8 @@ class Components:
             document_count=hybrid.store.count if hybrid is not None else None,
             k=k,
             max_context_tokens=settings.max_context_tokens,
+            prompt_speed=self.prompt_speed() if model is not None else None,
+            max_wait_s=settings.max_wait_s,
             empty_message=(
                 f"nothing has been ingested into collection '{settings.collection}' at {data} yet: "
                 "run `ingest PATH` (or `rag ingest PATH`) first"

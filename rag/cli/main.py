@@ -135,6 +135,7 @@ def ask_command(
                     "context": event.context,
                     "standalone_question": event.standalone_question,
                     "stats": event.stats,
+                    "notes": event.notes,
                 }
     except ConfigError as error:
         raise click.UsageError(str(error)) from None
@@ -152,6 +153,7 @@ def ask_command(
                 "prompt_tokens": stats.prompt_tokens,
                 "sources": result["sources"],
                 "stats": stats.to_dict(),
+                "notes": result["notes"],
             }
             click.echo(json.dumps(payload, ensure_ascii=False))
         else:
@@ -172,6 +174,7 @@ def ask_command(
             "context_tokens": stats.context_tokens,
             "standalone_question": result["standalone_question"],
             "stats": stats.to_dict(),
+            "notes": result["notes"],
         }
         click.echo(json.dumps(payload, ensure_ascii=False))
         return

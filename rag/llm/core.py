@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Self
 
@@ -89,6 +90,7 @@ class MixtralModelCore(BaseModel):
     _backend: Backend | None = PrivateAttr(default=None)
     _auto_format: PromptFormat | None = PrivateAttr(default=None)
     _backend_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _speed_observers: list[Callable[[int, float], None]] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
     def _check_model(self) -> Self:
@@ -251,7 +253,20 @@ class MixtralModelCore(BaseModel):
         """Generate (blocking): pieces of text, the last with the finish reason and token counts."""
         params = self._params(stop, kwargs)
         backend, prepared = self._prepare(formatter, params)
-        yield from backend.generate(prepared, params, cancelled or (lambda: False))
+        started = time.perf_counter()
+        first: float | None = None
+        for piece in backend.generate(prepared, params, cancelled or (lambda: False)):
+            if first is None and (piece.text or piece.finish_reason):
+                first = time.perf_counter() - started
+            if piece.finish_reason and first is not None and self._speed_observers:
+                evaluated = int(piece.info.get("prompt_tokens", 0)) - int(piece.info.get("cached_prompt_tokens", 0))
+                for observe in self._speed_observers:
+                    observe(evaluated, first)
+            yield piece
+
+    def observe_prompt_speed(self, observer: Callable[[int, float], None]) -> None:
+        """Call ``observer(evaluated prompt tokens, seconds to the first token)`` after every generation."""
+        self._speed_observers.append(observer)
 
     async def _apieces(
         self, formatter: Formatter, stop: list[str] | None, kwargs: Mapping[str, Any]
