@@ -273,3 +273,33 @@ def test_a_client_that_disconnects_cancels_its_generation(server: str) -> None:
     quick = {"model": "SmolLM2-135M-Instruct.Q4_1", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
     assert httpx.post(f"{server}/v1/chat/completions", json=quick, headers=headers, timeout=60).status_code == 200
     assert time.monotonic() - started < 5
+
+
+def test_health_says_503_while_the_model_loads(tmp_path: Path) -> None:
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from rag.server.app import ServeOptions, create_app
+    from tests.fakes import ScriptedBackend, scripted_llm
+
+    loaded = threading.Event()
+
+    class SlowToLoad(ScriptedBackend):
+        def warm_up(self) -> None:
+            loaded.wait(30)
+
+    llm = scripted_llm()
+    llm.client = SlowToLoad()
+    components = Components(Settings(data_dir=tmp_path / "data"), llm=llm)
+    app = create_app(components, ServeOptions(warm_up=True))
+    with TestClient(app) as http:
+        loading = http.get("/health")
+        assert loading.status_code == 503 and loading.json()["status"] == "loading" and loading.headers["retry-after"]
+        loaded.set()
+        for _ in range(100):
+            if http.get("/health").status_code == 200:
+                break
+            time.sleep(0.05)
+        assert http.get("/health").json()["status"] == "ok"
+        assert http.get("/openapi.json").status_code == 200  # the schema is served
