@@ -4,6 +4,7 @@ SmolLM2 through llama.cpp, real uploads on disk. No browser (see test_ui_browser
 from __future__ import annotations
 
 import os
+import re
 import stat
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -178,6 +179,9 @@ def test_session_settings_are_per_session(handlers: UiHandlers) -> None:
     passages = sources_html.count("<details")
     assert shown[-1]["content"] == text("zh", "retrieval_only_answer", count=passages)  # passages, no answer
     assert conversation == [] and "handbook.md" in sources_html and "检索" in figures
+    assert text("zh", "passages_found") in sources_html and text("zh", "sources") not in sources_html  # not "cited"
+    scores = [float(score) for score in re.findall(r"相关度 ([0-9.]+)", sources_html)]
+    assert len(scores) == passages and scores == sorted(scores, reverse=True)  # best first, with their scores
     answered = run(handlers.respond("remote work days per week", [], second))
     assert answered[-1][1][1][0] == "assistant" and "tokens/s" in answered[-1][3]
     other = handlers.apply_settings(second, "other-collection", 5, 0, 0.2, False)

@@ -150,7 +150,7 @@ class UiHandlers:
                         yield (
                             list(shown),
                             list(history),
-                            render_sources(event.sources, language, final=False),
+                            render_sources(event.sources, language, final=False, retrieval_only=True),
                             with_notes(render_figures(event.stats, language), event.notes),
                         )
                         return
@@ -303,14 +303,20 @@ def _as_messages(history: Sequence[ChatTurn]) -> list[dict[str, str]]:
     return [{"role": role, "content": content} for role, content in history]
 
 
-def render_sources(sources: Sequence[dict[str, Any]], language: str, *, final: bool) -> str:
+def render_sources(
+    sources: Sequence[dict[str, Any]], language: str, *, final: bool, retrieval_only: bool = False
+) -> str:
     """Passages as HTML: file name, page and heading in the summary, the passage text when expanded.
 
-    ``final``: sources of a written answer (cited ones first, uncited ones marked); else the evidence found.
+    ``final``: sources of a written answer (cited ones first, uncited ones marked); else the evidence given to the
+    model while it writes. ``retrieval_only``: what a person reads instead of an answer, best first with scores.
     """
     if not sources:
         return f"<p>{html.escape(text(language, 'sources_none'))}</p>"
-    parts = [f"<div class='rag-sources'><h4>{html.escape(text(language, 'sources'))}</h4>"]
+    if retrieval_only:
+        sources = sorted(sources, key=lambda source: -float(source.get("score") or 0.0))
+    heading = "passages_found" if retrieval_only else "sources" if final else "passages_given"
+    parts = [f"<div class='rag-sources'><h4>{html.escape(text(language, heading))}</h4>"]
     if final and not any(source.get("cited") for source in sources):
         parts.append(f"<p>{html.escape(text(language, 'sources_uncited'))}</p>")
     for source in sources:
@@ -321,6 +327,8 @@ def render_sources(sources: Sequence[dict[str, Any]], language: str, *, final: b
             where.append(html.escape(text(language, "page", page=source["page"])))
         if source.get("heading"):
             where.append(html.escape(str(source["heading"])))
+        if retrieval_only and source.get("score") is not None:
+            where.append(html.escape(text(language, "score", score=f"{float(source['score']):.2f}")))
         if "ocr_confidence" in source:
             where.append(html.escape(text(language, "ocr_low" if source.get("low_confidence") else "ocr")))
         if final and source.get("cited") is False and any(s.get("cited") for s in sources):

@@ -42,6 +42,9 @@ _STRINGS: dict[str, dict[Language, str]] = {
     "stop": {"zh": "停止", "en": "Stop"},
     "clear": {"zh": "清空对话", "en": "Clear"},
     "sources": {"zh": "引用的段落", "en": "Cited passages"},
+    "passages_found": {"zh": "找到的段落（最相关的在前）", "en": "Passages found (best first)"},
+    "passages_given": {"zh": "交给模型的段落", "en": "Passages given to the model"},
+    "score": {"zh": "相关度 {score}", "en": "score {score}"},
     "sources_none": {"zh": "（没有找到相关段落）", "en": "(no passages found)"},
     "sources_uncited": {
         "zh": "回答未引用任何段落；以下是最相关的段落。",
@@ -112,7 +115,10 @@ _STRINGS: dict[str, dict[Language, str]] = {
         "zh": "提问和上传都使用这个集合；输入新名称即可新建。",
         "en": "Questions and uploads use this collection; type a new name to create one.",
     },
-    "k": {"zh": "检索段落数 k", "en": "Passages to retrieve (k)"},
+    "k": {
+        "zh": "最相关的 k 个命中（扩展成段落，预算内再补充其余）",
+        "en": "Best hits first expanded into passages (k); the budget is then filled with more",
+    },
     "budget": {"zh": "上下文预算（词元，0 为自动）", "en": "Context budget (tokens, 0: automatic)"},
     "temperature": {"zh": "温度", "en": "Temperature"},
     "retrieval_only": {"zh": "仅检索模式（不用语言模型）", "en": "Retrieval-only mode (no language model)"},
