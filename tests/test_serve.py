@@ -28,6 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 KEY = "test-key-0123"
 QUESTION = "How many days per week may employees work remotely?"
 
+#: Generous timeouts: a loaded CI machine loads the embedder and syncs the BM25 copy slowly.
+HTTP = httpx.Client(timeout=120)
+
 
 def start_server(
     data_dir: Path, *args: str, env: dict[str, str] | None = None, model_args: list[str] | None = None
@@ -48,7 +51,7 @@ def start_server(
         if process.poll() is not None:
             raise AssertionError(f"rag serve exited: {process.stdout.read() if process.stdout else ''}")
         try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+            if HTTP.get(f"{base}/health", timeout=2).status_code == 200:
                 return process, base
         except httpx.HTTPError:
             pass
@@ -85,7 +88,7 @@ def server(data_dir: Path) -> Iterator[str]:
 def client(base: str) -> Any:
     from openai import OpenAI
 
-    return OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0, timeout=120)
+    return OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0)
 
 
 def test_models_list_each_collection_and_the_bare_model(server: str) -> None:
@@ -105,7 +108,7 @@ def test_a_chat_completion_carries_its_sources(server: str) -> None:
     assert any("three days per week" in source["text"] for source in sources)  # retrieval found the passage
     assert all(s["cited"] for s in sources) or not any(s["cited"] for s in sources)
     assert choice.message.annotations and choice.message.annotations[0].type == "url_citation"
-    card = httpx.get(choice.message.annotations[0].url_citation.url, headers={"Authorization": f"Bearer {KEY}"})
+    card = HTTP.get(choice.message.annotations[0].url_citation.url, headers={"Authorization": f"Bearer {KEY}"})
     assert card.status_code == 200 and card.json()["chunks"]  # the source card's document
     assert reply.usage is not None and reply.usage.prompt_tokens > 0
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
@@ -147,10 +150,10 @@ def test_chat_openai_and_the_bare_model(server: str) -> None:
 
 def test_retrieval_and_embeddings_endpoints(server: str) -> None:
     headers = {"Authorization": f"Bearer {KEY}"}
-    found = httpx.post(f"{server}/v1/chunks", json={"model": "rag-docs", "query": "password length", "k": 2},
+    found = HTTP.post(f"{server}/v1/chunks", json={"model": "rag-docs", "query": "password length", "k": 2},
                        headers=headers).json()  # fmt: skip
     assert found["data"][0]["file_name"] == "security.md" and "14 characters" in found["data"][0]["text"]
-    only = httpx.post(f"{server}/v1/chunks", json={"model": "rag-docs", "query": "password length", "k": 3,
+    only = HTTP.post(f"{server}/v1/chunks", json={"model": "rag-docs", "query": "password length", "k": 3,
                                                    "sources": ["rivers.txt"]}, headers=headers).json()  # fmt: skip
     assert {chunk["file_name"] for chunk in only["data"]} == {"rivers.txt"}  # the filter by source
     vectors = client(server).embeddings.create(model="rag-docs", input=["remote work", "vacation"])
@@ -161,16 +164,16 @@ def test_errors_use_the_openai_envelope_and_the_server_keeps_serving(server: str
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     url = f"{server}/v1/chat/completions"
     cases = [
-        (httpx.post(url, content=b"{not json", headers=headers), 400, "invalid_json"),
-        (httpx.post(url, json={"model": 3, "messages": "x"}, headers=headers), 400, "invalid_value"),
-        (httpx.post(url, content=b"x" * (5 * 2**20), headers=headers), 413, "request_too_large"),
-        (httpx.post(url, json={"model": "nope", "messages": [{"role": "user", "content": "q"}]}, headers=headers),
+        (HTTP.post(url, content=b"{not json", headers=headers), 400, "invalid_json"),
+        (HTTP.post(url, json={"model": 3, "messages": "x"}, headers=headers), 400, "invalid_value"),
+        (HTTP.post(url, content=b"x" * (5 * 2**20), headers=headers), 413, "request_too_large"),
+        (HTTP.post(url, json={"model": "nope", "messages": [{"role": "user", "content": "q"}]}, headers=headers),
          404, "model_not_found"),
-        (httpx.post(url, json={"model": "rag-docs", "messages": [{"role": "user", "content": "q"}]},
+        (HTTP.post(url, json={"model": "rag-docs", "messages": [{"role": "user", "content": "q"}]},
                     headers={"Authorization": "Bearer wrong"}), 401, "invalid_api_key"),
-        (httpx.post(url, json={"model": "rag-docs", "messages": [{"role": "user", "content": "q " * 5000}]},
+        (HTTP.post(url, json={"model": "rag-docs", "messages": [{"role": "user", "content": "q " * 5000}]},
                     headers=headers), 400, "context_length_exceeded"),
-        (httpx.get(f"{server}/v1/documents/doc-unknown", headers=headers), 404, "document_not_found"),
+        (HTTP.get(f"{server}/v1/documents/doc-unknown", headers=headers), 404, "document_not_found"),
     ]  # fmt: skip
     for response, status, code in cases:
         assert response.status_code == status, response.text
@@ -178,7 +181,7 @@ def test_errors_use_the_openai_envelope_and_the_server_keeps_serving(server: str
         assert error["code"] == code and error["message"] and error["type"]
     unknown_fields = {"stream_options": {"x": 1}, "tool_servers": []}
     body = {"model": "rag-docs", "messages": [{"role": "user", "content": QUESTION}], **unknown_fields}
-    ok = httpx.post(url, json=body, headers=headers, timeout=120)
+    ok = HTTP.post(url, json=body, headers=headers)
     assert ok.status_code == 200  # unknown fields ignored, still serving after every error
 
 
@@ -188,23 +191,23 @@ def test_upload_ingest_list_and_delete_documents(server: str, tmp_path: Path) ->
         ("files", ("garden.txt", b"The greenhouse opens at 6 a.m. every Tuesday.\n", "text/plain")),
         ("files", ("broken.pdf", b"%PDF-1.4 this is not really a pdf", "application/pdf")),
     ]
-    job = httpx.post(f"{server}/v1/ingest", files=files, data={"model": "rag-docs"}, headers=headers)
+    job = HTTP.post(f"{server}/v1/ingest", files=files, data={"model": "rag-docs"}, headers=headers)
     assert job.status_code == 202
     for _ in range(300):
-        status = httpx.get(f"{server}/v1/ingest/{job.json()['id']}", headers=headers).json()
+        status = HTTP.get(f"{server}/v1/ingest/{job.json()['id']}", headers=headers).json()
         if status["status"] in ("done", "failed"):
             break
         time.sleep(0.2)
     assert status["status"] == "done" and status["report"]["files_added"] == 1
     assert [Path(problem["file"]).name for problem in status["problems"]] == ["broken.pdf"]
-    documents = httpx.get(f"{server}/v1/documents", params={"model": "rag-docs"}, headers=headers).json()["data"]
+    documents = HTTP.get(f"{server}/v1/documents", params={"model": "rag-docs"}, headers=headers).json()["data"]
     garden = next(document for document in documents if document["file_name"] == "garden.txt")
-    found = httpx.post(f"{server}/v1/chunks", json={"model": "rag-docs", "query": "greenhouse Tuesday"},
+    found = HTTP.post(f"{server}/v1/chunks", json={"model": "rag-docs", "query": "greenhouse Tuesday"},
                        headers=headers).json()  # fmt: skip
     assert found["data"][0]["file_name"] == "garden.txt"
-    deleted = httpx.delete(f"{server}/v1/documents/{garden['id']}", headers=headers)
+    deleted = HTTP.delete(f"{server}/v1/documents/{garden['id']}", headers=headers)
     assert deleted.status_code == 200 and deleted.json()["chunks_removed"] >= 1
-    assert httpx.get(f"{server}/v1/documents/{garden['id']}", headers=headers).status_code == 404
+    assert HTTP.get(f"{server}/v1/documents/{garden['id']}", headers=headers).status_code == 404
 
 
 def test_a_full_queue_gets_503_and_every_answer_its_own(data_dir: Path) -> None:
@@ -238,7 +241,7 @@ def test_a_full_queue_gets_503_and_every_answer_its_own(data_dir: Path) -> None:
         for question, status, sources in results:
             if status == 200:  # each answer carries its own question's evidence, never another's
                 assert any(expected[question] in source["text"] for source in sources), (question, sources)
-        refused = httpx.post(f"{base}/v1/chat/completions", json={"model": "x"})
+        refused = HTTP.post(f"{base}/v1/chat/completions", json={"model": "x"})
         assert refused.status_code in (400, 404)  # still serving
     finally:
         started = time.monotonic()
@@ -263,15 +266,15 @@ def test_a_client_that_disconnects_cancels_its_generation(server: str) -> None:
     with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, headers=headers, timeout=60) as response:
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")  # generation has started
-        assert httpx.get(f"{server}/health").json()["running"] == 1
+        assert HTTP.get(f"{server}/health").json()["running"] == 1
     # the connection is closed: the slot comes back long before 3,000 tokens could have been written
     deadline = time.monotonic() + 5
-    while httpx.get(f"{server}/health").json()["running"] and time.monotonic() < deadline:
+    while HTTP.get(f"{server}/health").json()["running"] and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert httpx.get(f"{server}/health").json()["running"] == 0
+    assert HTTP.get(f"{server}/health").json()["running"] == 0
     started = time.monotonic()  # and the model is free: the abandoned story no longer holds llama.cpp
     quick = {"model": "SmolLM2-135M-Instruct.Q4_1", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
-    assert httpx.post(f"{server}/v1/chat/completions", json=quick, headers=headers, timeout=60).status_code == 200
+    assert HTTP.post(f"{server}/v1/chat/completions", json=quick, headers=headers).status_code == 200
     assert time.monotonic() - started < 5
 
 

@@ -14,6 +14,9 @@ import httpx
 from tests.conftest import BUNDLED_EMBEDDER
 from tests.test_serve import start_server
 
+#: Generous timeouts: a loaded CI machine loads the embedder and syncs the BM25 copy slowly.
+HTTP = httpx.Client(timeout=120)
+
 
 def stop(process: subprocess.Popen[str]) -> None:
     process.send_signal(signal.SIGTERM)
@@ -33,21 +36,19 @@ def test_a_document_ingested_by_one_worker_is_answered_from_by_another(
     second, second_url = start_server(tmp_path / "worker-2", env=env, model_args=model)
     try:
         upload = [("files", ("garden.txt", b"The greenhouse opens at 6 a.m. every Tuesday.\n", "text/plain"))]
-        job = httpx.post(f"{first_url}/v1/ingest", files=upload, data={"model": "new"}).json()
+        job = HTTP.post(f"{first_url}/v1/ingest", files=upload, data={"model": "new"}).json()
         for _ in range(300):
-            status = httpx.get(f"{first_url}/v1/ingest/{job['id']}").json()
+            status = HTTP.get(f"{first_url}/v1/ingest/{job['id']}").json()
             if status["status"] in ("done", "failed"):
                 break
             time.sleep(0.2)
         assert status["status"] == "done" and status["report"]["files_added"] == 1, status
 
-        assert "rag-docs" in [m["id"] for m in httpx.get(f"{second_url}/v1/models").json()["data"]]
-        found = httpx.post(f"{second_url}/v1/chunks", json={"model": "rag-docs", "query": "greenhouse Tuesday"})
+        assert "rag-docs" in [m["id"] for m in HTTP.get(f"{second_url}/v1/models").json()["data"]]
+        found = HTTP.post(f"{second_url}/v1/chunks", json={"model": "rag-docs", "query": "greenhouse Tuesday"})
         assert found.json()["data"][0]["file_name"] == "garden.txt"  # the second worker's BM25 copy caught up
         question = {"role": "user", "content": "When does the greenhouse open?"}
-        answer = httpx.post(
-            f"{second_url}/v1/chat/completions", timeout=120, json={"model": "rag-docs", "messages": [question]}
-        )
+        answer = HTTP.post(f"{second_url}/v1/chat/completions", json={"model": "rag-docs", "messages": [question]})
         assert answer.status_code == 200, answer.text
         message = answer.json()["choices"][0]["message"]
         assert message["content"].strip()  # written by the model server

@@ -33,6 +33,13 @@ def _ks(value: str) -> list[int]:
 @click.option("--retrieval-only", is_flag=True, help="Measure retrieval only; no language model is loaded.")
 @click.option("--k", "k_list", default="1,5,10", show_default=True, help="Cut-offs for hit@k.")
 @click.option(
+    "--budgets",
+    "budget_list",
+    default="2000,4000,8000,16000,32000",
+    show_default=True,
+    help="Evidence budgets (tokens) for the recall-vs-budget table; empty: skip it.",
+)
+@click.option(
     "--distractors",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="CRUD news folder: its articles join the passage pool to make retrieval harder.",
@@ -59,6 +66,7 @@ def eval_command(
     dataset: Path,
     retrieval_only: bool,
     k_list: str,
+    budget_list: str,
     distractors: Path | None,
     distractor_limit: int | None,
     question_limit: int | None,
@@ -77,14 +85,16 @@ def eval_command(
       rag eval cmrc2018_trial.squad.json --retrieval-only --distractors ../shared/eval-data/crud-news
       rag eval zh_refine.even.jsonl --questions 50 --llm-model ./chinese-mixtral-instruct-q4_0.gguf
 
-    Reports hit@k, precision@5 and MRR@10 for the hybrid retriever and each of its sides; with a model, RGB's
-    answer accuracy and rejection rate, or CMRC's EM and F1.
+    Reports hit@k, precision@5 and MRR@10 for the hybrid retriever and each of its sides; evidence recall per
+    budget (questions whose gold passage is inside the assembled context at 2K ... 32K tokens: what a shorter wait
+    costs); with a model, RGB's answer accuracy and rejection rate, or CMRC's EM and F1.
     """
     from rag.cli.common import quiet_third_party, settings_from_flags
     from rag.eval.metrics import add_distractors, load_dataset, plot_retrieval_curve
 
     quiet_third_party()
     ks = _ks(k_list)
+    budgets = _ks(budget_list) if budget_list.strip() else []
     settings = settings_from_flags(config_file=config_file, embedding_model=embedding_model, llm_model=llm_model)
     try:
         evalset = load_dataset(dataset)
@@ -98,7 +108,7 @@ def eval_command(
     with tempfile.TemporaryDirectory(prefix="rag-eval-") as scratch:
         root = workdir or Path(scratch)
         try:
-            results = _evaluate(evalset, questions, settings, root, ks, retrieval_only)
+            results = _evaluate(evalset, questions, settings, root, ks, retrieval_only, budgets)
         except RagError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(1)
@@ -106,6 +116,8 @@ def eval_command(
     summary: dict[str, Any] = {"dataset": dataset.name, "pool": pool, "questions": len(questions), **results}
     (output / f"{evalset.name}.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), "utf-8")
     table = _table(summary["retrieval"], ks)
+    if summary.get("evidence_recall"):
+        table += "\n\n" + _recall_table(summary["evidence_recall"])
     (output / f"{evalset.name}.md").write_text(f"Pool: {pool}; {len(questions)} questions\n\n{table}\n", "utf-8")
     plot_retrieval_curve(summary["retrieval"], ks, output / f"{evalset.name}-retrieval.png", f"{evalset.name}: {pool}")
     if as_json:
@@ -125,15 +137,37 @@ def _table(retrieval: dict[str, dict[str, float]], ks: list[int]) -> str:
     return "\n".join(lines)
 
 
+def _recall_table(recall: dict[int, dict[str, float]]) -> str:
+    lines = ["| evidence budget | gold passage inside | all gold passages inside | mean context tokens |",
+             "|---:|---:|---:|---:|"]  # fmt: skip
+    for budget, figures in recall.items():
+        lines.append(f"| {budget:,} | {figures['any_gold']:.3f} | {figures['all_gold']:.3f} | "
+                     f"{figures['mean_tokens']:,.0f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def _retrieve(retriever: Any, query: str, k: int) -> list[Any]:
     return list(retriever.invoke(query, k=k))
 
 
 def _evaluate(
-    evalset: Any, questions: list[Any], settings: Settings, root: Path, ks: list[int], retrieval_only: bool
+    evalset: Any,
+    questions: list[Any],
+    settings: Settings,
+    root: Path,
+    ks: list[int],
+    retrieval_only: bool,
+    budgets: list[int] | None = None,
 ) -> dict[str, Any]:
     from rag.app.root import Components
-    from rag.eval.metrics import cmrc_scores, is_rejection, retrieval_metrics, rgb_correct, write_passages
+    from rag.eval.metrics import (
+        cmrc_scores,
+        evidence_recall,
+        is_rejection,
+        retrieval_metrics,
+        rgb_correct,
+        write_passages,
+    )
 
     folder = root / "passages"
     write_passages(evalset, folder)
@@ -150,6 +184,15 @@ def _evaluate(
         metrics["ms_per_query"] = (time.monotonic() - started) * 1000 / max(len(questions), 1)
         retrieval[name] = metrics
     results: dict[str, Any] = {"retrieval": retrieval, "chunks": report.chunks_total}
+    if budgets:
+        # the chain's own assembly (neighbours, merging, exact budget), counted with the Mixtral tokenizer
+        evidence = components.new_chain(retrieval_only=True, retriever=retrievers["hybrid"])
+
+        def assemble(query: str, budget: int) -> tuple[list[str], int]:
+            packed = evidence.prepare(query, max_context_tokens=budget).packed
+            return [passage.source for passage in packed.passages], packed.tokens
+
+        results["evidence_recall"] = evidence_recall(assemble, questions, budgets)
     if retrieval_only:
         return results
 

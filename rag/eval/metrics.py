@@ -21,6 +21,7 @@ __all__ = [
     "EvalQuestion",
     "EvalSet",
     "cmrc_scores",
+    "evidence_recall",
     "is_rejection",
     "load_dataset",
     "passage_id",
@@ -164,6 +165,28 @@ def retrieval_metrics(
     metrics["precision@5"] = precision5 / n
     metrics["mrr@10"] = reciprocal / n
     return metrics
+
+
+def evidence_recall(
+    assemble: Callable[[str, int], tuple[Sequence[str], int]],
+    questions: Sequence[EvalQuestion],
+    budgets: Sequence[int],
+) -> dict[int, dict[str, float]]:
+    """Per evidence budget: the share of questions with a gold passage (``any_gold``) and with all of them
+    (``all_gold``) inside the assembled context, and its mean size in tokens. ``assemble(query, budget)`` returns
+    the sources of the context's passages and its tokens."""
+    results: dict[int, dict[str, float]] = {}
+    for budget in budgets:
+        any_gold = all_gold = tokens = 0.0
+        for question in questions:
+            sources, used = assemble(question.query, budget)
+            inside = {Path(source).stem for source in sources}
+            any_gold += bool(question.gold & inside)
+            all_gold += question.gold <= inside
+            tokens += used
+        n = max(len(questions), 1)
+        results[budget] = {"any_gold": any_gold / n, "all_gold": all_gold / n, "mean_tokens": tokens / n}
+    return results
 
 
 # -- answer metrics ----------------------------------------------------------------------------------------------
