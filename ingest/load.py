@@ -100,6 +100,14 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", "
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(
     _PLAIN | _MARKDOWN | _HTML | _UNSTRUCTURED | {".pdf"} | IMAGE_EXTENSIONS
 )
+#: Office and EPUB files are zip containers: refused when their members would unpack to more than this (a zip
+#: bomb of a few kilobytes unpacks to gigabytes inside the parser), or to more than ``MAX_UNPACK_RATIO`` times their
+#: packed size past 50 MB.
+MAX_UNPACKED_BYTES = 512 * 2**20
+MAX_UNPACK_RATIO = 200
+_ZIPPED = {".docx", ".pptx", ".xlsx", ".epub", ".odt"}
+# Text formats that unstructured (or pandoc) parses leniently: random bytes must not become "text".
+_TEXT_BASED = {".eml", ".rst", ".org", ".rtf", ".csv", ".tsv", ".json", ".xml"}
 #: Resolution PDF pages are rendered at for OCR (PP-OCR reads 10-12 pt text well from here on).
 OCR_DPI = 150
 #: Pages of one file read by OCR at most (at ~0.5 s a page, an hour); the rest keep what their text layer has.
@@ -135,12 +143,32 @@ def decode_text(data: bytes) -> str:
         from charset_normalizer import from_bytes
 
         match = from_bytes(data, cp_isolation=["gb18030", "big5", "utf_8", "shift_jis", "euc_kr", "cp1252"]).best()
-        if match is None:
-            raise LoadError("binary content or an unknown text encoding") from None
-        text = str(match)
+        if match is not None:
+            text = str(match)
+        else:
+            mixed = _mixed_lines(data)  # files pasted together from UTF-8 and GBK sources
+            if mixed is None:
+                raise LoadError("binary content or an unknown text encoding") from None
+            text = mixed
     if text and len(_CONTROL.findall(text[:20000])) > 0.01 * min(len(text), 20000):
         raise LoadError("binary content, not text")
     return text
+
+
+def _mixed_lines(data: bytes) -> str | None:
+    """Text whose lines are each UTF-8 or GB18030 (mostly UTF-8), decoded line by line; None when it is not."""
+    lines = data.split(b"\n")
+    decoded, utf8 = [], 0
+    for line in lines:
+        try:
+            decoded.append(line.decode("utf-8"))
+            utf8 += 1
+        except UnicodeDecodeError:
+            try:
+                decoded.append(line.decode("gb18030"))
+            except UnicodeDecodeError:
+                return None
+    return "\n".join(decoded) if utf8 * 2 >= len(lines) else None
 
 
 def _readable_as(data: bytes, codec: str) -> tuple[float, str]:
@@ -182,6 +210,10 @@ def load_document(
         elif extension in _PLAIN:
             document = LoadedDocument(_paragraphs(decode_text(path.read_bytes())), "text")
         else:
+            if extension in _ZIPPED:
+                _check_container(path, extension)
+            elif extension in _TEXT_BASED:
+                _check_text(path)
             document = _load_with_unstructured(path, extension)
     except LoadError:
         raise
@@ -203,6 +235,36 @@ def load_document(
             raise LoadError("no text could be extracted (empty, or only images/scans, and OCR is off: --no-ocr)")
         raise LoadError("no text could be extracted (empty, or a scan in which OCR found no text)")
     return document
+
+
+def _check_text(path: Path) -> None:
+    """Refuse binary content in a text format, from its first 64 KiB (whole lines), before a lenient parser reads
+    it as text."""
+    with path.open("rb") as handle:
+        head = handle.read(65536)
+        if handle.read(1):
+            head = head[: head.rfind(b"\n") + 1] or head
+    decode_text(head)
+
+
+def _check_container(path: Path, extension: str) -> None:
+    """Refuse a zip container that would unpack to too much, before any parser opens it (bounded memory)."""
+    import zipfile
+
+    kind = extension[1:].upper()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except zipfile.BadZipFile:
+        raise LoadError(f"not a valid {kind} file (damaged, cut short, or another format renamed)") from None
+    unpacked = sum(member.file_size for member in members)
+    packed = sum(member.compress_size for member in members)
+    if unpacked > MAX_UNPACKED_BYTES or (unpacked > 50 * 2**20 and unpacked > MAX_UNPACK_RATIO * max(packed, 1)):
+        raise LoadError(
+            f"its contents would unpack to {unpacked / 2**20:,.0f} MB from {packed / 2**20:,.1f} MB "
+            f"(limit {MAX_UNPACKED_BYTES / 2**20:,.0f} MB, {MAX_UNPACK_RATIO}x): a zip bomb or a damaged {kind}; "
+            "refused"
+        )
 
 
 def _paragraphs(text: str, page: int | None = None) -> list[Element]:
