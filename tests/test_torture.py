@@ -30,12 +30,12 @@ GOOD = {
 
 
 def zip_bomb(path: Path, inner: str) -> None:
-    """A small zip whose member unpacks to 2 GiB of zeros, dressed as an Office or EPUB file."""
+    """A small zip whose member unpacks to 1 GiB of zeros (twice the limit), dressed as an Office or EPUB file."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
         archive.writestr("[Content_Types].xml", "<Types/>")
         with archive.open(inner, "w", force_zip64=True) as member:
             block = b"\0" * (1 << 24)
-            for _ in range(128):
+            for _ in range(64):
                 member.write(block)
 
 
