@@ -312,9 +312,13 @@ def _load_pdf(
 
 
 def _usable_text(text: str) -> bool:
-    """Whether a page's text layer is real text: enough characters, nearly all of them text-like."""
+    """Whether a page's text layer is real text: enough characters, nearly all of them text-like, and (almost) no
+    control characters. A font subset without a ToUnicode map extracts as glyph numbers: mostly printable ASCII
+    with control characters between (measured: none on 314 pages of SEC filings, 9 % on such a page)."""
     visible = "".join(text.split())
     if len(visible) < 8:
+        return False
+    if len(_CONTROL.findall(text)) > 0.01 * len(visible):
         return False
     return sum(1 for char in visible if _TEXTLIKE.match(char)) >= 0.8 * len(visible)
 

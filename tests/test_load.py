@@ -178,3 +178,13 @@ def test_docx_and_xlsx_tables_keep_their_rows_and_sheet_names(tmp_path: Path) ->
         ("table", ("库存",), 1, ["品名 | 数量 | 仓库", "螺丝 | 1200 | 上海", "螺母 | 800 | 北京"]),
         ("table", ("单价",), 2, ["品名 | 单价", "螺丝 | 0.5"]),
     ]
+
+
+def test_the_glyph_numbers_of_a_font_without_a_tounicode_map_are_not_text() -> None:
+    from ingest.load import _usable_text
+
+    # what pypdf extracts from a TrueType subset without its ToUnicode map (bench/pdf_text.py): mostly printable
+    garbage = '\\\x0f[\x01f:\n56OQ\x0f);qdn8\x0ePrg\x1aUomXn8^\r\nE,O+_Krg\x1d!lWTr"EB1Y.$_C\r'
+    assert not _usable_text(garbage)  # read by OCR instead
+    assert _usable_text("Net sales\t$ 82,959\t$ 83,360\nOperating income 23,076\r\n")
+    assert _usable_text("第二章 财务\n2023年第三季度营业收入为1,234.5亿元，同比增长8.6%。")
