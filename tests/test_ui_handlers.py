@@ -358,3 +358,35 @@ def test_names_and_languages() -> None:
     assert language_from_header("fr-FR,zh-TW;q=0.5") == "zh"
     assert language_from_header("de-DE") == "en" and language_from_header(None) == "en"
     assert text("zh", "send") == "发送" and text("en", "send") == "Send" and text("fr", "send") == "Send"
+
+
+def test_while_the_model_reads_the_prompt_the_page_says_how_far(
+    handlers: UiHandlers, embedder: Any, tmp_path: Path
+) -> None:
+    import time
+
+    from tests.fakes import ScriptedBackend
+
+    class SlowReader(ScriptedBackend):
+        """Reads the prompt for 1.6 s before its first piece, like a big model on a CPU."""
+
+        def generate(self, prompt: Any, params: Any, cancelled: Any) -> Any:
+            time.sleep(1.6)
+            yield from super().generate(prompt, params, cancelled)
+
+    llm = scripted_llm(max_tokens=48, context_window=2048)
+    llm.client = SlowReader(context_window=2048)
+    settings = handlers.assistant.settings.model_copy(update={"prompt_tokens_per_s": 500.0})
+    components = Components(settings, llm=llm)
+    components.share_embedder(embedder)
+    events = list(Assistant(components).ask("How many days per week may employees work remotely?"))
+    reading = [event for event in events if event.kind == "reading"]
+    first_answer = next(i for i, event in enumerate(events) if event.kind == "delta")
+    assert len(reading) >= 2 and all(events.index(event) < first_answer for event in reading)
+    total = reading[0].stats.to_read_tokens
+    assert total == events[-1].stats.prompt_tokens > 0  # a first question: the whole prompt is read
+    read = [event.stats.read_tokens for event in reading]
+    assert read == sorted(read) and read[-1] <= total and reading[0].stats.read_left_s is not None
+    from ui.handlers import render_reading
+
+    assert f"of {total:,} tokens" in render_reading(reading[-1].stats, "en")

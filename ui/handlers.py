@@ -138,6 +138,8 @@ class UiHandlers:
                     if event.kind == "passages":
                         sources_html = render_sources(event.sources, language, final=False)
                         figures = with_notes(render_figures(event.stats, language, final=False), event.notes)
+                    elif event.kind == "reading":  # the model reads the prompt: not a frozen screen
+                        figures = with_notes(render_reading(event.stats, language), event.notes)
                     elif event.kind == "delta":
                         answer += event.text
                         shown[-1] = {"role": "assistant", "content": answer}
@@ -347,6 +349,19 @@ def with_notes(figures: str, notes: Sequence[str]) -> str:
     if not notes:
         return figures
     return figures + "\n\n" + "\n".join(f"- {html.escape(note)}" for note in notes)
+
+
+def render_reading(stats: AnswerStats, language: str) -> str:
+    """While the model reads the prompt: how much, and about how long is left (when its speed is known)."""
+    if stats.read_left_s is None:
+        return text(language, "reading_unknown", total=f"{stats.to_read_tokens:,}")
+    return text(
+        language,
+        "reading",
+        read=f"{stats.read_tokens:,}",
+        total=f"{stats.to_read_tokens:,}",
+        left=f"{stats.read_left_s:.0f}",
+    )
 
 
 def render_figures(stats: AnswerStats, language: str, *, final: bool = True) -> str:

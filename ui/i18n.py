@@ -42,6 +42,14 @@ _STRINGS: dict[str, dict[Language, str]] = {
     "stop": {"zh": "停止", "en": "Stop"},
     "clear": {"zh": "清空对话", "en": "Clear"},
     "sources": {"zh": "引用的段落", "en": "Cited passages"},
+    "reading": {
+        "zh": "模型正在阅读提示：约 {read}/{total} 个词元，还需约 {left} 秒",
+        "en": "the model is reading the prompt: about {read} of {total} tokens, about {left} s left",
+    },
+    "reading_unknown": {
+        "zh": "模型正在阅读 {total} 个词元的提示（首次测量阅读速度）",
+        "en": "the model is reading a prompt of {total} tokens (measuring how fast it reads here)",
+    },
     "passages_found": {"zh": "找到的段落（最相关的在前）", "en": "Passages found (best first)"},
     "passages_given": {"zh": "交给模型的段落", "en": "Passages given to the model"},
     "score": {"zh": "相关度 {score}", "en": "score {score}"},

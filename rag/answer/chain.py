@@ -103,6 +103,8 @@ class PreparedQuestion:
     """The history as the caller sent it (all of it): with the question and the answer, the next turn's key."""
     follows_up: bool = False
     """The prompt extends the previous turn's (its evidence kept in place, new passages after it)."""
+    reused_tokens: int = 0
+    """Prompt tokens the previous turn already made the model read (llama.cpp keeps them in its cache)."""
 
     @property
     def passages(self) -> list[dict[str, Any]]:
@@ -501,6 +503,7 @@ class RagChain:
             system=start.system,
             conversation=start.conversation,
             follows_up=True,
+            reused_tokens=self._render(layout.messages)[1],
         )
 
     def _fresh(self, start: _Start, standalone: str) -> PreparedQuestion:

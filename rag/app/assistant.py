@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from queue import Empty, Queue
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 if TYPE_CHECKING:
     from rag.answer.chain import AnswerModel, RagChain
@@ -71,6 +72,12 @@ class AnswerStats:
     tokens_per_s: float | None = None
     """Generation speed after the first token; None when fewer than two tokens came."""
     total_ms: float = 0.0
+    to_read_tokens: int = 0
+    """Prompt tokens the model must read before it answers (a follow-up: only its new part)."""
+    read_tokens: int = 0
+    """While it reads (``reading`` events): about how many it has read, from the measured speed."""
+    read_left_s: float | None = None
+    """About how many seconds of reading are left (None: the speed is not known yet)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {key: (round(value, 1) if isinstance(value, float) else value) for key, value in self.__dict__.items()}
@@ -78,7 +85,9 @@ class AnswerStats:
 
 @dataclass
 class AnswerEvent:
-    kind: Literal["passages", "delta", "done"]
+    kind: Literal["passages", "reading", "delta", "done"]
+    """``reading``: every half second while the model reads the prompt (``stats.read_tokens`` of
+    ``stats.to_read_tokens``, ``stats.read_left_s``), until the first piece of the answer."""
     text: str = ""
     """``delta``: the new piece; ``done``: the whole answer (empty in retrieval-only mode)."""
     sources: list[dict[str, Any]] = field(default_factory=list)
@@ -89,6 +98,49 @@ class AnswerEvent:
     standalone_question: str = ""
     retrieval_only: bool = False
     notes: list[str] = field(default_factory=list)
+
+
+T = TypeVar("T")
+
+
+def _paced(items: Iterator[T], *, every_s: float) -> Generator[T | None, None, None]:
+    """``items``, produced in a worker thread, with ``None`` every ``every_s`` seconds while none comes (so the
+    caller can show progress during a long wait). Closing this generator stops the worker at its next item (it
+    closes ``items`` itself, in its own thread)."""
+    queue: Queue[tuple[str, Any]] = Queue()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                queue.put(("item", item))
+                if stop.is_set():
+                    break
+        except BaseException as error:
+            queue.put(("error", error))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+            queue.put(("end", None))
+
+    worker = threading.Thread(target=produce, name="answer", daemon=True)
+    worker.start()
+    try:
+        while True:
+            try:
+                kind, value = queue.get(timeout=every_s)
+            except Empty:
+                yield None
+                continue
+            if kind == "end":
+                break
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        worker.join(timeout=30)
 
 
 class Assistant:
@@ -171,7 +223,19 @@ class Assistant:
             if options.max_tokens is not None:
                 generation["max_tokens"] = min(options.max_tokens, chain.tokens.max_tokens)
             answer, first, sources = "", 0.0, prepared.passages
-            for chunk in chain.generate(prepared, **generation):
+            stats.to_read_tokens = prepared.prompt_tokens - prepared.reused_tokens
+            speed = chain.prompt_speed.tokens_per_s() if chain.prompt_speed is not None else None
+            reading_started = time.perf_counter()
+            for chunk in _paced(chain.generate(prepared, **generation), every_s=0.5):
+                if chunk is None:  # still reading the prompt: say how far it is
+                    if answer:
+                        continue
+                    elapsed = time.perf_counter() - reading_started
+                    if speed:
+                        stats.read_tokens = min(stats.to_read_tokens, int(elapsed * speed))
+                        stats.read_left_s = max(0.0, (stats.to_read_tokens - stats.read_tokens) / speed)
+                    yield replace(passages, kind="reading", stats=replace(stats), sources=[], context="")
+                    continue
                 if "answer" in chunk:
                     if not answer:
                         first = time.perf_counter()

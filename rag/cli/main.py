@@ -124,8 +124,18 @@ def ask_command(
     try:
         assistant = Assistant(Components(settings))
         result: dict[str, Any] = {}
+        reading_shown = False
         for event in assistant.ask(question, options=options):
-            if event.kind == "delta" and not as_json:
+            if event.kind == "reading" and not as_json and sys.stderr.isatty():
+                stats = event.stats
+                left = f", about {stats.read_left_s:.0f} s left" if stats.read_left_s is not None else ""
+                click.echo(f"\rreading the prompt: {stats.read_tokens:,} of {stats.to_read_tokens:,} tokens{left}  ",
+                           nl=False, err=True)  # fmt: skip
+                reading_shown = True
+            elif event.kind == "delta" and not as_json:
+                if reading_shown:
+                    click.echo("\r" + " " * 72 + "\r", nl=False, err=True)
+                    reading_shown = False
                 click.echo(event.text, nl=False)
                 sys.stdout.flush()
             elif event.kind == "done":
