@@ -138,6 +138,12 @@ class Settings(BaseSettings):
         ge=256,
         description="Token budget for retrieved evidence (default: the window less reserves).",
     )
+    relevance_floor: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Past the top k, hits scoring under this share of the best hit's score do not fill the budget.",
+    )
     max_wait_s: float | None = Field(
         default=30.0,
         gt=0,

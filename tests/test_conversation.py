@@ -143,3 +143,13 @@ def test_the_evidence_budget_is_what_the_model_reads_within_the_wait(retriever: 
     assert again.tokens_per_s() == 550.0  # kept per model and machine in the data dir
     (tmp_path / "prompt-speed.json").write_text("{not json", encoding="utf-8")
     assert PromptSpeed("model|machine", path=tmp_path / "prompt-speed.json").tokens_per_s() is None
+
+
+def test_a_relevance_floor_keeps_noise_out_of_the_budget(retriever: HybridRetriever) -> None:
+    llm = scripted_llm()
+    everything = chain_of(retriever, llm).prepare(FIRST)
+    floored = chain_of(retriever, llm, relevance_floor=0.99).prepare(FIRST)
+    files = {p.file_name for p in everything.packed.passages}
+    assert len(files) == len(DOCUMENTS)  # without a floor, the small corpus fills the budget
+    assert {p.file_name for p in floored.packed.passages} == {"handbook.md"}  # the top hits (k=2) and nothing far below
+    assert floored.packed.tokens < everything.packed.tokens

@@ -138,6 +138,7 @@ class RagChain:
         follow_up_room: float = 0.25,
         prompt_speed: PromptSpeed | None = None,
         max_wait_s: float | None = None,
+        relevance_floor: float = 0.0,
     ) -> None:
         self.retriever = retriever
         self.tokens = tokens
@@ -155,6 +156,8 @@ class RagChain:
         self.empty_message = empty_message
         self.reuse_conversation = reuse_conversation
         """Follow-ups extend the previous turn's prompt (llama.cpp reuses its cache) instead of a fresh one."""
+        self.relevance_floor = relevance_floor
+        """Hits scoring under this share of the best hit's score are left out (past the top ``k``); 0: none."""
         self.prompt_speed = prompt_speed
         """How fast the model reads prompts here (measured), for :attr:`max_wait_s`."""
         self.max_wait_s = max_wait_s
@@ -360,8 +363,15 @@ class RagChain:
     def _retrieve(self, query: str, budget: int, k: int, sources: list[str] | None) -> list[Any]:
         depth = ContextAssembler.depth_for(budget, k)
         if sources:
-            return list(self.retriever.invoke(query, k=depth, sources=sources))
-        return list(self.retriever.invoke(query, k=depth))
+            found = list(self.retriever.invoke(query, k=depth, sources=sources))
+        else:
+            found = list(self.retriever.invoke(query, k=depth))
+        if not self.relevance_floor or not found:
+            return found
+        # hits far below the best one are noise: the budget is not filled with them (the top k always stay)
+        best = max(float(d.metadata.get("score") or 0.0) for d in found)
+        floor = self.relevance_floor * best
+        return [d for i, d in enumerate(found) if i < k or float(d.metadata.get("score") or 0.0) >= floor]
 
     def _pack_documents(
         self, documents: list[Any], budget: int, k: int, exclude: frozenset[str] = frozenset()

@@ -249,6 +249,7 @@ class Components:
             max_context_tokens=settings.max_context_tokens,
             prompt_speed=self.prompt_speed() if model is not None else None,
             max_wait_s=settings.max_wait_s,
+            relevance_floor=settings.relevance_floor,
             empty_message=(
                 f"nothing has been ingested into collection '{settings.collection}' at {data} yet: "
                 "run `ingest PATH` (or `rag ingest PATH`) first"
