@@ -8,7 +8,8 @@ template, ``--n-ctx`` >= 4K) and on the tiny random Mixtral GGUF (the Mixtral-In
 runs twice in the same process: follow-ups extending the previous prompt (the default) and with that switched off
 (``reuse_conversation=False``: every turn a fresh prompt). Reported per model and mode: first-turn time to first
 answer token, follow-up time to first token (rewrite included), their ratio (target <= 0.1), and the prompt tokens
-llama.cpp evaluated per turn (its own count: prompt minus cached).
+llama.cpp evaluated per turn (its own count: prompt minus cached). Last, the evidence budget the chain chooses for a
+32K window and a 30 s wait at simulated prompt speeds (a laptop CPU, a workstation CPU, a GPU).
 """
 
 from __future__ import annotations
@@ -141,6 +142,22 @@ def main() -> None:
                     evaluated = [round(statistics.median(run[i]["evaluated"] for run in runs)) for i in range(3)]
                     print(f"{model_name:<22} {corpus_name:<22} {mode:<14} {first:>8.2f}s {follow:>11.2f}s "
                           f"{follow / first:>6.2f} {prompt:>10.0f} {evaluated!s:>20}")  # fmt: skip
+        wait_budgets(corpora[0][2][1])
+
+
+def wait_budgets(retriever: Any) -> None:
+    """The evidence budget chosen for Chinese-Mixtral's 32K window within a 30 s wait, at three prompt speeds."""
+    from rag.answer.chain import RagChain
+    from rag.llm.counting import ModelTokens
+    from rag.llm.speed import PromptSpeed
+
+    print(f"\n{'prompt speed':>14} {'wait':>6} {'evidence budget':>16}  note")
+    for speed in (40.0, 400.0, 4000.0):  # Q4_0 on a laptop CPU, on a 32-core workstation, on a GPU
+        chain = RagChain(retriever, ModelTokens(None, context_window=32768, max_tokens=1024), reader=retriever.reader,
+                         prompt_speed=PromptSpeed("simulated", fixed=speed), max_wait_s=30.0)  # fmt: skip
+        prepared = chain.prepare("员工每年有几天年假？")
+        note = prepared.notes[0] if prepared.notes else "(the window: no limit from the wait)"
+        print(f"{speed:>10.0f} t/s {30:>5}s {prepared.budget:>16,}  {note}")
 
 
 if __name__ == "__main__":
