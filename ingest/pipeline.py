@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -24,6 +25,7 @@ from ingest.chunk import CHUNKER_VERSION, Chunk, chunk_document
 from ingest.discover import DiscoveredFile, discover, file_sha256, printable_path
 from ingest.load import SUPPORTED_EXTENSIONS, LoadError, load_document
 from ingest.ocr import LOW_CONFIDENCE, OcrEngine
+from rag.errors import RagError, StoreError
 from rag.retrieval.embedders.base import Embedder
 from rag.retrieval.lexical import LexicalIndex
 from rag.retrieval.store import ChunkStore, FileVersion
@@ -379,17 +381,18 @@ class IngestPipeline:
         ids = [self._chunk_id(item, chunk) for item in batch for chunk in item.chunks]
         metadatas = [self._metadata(item, chunk) for item in batch for chunk in item.chunks]
         texts = [chunk.text for chunk in chunks]
-        self.store.upsert(ids, vectors, texts, metadatas)
-        if self.lexical is not None:
-            bodies = [body for item in batch for body in item.lexical_bodies]
-            counts = [n for item in batch for n in item.token_counts] if self.count_tokens is not None else None
-            self.lexical.add(ids, texts, metadatas, bodies, token_counts=counts)
-        # only now that the new versions are complete do the old versions go
         new_ids = set(ids)
         old = [i for item in batch for v in item.previous for i in v.ids if i not in new_ids]
-        self.store.delete(old)
-        if self.lexical is not None:
-            self.lexical.delete(old)
+        with _writing(self.store.collection_name, len(batch)):
+            self.store.upsert(ids, vectors, texts, metadatas)
+            if self.lexical is not None:
+                bodies = [body for item in batch for body in item.lexical_bodies]
+                counts = [n for item in batch for n in item.token_counts] if self.count_tokens is not None else None
+                self.lexical.add(ids, texts, metadatas, bodies, token_counts=counts)
+            # only now that the new versions are complete do the old versions go
+            self.store.delete(old)
+            if self.lexical is not None:
+                self.lexical.delete(old)
         report.chunks_added += len(ids)
         report.chunks_removed += len(old)
         for item in batch:
@@ -428,6 +431,22 @@ class IngestPipeline:
             metadata["ocr_confidence"] = round(chunk.ocr_confidence, 3)
             metadata["low_confidence"] = chunk.ocr_confidence < LOW_CONFIDENCE
         return metadata
+
+
+@contextmanager
+def _writing(collection: str, files: int) -> Iterator[None]:
+    """A failure of the store or the local index while writing becomes a :class:`StoreError` that says nothing is
+    lost: the previous version of every file stays until its new one is complete, and the same run repairs it."""
+    try:
+        yield
+    except RagError:
+        raise
+    except Exception as error:  # Chroma, SQLite and the disk raise anything
+        raise StoreError(
+            f"writing {files} file(s) into collection '{collection}' failed ({type(error).__name__}: {error}). "
+            "Nothing already stored is lost (each file keeps its previous version); fix the cause (disk space, "
+            "the Chroma server) and run the same ingest again to complete the store"
+        ) from error
 
 
 def _pages(numbers: list[int]) -> str:

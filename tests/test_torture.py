@@ -150,3 +150,37 @@ def test_files_that_vanish_or_turn_unreadable_after_discovery(tmp_path: Path, em
     assert failed.get("vanishes.txt")
     if os.geteuid() != 0:
         assert "permission" in failed["locked.txt"].lower() or "cannot be read" in failed["locked.txt"]
+
+
+def test_a_store_failing_mid_write_loses_nothing_and_the_rerun_completes(tmp_path: Path, embedder: Any) -> None:
+    from ingest.pipeline import IngestPipeline
+    from rag.errors import StoreError
+    from rag.retrieval.store import ChunkStore, connect_chroma
+    from tests.test_ingest import _comparable, snapshot
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("Version one: the depot opens at seven.\n", encoding="utf-8")
+    (folder / "b.txt").write_text("The canteen serves noodles on Monday.\n", encoding="utf-8")
+
+    def pipeline(data: Path) -> IngestPipeline:
+        return IngestPipeline(ChunkStore(connect_chroma(path=data / "chroma"), "docs"), embedder)
+
+    pipeline(tmp_path / "data").run([folder])
+    (folder / "a.txt").write_text("Version two: the depot opens at nine.\n", encoding="utf-8")
+    (folder / "c.txt").write_text("A new file about the bicycle shed.\n", encoding="utf-8")
+    failing = pipeline(tmp_path / "data")
+    real_delete = failing.store.delete
+
+    def broken_delete(ids: Any) -> None:  # the new chunks are written, then the store fails
+        raise RuntimeError("disk I/O error")
+
+    failing.store.delete = broken_delete  # type: ignore[method-assign]
+    with pytest.raises(StoreError, match=r"Nothing already stored is lost.*run the same ingest again"):
+        failing.run([folder])
+    failing.store.delete = real_delete  # type: ignore[method-assign]
+    texts = [text for text, _ in snapshot(tmp_path / "data").values()]
+    assert any("Version one" in text for text in texts)  # the previous version is still answerable
+    pipeline(tmp_path / "data").run([folder])  # the rerun completes the store ...
+    pipeline(tmp_path / "clean").run([folder])  # ... to what one clean run makes
+    assert _comparable(snapshot(tmp_path / "data")) == _comparable(snapshot(tmp_path / "clean"))
