@@ -191,3 +191,16 @@ async def test_the_chain_speaks_to_chat_models(retriever: HybridRetriever) -> No
     assert [m.type for m in messages] == ["system", "human"] and "three days per week" in str(messages[0].content)
     assert QUESTION in str(messages[1].content)
     assert [s["n"] for s in pieces[-1]["sources"]] == [1]
+
+
+async def test_call_settings_override_the_question_options_in_both_apis(retriever: HybridRetriever) -> None:
+    backend = ScriptedBackend(quote_first_passage)
+    llm = scripted_llm()
+    llm.client = backend
+    chain = chain_of(retriever, llm)
+    prepared = chain.prepare({"question": QUESTION, "options": {"max_tokens": 200}})
+    synced = [piece for piece in chain.generate(prepared, max_tokens=4)]
+    streamed = [piece async for piece in chain.agenerate(prepared, max_tokens=4)]
+    assert synced == streamed  # the same key given twice is this call's, not a TypeError
+    answer = "".join(piece.get("answer", "") for piece in streamed)
+    assert 0 < len(llm.tokenizer.encode_text(answer)) <= 4

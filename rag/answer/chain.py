@@ -574,9 +574,8 @@ class RagChain:
         else:
             model, model_input = self._answer_call(prepared)
             # closed explicitly when this stream is: the model's worker thread stops at its next token
-            generation = cast(
-                "AsyncGenerator[Any, None]", model.astream(model_input, **prepared.llm_kwargs, **llm_kwargs)
-            )
+            options = {**prepared.llm_kwargs, **llm_kwargs}  # this call's settings over the question's
+            generation = cast("AsyncGenerator[Any, None]", model.astream(model_input, **options))
             async with contextlib.aclosing(generation) as stream:
                 async for piece in stream:
                     shown = answer.feed(_text_of(piece))
