@@ -153,3 +153,14 @@ def test_a_relevance_floor_keeps_noise_out_of_the_budget(retriever: HybridRetrie
     assert len(files) == len(DOCUMENTS)  # without a floor, the small corpus fills the budget
     assert {p.file_name for p in floored.packed.passages} == {"handbook.md"}  # the top hits (k=2) and nothing far below
     assert floored.packed.tokens < everything.packed.tokens
+
+
+def test_a_follow_up_knows_how_much_of_its_prompt_is_already_read(retriever: HybridRetriever) -> None:
+    llm = scripted_llm()
+    chain = chain_of(retriever, llm, max_context_tokens=60)
+    first_prepared = chain.prepare(FIRST)
+    first = chain.runnable.invoke(FIRST)
+    follow = chain.prepare({"question": FOLLOW_UP, "chat_history": [("user", FIRST), ("assistant", first["answer"])]})
+    assert follow.follows_up
+    assert follow.reused_tokens == first_prepared.prompt_tokens + llm.tokenizer.count(first["answer"])
+    assert 0 < follow.prompt_tokens - follow.reused_tokens < follow.prompt_tokens // 2  # only the new part is read

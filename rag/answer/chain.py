@@ -513,7 +513,7 @@ class RagChain:
             system=start.system,
             conversation=start.conversation,
             follows_up=True,
-            reused_tokens=self._render(layout.messages)[1],
+            reused_tokens=layout.tokens,
         )
 
     def _fresh(self, start: _Start, standalone: str) -> PreparedQuestion:
@@ -675,6 +675,7 @@ class _Answer:
                 messages=[*prepared.messages, ChatMessage("assistant", self.text)],
                 passages=list(prepared.packed.passages),
                 evidence_tokens=prepared.packed.tokens,
+                tokens=prepared.prompt_tokens + self.chain.tokens.count(self.text),
             )
             self.chain.layouts.put(prepared.system, turns, layout)
         return AddableDict(

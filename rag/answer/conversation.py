@@ -43,6 +43,8 @@ class ConversationLayout:
     """Every passage given so far, numbered 1..N in the order given."""
     evidence_tokens: int
     """Tokens of all the evidence given so far."""
+    tokens: int = 0
+    """Tokens the model has read and written for it (the prompt and the answer): what its cache holds."""
 
 
 def conversation_key(system: str, turns: Sequence[ChatMessage]) -> str:
