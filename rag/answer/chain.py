@@ -312,23 +312,19 @@ class RagChain:
         conversation's layout, it is asked at the end of the conversation's own prompt (the cache stays)."""
         if not history or (self.llm is None and self.rewrite_llm is None):
             return None
-        if layout is not None and self.llm is not None and self.rewrite_llm is None:
-            messages = [*layout.messages, ChatMessage("user", rewrite_follow_up_message(question))]
-            bound = self.llm.bind(max_tokens=self.rewrite_max_tokens, temperature=0.0)
-            return bound, _langchain_messages(messages) if self._is_chat else self._render(messages)[0]
-        # The rewrite replaces llama.cpp's cached prefix, but all the answer prompt could have reused from the last
-        # turn is its instructions (~180 tokens): the evidence after them changes with every question. That is
-        # under 1 % of a 32K prompt, so a second context (and its KV memory) is not worth it.
         turns = list(history)[-_REWRITE_TURNS:]
         if self.rewrite_llm is not None:
-            prompt = render_rewrite_prompt(question, turns, prompt_format=self.tokens.prompt_format)
-            return self.rewrite_llm, prompt
+            return self.rewrite_llm, render_rewrite_prompt(question, turns, prompt_format=self.tokens.prompt_format)
         assert self.llm is not None
+        model: Runnable[Any, Any] = self.llm.bind(max_tokens=self.rewrite_max_tokens, temperature=0.0)
+        if layout is not None:
+            messages = [*layout.messages, ChatMessage("user", rewrite_follow_up_message(question))]
+            return model, _langchain_messages(messages) if self._is_chat else self._render(messages)[0]
+        # Without a layout (the first follow-up after a fresh start) the rewrite replaces llama.cpp's cached prefix;
+        # all the answer prompt could have reused then is its instructions (~180 tokens).
         if self._is_chat:  # one user message: the chat model applies its own template
-            model: Runnable[Any, Any] = self.llm.bind(max_tokens=self.rewrite_max_tokens, temperature=0.0)
             return model, [HumanMessage(render_rewrite_prompt(question, turns, prompt_format="native"))]
-        prompt = render_rewrite_prompt(question, turns, prompt_format=self.tokens.prompt_format)
-        return self.llm.bind(max_tokens=self.rewrite_max_tokens, temperature=0.0), prompt
+        return model, render_rewrite_prompt(question, turns, prompt_format=self.tokens.prompt_format)
 
     def rewrite(self, question: str, history: Sequence[ChatMessage], layout: ConversationLayout | None = None) -> str:
         """``question`` made standalone with the history (LLM, few tokens); the question itself when there is no
@@ -362,10 +358,8 @@ class RagChain:
 
     def _retrieve(self, query: str, budget: int, k: int, sources: list[str] | None) -> list[Any]:
         depth = ContextAssembler.depth_for(budget, k)
-        if sources:
-            found = list(self.retriever.invoke(query, k=depth, sources=sources))
-        else:
-            found = list(self.retriever.invoke(query, k=depth))
+        filters: dict[str, Any] = {"sources": sources} if sources else {}  # only our retriever takes sources
+        found = list(self.retriever.invoke(query, k=depth, **filters))
         if not self.relevance_floor or not found:
             return found
         # hits far below the best one are noise: the budget is not filled with them (the top k always stay)

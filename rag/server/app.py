@@ -32,7 +32,6 @@ from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rag.errors import RagError
 from rag.server.admission import Admission
 from rag.server.errors import ApiError, install_error_handlers, stream_error_event
 from rag.server.jobs import IngestJobs
@@ -658,7 +657,7 @@ async def _stream(
             )  # fmt: skip
             yield f"data: {json.dumps(chunk.model_dump(mode='json', exclude_none=True))}\n\n"
         yield "data: [DONE]\n\n"
-    except (RagError, ApiError, Exception) as error:  # the stream has started: an error event, then the end
+    except Exception as error:  # the stream has started: an error event (ours, or a generic one), then the end
         yield stream_error_event(error)
 
 
