@@ -119,15 +119,24 @@ class Components:
         without repeating ``--embedding-model``. When writing, an explicit, different model is refused by the store
         (with how to rebuild); ``prefer_recorded`` (reading) takes the recorded model even then.
         """
+        from rag.retrieval.embedders.factory import make_embedder, split_backend
+
         settings = self.settings_for(collection)
         model, quantization = settings.embedding_model, settings.embedding_quantization
+        backend = settings.embedding_backend
         if prefer_recorded or "embedding_model" not in settings.model_fields_set:
             store = store or self.store(collection)
             recorded = store.metadata.get("embedding_model")
-            if recorded:  # the recorded name says it all, int8 included (MODEL#int8)
-                model, quantization = str(recorded), None
-        from rag.retrieval.embedders.factory import make_embedder
-
+            if (
+                recorded
+                and not prefer_recorded
+                and {"embedding_backend", "embedding_quantization"} & (settings.model_fields_set)
+            ):
+                # writing with another backend asked for: the recorded model with it, which the store refuses
+                # (with how to rebuild) unless it is the recorded one
+                model = split_backend(str(recorded))[0]
+            elif recorded:  # the recorded name says it all, backend and int8 included (MODEL#int8, MODEL#onnx-int8)
+                model, quantization, backend = str(recorded), None, None
         api_key = settings.embedding_api_key
         candidate = make_embedder(  # instant: nothing loads until the embedder's warm_up
             model,
@@ -137,6 +146,8 @@ class Components:
             device=settings.embedding_device,
             batch_size=settings.embedding_batch_size,
             quantization=quantization,
+            backend=backend,
+            cache_dir=settings.data_dir / "cache" / "embedders",  # onnx / openvino exports, made once
         )
         return self.share_embedder(candidate)
 
