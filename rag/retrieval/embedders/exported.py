@@ -241,6 +241,7 @@ class ExportedEmbeddings(SentenceTransformerEmbeddings):
                                 "version": EXPORTER_VERSION,
                                 "torch": torch.__version__,
                                 "min_cosine_vs_torch": worst,
+                                "not_used": errors,  # why the dynamo exporter was not, if it was not
                             }
                         ),
                         encoding="utf-8",
@@ -423,7 +424,7 @@ def _torch_export(wrapper: Any, args: tuple[Any, ...], names: list[str], target:
                 dynamo=True,
                 input_names=names,
                 output_names=["token_embeddings"],
-                dynamic_shapes=tuple({0: batch, 1: sequence} for _ in names),
+                dynamic_shapes=(tuple({0: batch, 1: sequence} for _ in names),),  # forward(*tensors): one argument
                 external_data=big,
                 optimize=True,
                 verbose=False,
