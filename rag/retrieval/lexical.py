@@ -14,6 +14,12 @@ again. The vector store stays the source of
 truth above both; :meth:`LexicalIndex.sync` reconciles with it by chunk id (cheap when they agree), so an
 interrupted ingest or a store shared through a Chroma server never leaves the local side wrong for long.
 
+Both are derived data, so damage costs no document: a SQLite file that is not a database or is malformed is moved
+aside (``<collection>.sqlite3.damaged``) and refilled from the store (at once when found by :meth:`LexicalIndex.sync`,
+which every ingest and a retriever's first question run; else the call that found it fails with a message and the
+next question or ingest refills it), and a tantivy folder that cannot be opened is started again from the table.
+A full disk while writing is a :class:`rag.errors.DiskFullError` naming the file.
+
 What the tokens are (jieba, stopwords) is :mod:`rag.retrieval.terms`'s; this module indexes and searches them.
 """
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import re
@@ -30,9 +37,10 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from rag.chunks import ContextChunk, with_heading
+from rag.errors import DiskFullError, RagError, StoreDamagedError, disk_full_reason, is_damaged_database
 from rag.retrieval.terms import TOKENIZER_VERSION, index_body, query_terms
 
 if TYPE_CHECKING:
@@ -61,6 +69,24 @@ _CHUNK_COLUMNS = (
     "coalesce(json_extract(metadata, '$.table_header'), '')"
 )
 _BATCH = 500
+logger = logging.getLogger("rag.lexical")
+_Result = TypeVar("_Result")
+
+
+def _guarded(method: Callable[..., _Result]) -> Callable[..., _Result]:
+    """A damaged table or a full disk met by a :class:`LexicalIndex` method becomes an error naming the file (a
+    damaged one is first moved aside, so the next question or ingest refills it from the store)."""
+
+    @functools.wraps(method)
+    def guarded(self: LexicalIndex, *args: Any, **kwargs: Any) -> _Result:
+        try:
+            return method(self, *args, **kwargs)
+        except RagError:
+            raise
+        except Exception as error:
+            raise self._translate(error) from error
+
+    return guarded
 
 
 def _tables(connection: sqlite3.Connection) -> set[str]:
@@ -109,13 +135,33 @@ class LexicalIndex:
         self._bm25_lock = threading.Lock()
         self._bm25: Any = None  # the tantivy index, opened on first use
         self._searcher: tuple[str | None, Any] | None = None  # (commit stamp, searcher) of the last search
+        self._generation = 0  # grows when a damaged file is set aside: every thread's connection is then reopened
+        self.needs_sync = False
+        """True when a damaged table was set aside and started empty: :meth:`sync` with the store refills it."""
 
     @property
     def _db(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is not None and getattr(self._local, "generation", 0) != self._generation:
+            connection.close()  # it reads the file that was set aside
+            connection = self._local.connection = None
         if connection is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(self.path, timeout=60)
+            try:
+                connection = self._connect()
+            except sqlite3.DatabaseError as error:
+                if not is_damaged_database(error):
+                    raise
+                # derived data: set aside (kept for a post-mortem) and start empty; sync() refills it from the store
+                self._set_aside(error)
+                connection = self._connect()
+            self._local.connection = connection
+            self._local.generation = self._generation
+        return connection
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.path, timeout=60)
+        try:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA mmap_size=268435456")  # reads straight from the page cache
             with connection:
@@ -123,8 +169,53 @@ class LexicalIndex:
                 self._upgrade(connection)
                 connection.execute(_ROWS_TABLE)
                 connection.execute("CREATE INDEX IF NOT EXISTS rows_position ON rows (source_abs, chunk_index)")
-            self._local.connection = connection
+        except BaseException:
+            connection.close()
+            raise
         return connection
+
+    @property
+    def damaged_path(self) -> Path:
+        """Where a damaged table is moved to."""
+        return self.path.with_name(self.path.name + ".damaged")
+
+    def _set_aside(self, error: BaseException) -> None:
+        """Move a damaged SQLite file (and its WAL, which must not be replayed into a new file) aside."""
+        logger.warning(
+            "the local index %s is damaged (%s): moved to %s; it is refilled from the store",
+            self.path, error, self.damaged_path,
+        )  # fmt: skip
+        with self._bm25_lock:
+            connection = getattr(self._local, "connection", None)
+            if connection is not None:
+                connection.close()
+                self._local.connection = None
+            for suffix in ("-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.path, self.damaged_path)
+            self._generation += 1
+            self._searcher = None
+            self.needs_sync = True
+
+    def _translate(self, error: Exception) -> Exception:
+        """What a failure of this index tells the user (see :func:`_guarded`)."""
+        if is_damaged_database(error):
+            if self.path.exists():
+                self._set_aside(error)
+            return StoreDamagedError(
+                f"the local index {self.path} was damaged ({error}); it was moved to {self.damaged_path} and is "
+                "rebuilt from the store at the next question or ingest: ask again (or run `ingest PATH` again)"
+            )
+        reason = disk_full_reason(error, self.path)
+        if reason is not None:
+            return DiskFullError(
+                f"the disk is full: writing the local index {self.path} failed ({reason}; {type(error).__name__}: "
+                f"{error}). Nothing already stored is lost (each file keeps its previous version). Free space on "
+                f"the disk that holds {self.path.parent} (or raise the limit), then run the same ingest again to "
+                "complete the store"
+            )
+        return error
 
     @staticmethod
     def _upgrade(connection: sqlite3.Connection) -> None:
@@ -156,9 +247,11 @@ class LexicalIndex:
             [("tokenizer", TOKENIZER_VERSION), ("layout", ROWS_LAYOUT)],
         )
 
+    @_guarded
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM rows").fetchone()[0])
 
+    @_guarded
     def ids(self) -> set[str]:
         return {row[0] for row in self._db.execute("SELECT chunk_id FROM rows")}
 
@@ -212,6 +305,9 @@ class LexicalIndex:
         except BaseException:
             if writer is not None:
                 writer.rollback()
+                # release tantivy's writer lock now: the caller's frame (kept by the traceback of an error a UI
+                # shows, say) still holds this writer, and a held lock refuses every later write of this process
+                writer.wait_merging_threads()
                 writer = None
             db.rollback()
             raise
@@ -244,6 +340,7 @@ class LexicalIndex:
         return searcher
 
     # -- writing -------------------------------------------------------------------------------------------
+    @_guarded
     def add(
         self,
         ids: Sequence[str],
@@ -302,6 +399,7 @@ class LexicalIndex:
             rows,
         )
 
+    @_guarded
     def delete(self, ids: Iterable[str]) -> None:
         keys = list(ids)
         if not keys:
@@ -311,6 +409,7 @@ class LexicalIndex:
             for chunk_id in keys:
                 writer.delete_documents_by_term("chunk_id", chunk_id)
 
+    @_guarded
     def clear(self) -> None:
         with self._writing() as (db, writer):
             db.execute("DELETE FROM rows")
@@ -318,7 +417,15 @@ class LexicalIndex:
 
     def sync(self, store: ChunkStore) -> tuple[int, int]:
         """Make the index hold exactly the store's chunks (the rows it adds counted with ``count_tokens``, like
-        :meth:`add`'s); returns (added, removed)."""
+        :meth:`add`'s); returns (added, removed). A damaged table found on the way is set aside and refilled."""
+        try:
+            return self._sync(store)
+        except StoreDamagedError:
+            if not self.needs_sync:  # the store's own damage, not this table's
+                raise
+            return self._sync(store)  # the damaged file was set aside: fill the new one
+
+    def _sync(self, store: ChunkStore) -> tuple[int, int]:
         stored = store.all_ids()
         present = self.ids()
         missing = sorted(stored - present)
@@ -343,6 +450,7 @@ class LexicalIndex:
         if kept:
             with self._db as db:
                 db.execute("DROP TABLE kept_bodies")
+        self.needs_sync = False
         return len(missing), len(extra)
 
     # -- BM25 ------------------------------------------------------------------------------------------------
@@ -350,6 +458,7 @@ class LexicalIndex:
         """Best ``k`` chunk ids with their BM25 scores (higher is better)."""
         return [(hit.chunk_id, hit.score) for hit in self.search_hits(query, k)]
 
+    @_guarded
     def search_hits(self, query: str, k: int) -> list[LexicalHit]:
         """Best ``k`` chunks by BM25, each with the IDF-weighted share of the query's terms its text contains.
 
@@ -395,6 +504,7 @@ class LexicalIndex:
         return {term: math.log(1.0 + (documents - df + 0.5) / (df + 0.5)) for term, df in frequencies.items()}
 
     # -- reading chunks (the ChunkReader protocol of rag.retrieval.store) ----------------------------------------------
+    @_guarded
     def chunks(self, ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         """Text and metadata of the chunks ``ids`` that are indexed."""
         found: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -410,6 +520,7 @@ class LexicalIndex:
                 found[chunk_id] = (text, meta)
         return found
 
+    @_guarded
     def chunks_by_index(self, wanted: Mapping[str, Iterable[int]]) -> list[ContextChunk]:
         """The chunks ``{source_abs: chunk indices}`` that exist."""
         positions = [(source, int(i)) for source, indices in wanted.items() for i in set(indices) if int(i) >= 0]
@@ -425,6 +536,7 @@ class LexicalIndex:
             found.extend(map(ContextChunk._make, self._db.execute(query, [v for pair in batch for v in pair])))
         return found
 
+    @_guarded
     def chunks_of_files(self, sources: Iterable[str]) -> list[ContextChunk]:
         """Every chunk of the files ``sources`` (``source_abs``), in reading order per file."""
         names = sorted(set(sources))

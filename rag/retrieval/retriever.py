@@ -115,10 +115,13 @@ class HybridRetriever(BaseRetriever):
         return self.lexical if self.lexical is not None else self.store
 
     def _ensure_synced(self) -> None:
-        if self._synced or self.lexical is None or not self.sync_lexical:
+        if self.lexical is None or not self.sync_lexical:
+            return
+        # needs_sync: the local index set a damaged table aside since, and must be refilled from the store again
+        if self._synced and not self.lexical.needs_sync:
             return
         with self._sync_lock:
-            if not self._synced:
+            if not self._synced or self.lexical.needs_sync:
                 if self.store.exists():
                     self.lexical.sync(self.store)
                 self._synced = True

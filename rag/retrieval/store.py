@@ -8,16 +8,27 @@ side file to fall out of step, and it works the same against a shared Chroma ser
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 from rag.chunks import ChunkRow, ContextChunk
-from rag.errors import ConfigError, ModelMismatchError, StoreError
+from rag.errors import (
+    ConfigError,
+    DiskFullError,
+    ModelMismatchError,
+    RagError,
+    StoreDamagedError,
+    StoreError,
+    disk_full_reason,
+    is_damaged_database,
+)
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -62,12 +73,79 @@ def _connect(chromadb: Any, chroma_settings: Any, *, path: str | os.PathLike[str
     if path is None:
         raise ConfigError("an embedded store needs a data dir (RAG_DATA_DIR)")
     try:
-        os.makedirs(path, exist_ok=True)
-        return chromadb.PersistentClient(path=os.fspath(path), settings=chroma_settings)
+        with _translated(os.fspath(path)):
+            os.makedirs(path, exist_ok=True)
+            try:
+                return chromadb.PersistentClient(path=os.fspath(path), settings=chroma_settings)
+            except Exception:
+                _forget_system(os.fspath(path))
+                raise
+    except RagError:
+        raise
     except Exception as error:
         raise StoreError(
             f"cannot open the store at {path} ({error}). Check RAG_DATA_DIR and its permissions."
         ) from error
+
+
+def _forget_system(path: str) -> None:
+    """chromadb keeps the client system of a path that failed to open, half-built: the next open in this process
+    (a UI's next request) would fail with "'RustBindingsAPI' object has no attribute 'bindings'" instead of
+    saying what is wrong. Dropped, the next open tries again and fails (or succeeds) for the real reason."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    systems = getattr(SharedSystemClient, "_identifier_to_system", None)
+    if isinstance(systems, dict):
+        systems.pop(path, None)
+
+
+@contextlib.contextmanager
+def _translated(where: str) -> Iterator[None]:
+    """A damaged database file or a full disk under ``where`` (the embedded store's folder, or the server's
+    address) becomes an error that names it and says what to do; anything else passes unchanged."""
+    try:
+        yield
+    except RagError:
+        raise
+    except Exception as error:
+        server = where.startswith(("http://", "https://"))
+        if is_damaged_database(error):
+            if server:
+                raise StoreDamagedError(
+                    f"the Chroma server at {where} reports a damaged database ({error}). Rebuild the server's "
+                    "store (stop it, move its --path folder aside, start it again), then run `ingest PATH` again "
+                    "for the folders of each collection"
+                ) from error
+            data_dir = os.path.dirname(where.rstrip(os.sep)) or "."
+            raise StoreDamagedError(
+                f"the store at {where} is damaged ({error}). Rebuild it from your documents: move it aside "
+                f"(mv {where} {where}.damaged), then run `ingest PATH` again for the folders of each collection "
+                f"(files uploaded in the UI are kept in {os.path.join(data_dir, 'uploads')}: "
+                f"`ingest {os.path.join(data_dir, 'uploads', 'COLLECTION')} --collection COLLECTION`)"
+            ) from error
+        reason = None if server else disk_full_reason(error, where)
+        if reason is not None:
+            raise DiskFullError(
+                f"the disk is full: writing the store at {where} failed ({reason}; {type(error).__name__}: "
+                f"{error}). Nothing already stored is lost (each file keeps its previous version). Free space on "
+                f"the disk that holds {where} (or raise the limit), then run the same ingest again to complete "
+                "the store"
+            ) from error
+        raise
+
+
+_Result = TypeVar("_Result")
+
+
+def _guarded(method: Callable[..., _Result]) -> Callable[..., _Result]:
+    """:func:`_translated` around a :class:`ChunkStore` method."""
+
+    @functools.wraps(method)
+    def guarded(self: ChunkStore, *args: Any, **kwargs: Any) -> _Result:
+        with _translated(self.location):
+            return method(self, *args, **kwargs)
+
+    return guarded
 
 
 def _positioned(rows: list[ChunkRow]) -> list[ContextChunk]:
@@ -104,12 +182,26 @@ class ChunkStore:
         self.collection_name = collection
         self._collection: Collection | None = None
 
+    @functools.cached_property
+    def location(self) -> str:
+        """The embedded store's folder, or the server's address: what a message about the store names."""
+        try:
+            settings = self.client.get_settings()
+        except Exception:
+            return "the Chroma store"
+        if settings.is_persistent and settings.persist_directory:
+            return os.path.abspath(settings.persist_directory)
+        return f"http://{settings.chroma_server_host}:{settings.chroma_server_http_port}"
+
     # -- the collection ------------------------------------------------------------------------------------
+    @_guarded
     def _existing(self) -> Collection | None:
         if self._collection is None:
             try:
                 self._collection = self.client.get_collection(self.collection_name)
-            except Exception:  # chromadb raises NotFoundError (1.x) or ValueError (older) for a missing one
+            except Exception as error:  # chromadb raises NotFoundError (1.x) or ValueError (older) for a missing one
+                if is_damaged_database(error):
+                    raise  # not missing: damaged (the guard says so and how to rebuild)
                 return None
         return self._collection
 
@@ -119,8 +211,10 @@ class ChunkStore:
     @property
     def metadata(self) -> dict[str, Any]:
         collection = self._existing()
-        return dict(collection.metadata or {}) if collection is not None else {}
+        with _translated(self.location):
+            return dict(collection.metadata or {}) if collection is not None else {}
 
+    @_guarded
     def open_for_writing(self, *, embedding_model: str, signature: str, ocr: bool | None = None) -> None:
         """Create the collection, or check that it was built with the same embedding model. The chunking
         signature (and whether OCR read scans, when ``ocr`` is given) are recorded in its metadata."""
@@ -147,17 +241,20 @@ class ChunkStore:
         if any(current.get(key) != value for key, value in recorded.items()):
             collection.modify(metadata={**current, **recorded})
 
+    @_guarded
     def reset(self) -> None:
         """Delete the collection and everything in it."""
         if self._existing() is not None:
             self.client.delete_collection(self.collection_name)
         self._collection = None
 
+    @_guarded
     def count(self) -> int:
         collection = self._existing()
         return collection.count() if collection is not None else 0
 
     # -- what is stored ------------------------------------------------------------------------------------
+    @_guarded
     def file_versions(self) -> dict[str, list[FileVersion]]:
         """Every file in the store with its versions (normally one; more after an interrupted update)."""
         collection = self._existing()
@@ -181,6 +278,7 @@ class ChunkStore:
             offset += _PAGE
         return {source: list(versions.values()) for source, versions in found.items()}
 
+    @_guarded
     def embeddings_by_content(self, content_hashes: Sequence[str]) -> dict[str, list[float]]:
         """Stored vectors of chunks whose text hash is among ``content_hashes`` (reused instead of re-embedding)."""
         collection = self._existing()
@@ -198,6 +296,7 @@ class ChunkStore:
                 found[str(meta["content_hash"])] = list(vector)
         return found
 
+    @_guarded
     def all_ids(self) -> set[str]:
         collection = self._existing()
         if collection is None:
@@ -211,6 +310,7 @@ class ChunkStore:
                 return ids
             offset += _PAGE
 
+    @_guarded
     def nearest(self, vector: Sequence[float], k: int) -> list[tuple[str, float]]:
         """The ``k`` chunks closest to ``vector``: (chunk id, cosine similarity)."""
         collection = self._existing()
@@ -221,6 +321,7 @@ class ChunkStore:
         distances = (result["distances"] or [[]])[0]
         return [(chunk_id, 1.0 - float(d)) for chunk_id, d in zip(result["ids"][0], distances, strict=True)]
 
+    @_guarded
     def chunks_where(self, where: dict[str, Any]) -> list[ChunkRow]:
         """(id, text, metadata) of the chunks matching a Chroma ``where`` filter on metadata."""
         collection = self._existing()
@@ -229,6 +330,7 @@ class ChunkStore:
         condition: Any = where
         return _rows(collection.get(where=condition, include=["documents", "metadatas"]))
 
+    @_guarded
     def chunks(self, ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         """Text and metadata of the chunks ``ids`` that exist."""
         collection = self._existing()
@@ -263,6 +365,7 @@ class ChunkStore:
             raise StoreError(f"collection '{self.collection_name}' does not exist yet: run ingest PATH first")
         return collection
 
+    @_guarded
     def upsert(
         self,
         ids: list[str],
@@ -281,6 +384,7 @@ class ChunkStore:
                 metadatas=metadatas[first:last],  # type: ignore[arg-type]
             )
 
+    @_guarded
     def delete(self, ids: Iterable[str]) -> None:
         ids = list(ids)
         if not ids:
