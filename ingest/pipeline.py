@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -105,6 +105,18 @@ class _Work:
     """Pages (image frames) that were read by OCR."""
     ocr_timeouts: list[int] = field(default_factory=list)
     """Pages (image frames) OCR gave up on at its time limit per page."""
+
+
+@dataclass
+class _Written:
+    """One embedded batch on its way to the store: its files, chunk ids, vectors, rows and the ids it replaces."""
+
+    batch: list[_Work]
+    ids: list[str]
+    vectors: np.ndarray
+    texts: list[str]
+    metadatas: list[dict[str, Any]]
+    old: list[str]
 
 
 class IngestPipeline:
@@ -268,34 +280,56 @@ class IngestPipeline:
         bytes_done = chunks_done = 0
         buffer: list[_Work] = []
         buffered_chunks = 0
+        # One batch is written (Chroma, the local index) in the writer thread while the next one is embedded:
+        # at most one write in flight, each submitted only after the one before it succeeded, so writes keep
+        # their order and a failed write stops the run before any later batch is written.
+        in_flight: tuple[Future[None], _Written] | None = None
+
+        def settle() -> None:
+            nonlocal chunks_done, in_flight
+            if in_flight is not None:
+                future, written = in_flight
+                in_flight = None
+                future.result()  # the write's StoreError, raised here
+                chunks_done += self._account(written, report, known_hashes)
 
         def flush() -> None:
-            nonlocal chunks_done, buffered_chunks
-            chunks_done += self._write(buffer, report, known_hashes)
+            nonlocal buffered_chunks, in_flight
+            written = self._embed(buffer, report, known_hashes)
+            settle()
+            in_flight = (writer.submit(self._store_batch, written), written)
             buffer.clear()
             buffered_chunks = 0
 
-        for files_done, (item, error) in enumerate(self._prepared(work, size, overlap), start=1):
-            bytes_done += item.file.size
-            if error is not None:
-                self._fail(report, FileProblem(item.file.given, error))
-            elif item.chunks:
-                self._tell_ocr(item)
-                buffer.append(item)
-                buffered_chunks += len(item.chunks)
-                if buffered_chunks >= self.flush_chunks:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-write") as writer:
+            try:
+                for files_done, (item, error) in enumerate(self._prepared(work, size, overlap), start=1):
+                    bytes_done += item.file.size
+                    if error is not None:
+                        self._fail(report, FileProblem(item.file.given, error))
+                    elif item.chunks:
+                        self._tell_ocr(item)
+                        buffer.append(item)
+                        buffered_chunks += len(item.chunks)
+                        if buffered_chunks >= self.flush_chunks:
+                            flush()
+                    self._report_progress(
+                        files_done=files_done,
+                        files_total=len(work),
+                        bytes_done=bytes_done,
+                        bytes_total=bytes_total,
+                        chunks_done=chunks_done,
+                        current=item.file.given,
+                    )
+                if buffer:
                     flush()
-            self._report_progress(
-                files_done=files_done,
-                files_total=len(work),
-                bytes_done=bytes_done,
-                bytes_total=bytes_total,
-                chunks_done=chunks_done,
-                current=item.file.given,
-            )
-        if buffer:
-            flush()
-            self._report_progress(chunks_done=chunks_done, current="")
+                if in_flight is not None:
+                    settle()
+                    self._report_progress(chunks_done=chunks_done, current="")
+            except BaseException:
+                if in_flight is not None:  # never leave a write running past the run; the first error is the one
+                    wait([in_flight[0]])
+                raise
 
     def _report_progress(self, **changes: Any) -> None:
         """Send the progress event with ``changes`` applied (called by both the loader and the writing thread)."""
@@ -361,7 +395,8 @@ class IngestPipeline:
                     pending.append((next_item, pool.submit(self._prepare, next_item, size, overlap)))
                 yield item, future.result()
 
-    def _write(self, batch: list[_Work], report: IngestReport, known_hashes: set[str]) -> int:
+    def _embed(self, batch: list[_Work], report: IngestReport, known_hashes: set[str]) -> _Written:
+        """Vectors and rows of one batch (the main thread: the encoder), ready for :meth:`_store_batch`."""
         chunks = [chunk for item in batch for chunk in item.chunks]
         # Vectors already in the store (a renamed file, unchanged parts of an edited one) are reused.
         reusable_from = [
@@ -375,33 +410,44 @@ class IngestPipeline:
             [reused[c.content_hash] if c.content_hash in reused else next(fresh) for c in chunks], dtype=np.float32
         )
         report.chunks_reused += len(chunks) - len(to_embed)
-
-        # One write for the whole batch (each Chroma call has a large fixed cost); a file whose chunks did not
-        # all land is still detected by its chunk_count on the next run.
         ids = [self._chunk_id(item, chunk) for item in batch for chunk in item.chunks]
-        metadatas = [self._metadata(item, chunk) for item in batch for chunk in item.chunks]
-        texts = [chunk.text for chunk in chunks]
         new_ids = set(ids)
-        old = [i for item in batch for v in item.previous for i in v.ids if i not in new_ids]
+        return _Written(
+            batch=list(batch),
+            ids=ids,
+            vectors=vectors,
+            texts=[chunk.text for chunk in chunks],
+            metadatas=[self._metadata(item, chunk) for item in batch for chunk in item.chunks],
+            old=[i for item in batch for v in item.previous for i in v.ids if i not in new_ids],
+        )
+
+    def _store_batch(self, written: _Written) -> None:
+        """Write one embedded batch (the writer thread). One write for the whole batch (each Chroma call has a
+        large fixed cost); a file whose chunks did not all land is still detected by its chunk_count on the next
+        run."""
+        batch, ids, old = written.batch, written.ids, written.old
         with _writing(self.store.collection_name, len(batch)):
-            self.store.upsert(ids, vectors, texts, metadatas)
+            self.store.upsert(ids, written.vectors, written.texts, written.metadatas)
             if self.lexical is not None:
                 bodies = [body for item in batch for body in item.lexical_bodies]
                 counts = [n for item in batch for n in item.token_counts] if self.count_tokens is not None else None
-                self.lexical.add(ids, texts, metadatas, bodies, token_counts=counts)
+                self.lexical.add(ids, written.texts, written.metadatas, bodies, token_counts=counts)
             # only now that the new versions are complete do the old versions go
             self.store.delete(old)
             if self.lexical is not None:
                 self.lexical.delete(old)
-        report.chunks_added += len(ids)
-        report.chunks_removed += len(old)
-        for item in batch:
+
+    def _account(self, written: _Written, report: IngestReport, known_hashes: set[str]) -> int:
+        """Count a batch that was written (the main thread, after its write succeeded); returns its chunks."""
+        report.chunks_added += len(written.ids)
+        report.chunks_removed += len(written.old)
+        for item in written.batch:
             if item.previous:
                 report.files_updated += 1
             else:
                 report.files_added += 1
             known_hashes.add(item.file_hash)
-        return len(chunks)
+        return len(written.ids)
 
     def _chunk_id(self, item: _Work, chunk: Chunk) -> str:
         raw = f"{item.file.absolute}\0{item.file_hash}\0{self.signature}\0{chunk.index}"
