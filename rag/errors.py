@@ -100,14 +100,14 @@ def disk_full_reason(error: BaseException, path: str | os.PathLike[str] | None =
 
         soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
         if soft != resource.RLIM_INFINITY:
-            return f"a file reached this process's file size limit (ulimit -f: {soft:,} bytes)"
+            return f"a file reached this process's file size limit, ulimit -f: {soft:,} bytes"
         if path is not None:
             try:
                 free = shutil.disk_usage(_existing_parent(os.fspath(path))).free
             except OSError:
                 return None
             if free < 64 * 2**20:
-                return f"no space left on the disk ({free / 2**20:.0f} MiB free)"
+                return f"no space left on the disk, {free / 2**20:.0f} MiB free"
     return None
 
 

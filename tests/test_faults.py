@@ -271,3 +271,45 @@ def test_a_damaged_bm25_folder_is_rebuilt_from_the_table(damaged_copy: Path, bui
     assert [hit.chunk_id for hit in index.search_hits("harbour keys", 3)] == [
         hit.chunk_id for hit in LexicalIndex(built / "data" / "lexical" / "docs.sqlite3").search_hits("harbour keys", 3)
     ]
+
+
+def test_what_counts_as_a_full_disk() -> None:
+    import errno
+
+    from rag.errors import disk_full_reason
+
+    assert disk_full_reason(OSError(errno.ENOSPC, "No space left on device")) == "no space left on the disk"
+    assert disk_full_reason(OSError(errno.EDQUOT, "Disk quota exceeded")) == "the disk quota is used up"
+    try:
+        try:
+            raise OSError(errno.EFBIG, "File too large")
+        except OSError as cause:
+            raise RuntimeError("the write failed") from cause
+    except RuntimeError as wrapped:
+        assert disk_full_reason(wrapped) == "a file reached the largest size allowed"  # found through the cause
+    assert disk_full_reason(sqlite3.OperationalError("database or disk is full")) == "no space left on the disk"
+    assert disk_full_reason(ValueError("IoError: No space left on device (os error 28)")) == "no space left on the disk"
+    assert disk_full_reason(OSError(errno.EACCES, "Permission denied")) is None
+    assert disk_full_reason(RuntimeError("disk I/O error"), "/") is None  # no size limit here, a roomy disk
+
+
+def test_the_local_index_on_a_full_disk_names_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rag.errors import DiskFullError
+
+    index = LexicalIndex(tmp_path / "lexical" / "docs.sqlite3")
+    meta = {"source": "a.txt", "source_abs": "/a.txt", "file_name": "a.txt", "chunk_index": 0, "chunk_count": 1}
+    index.add(["one"], ["The depot opens at seven."], [meta])
+
+    def full(*args: Any, **kwargs: Any) -> None:  # what SQLite says when write() meets ENOSPC
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(LexicalIndex, "_write_rows", staticmethod(full))
+    with pytest.raises(DiskFullError) as raised:
+        index.add(["two"], ["The canteen opens at noon."], [{**meta, "source_abs": "/b.txt"}])
+    message = str(raised.value)
+    assert message.startswith(f"the disk is full (no space left on the disk): writing the local index {index.path}")
+    assert "run the same ingest again" in message
+    monkeypatch.undo()
+    assert index.ids() == {"one"}  # rolled back on both sides, and the index still takes writes
+    index.add(["two"], ["The canteen opens at noon."], [{**meta, "source_abs": "/b.txt"}])
+    assert [hit.chunk_id for hit in index.search_hits("canteen", 2)] == ["two"]

@@ -210,7 +210,7 @@ class LexicalIndex:
         reason = disk_full_reason(error, self.path)
         if reason is not None:
             return DiskFullError(
-                f"the disk is full: writing the local index {self.path} failed ({reason}; {type(error).__name__}: "
+                f"the disk is full ({reason}): writing the local index {self.path} failed ({type(error).__name__}: "
                 f"{error}). Nothing already stored is lost (each file keeps its previous version). Free space on "
                 f"the disk that holds {self.path.parent} (or raise the limit), then run the same ingest again to "
                 "complete the store"

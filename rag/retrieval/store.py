@@ -126,7 +126,7 @@ def _translated(where: str) -> Iterator[None]:
         reason = None if server else disk_full_reason(error, where)
         if reason is not None:
             raise DiskFullError(
-                f"the disk is full: writing the store at {where} failed ({reason}; {type(error).__name__}: "
+                f"the disk is full ({reason}): writing the store at {where} failed ({type(error).__name__}: "
                 f"{error}). Nothing already stored is lost (each file keeps its previous version). Free space on "
                 f"the disk that holds {where} (or raise the limit), then run the same ingest again to complete "
                 "the store"
