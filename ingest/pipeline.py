@@ -33,6 +33,9 @@ from rag.retrieval.terms import index_body
 
 __all__ = ["FileProblem", "IngestPipeline", "IngestProgress", "IngestReport", "chunk_signature"]
 
+_FIRST_FLUSH_CHUNKS = 64
+"""Chunks of the first embedding batch of a run; each later batch doubles, up to ``flush_chunks``."""
+
 
 @dataclass(frozen=True)
 class FileProblem:
@@ -280,6 +283,9 @@ class IngestPipeline:
         bytes_done = chunks_done = 0
         buffer: list[_Work] = []
         buffered_chunks = 0
+        # The first batches are small and grow to flush_chunks: the encoder starts as soon as the first files are
+        # chunked instead of waiting for a full batch (the loader thread keeps preparing files meanwhile).
+        threshold = min(self.flush_chunks, _FIRST_FLUSH_CHUNKS)
         # One batch is written (Chroma, the local index) in the writer thread while the next one is embedded:
         # at most one write in flight, each submitted only after the one before it succeeded, so writes keep
         # their order and a failed write stops the run before any later batch is written.
@@ -294,12 +300,13 @@ class IngestPipeline:
                 chunks_done += self._account(written, report, known_hashes)
 
         def flush() -> None:
-            nonlocal buffered_chunks, in_flight
+            nonlocal buffered_chunks, in_flight, threshold
             written = self._embed(buffer, report, known_hashes)
             settle()
             in_flight = (writer.submit(self._store_batch, written), written)
             buffer.clear()
             buffered_chunks = 0
+            threshold = min(self.flush_chunks, threshold * 2)
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-write") as writer:
             try:
@@ -311,7 +318,7 @@ class IngestPipeline:
                         self._tell_ocr(item)
                         buffer.append(item)
                         buffered_chunks += len(item.chunks)
-                        if buffered_chunks >= self.flush_chunks:
+                        if buffered_chunks >= threshold:
                             flush()
                     self._report_progress(
                         files_done=files_done,
