@@ -127,6 +127,7 @@ def _limited(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_named_and_the_rerun_completes(tmp_path: Path, embedder: Any) -> None:
     folder, data = tmp_path / "docs", tmp_path / "data"
     write_docs(folder, TOPICS[:2])
@@ -237,17 +238,16 @@ def test_a_damaged_store_names_its_path_and_how_to_rebuild_it(
 
 @pytest.mark.parametrize("how", ["header", "truncated", "middle"])
 def test_a_damaged_local_index_is_set_aside_and_rebuilt_from_the_store(
-    damaged_copy: Path, built: Path, fast_cli: None, how: str
+    damaged_copy: Path, built: Path, fast_cli: None, how: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     data, folder = damaged_copy / "data", built / "docs"
     table = data / "lexical" / "docs.sqlite3"
     damage(table, how)
     question = ["ask", "When does the observatory open?", "--no-llm", "--json", "--data-dir", str(data)]
     first = rag(*question)
-    if first.exit_code:  # damage met after the first reconciliation: one question fails, naming the file
-        assert f"the local index {table} was damaged" in first.stderr and "ask again" in first.stderr, first.stderr
-        first = rag(*question)
-    assert first.exit_code == 0, first.stderr
+    assert first.exit_code == 0, first.stderr  # answered: the damaged table was set aside and refilled at once
+    # said on stderr (the warning of logger rag.lexical; pytest captures it)
+    assert f"the local index {table} is damaged" in caplog.text and "refilled from the store" in caplog.text
     assert "Traceback" not in first.stderr
     assert table.with_name("docs.sqlite3.damaged").is_file()  # kept for a post-mortem, out of the way
     assert '"file_name": "observatory.txt"' in first.stdout

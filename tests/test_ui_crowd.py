@@ -80,6 +80,7 @@ def ask(url: str, topic: str, start: threading.Barrier) -> dict[str, Any]:
     return {"topic": topic, "answer": answer_text(chat), "sources": sources, "seconds": time.monotonic() - began}
 
 
+@pytest.mark.slow
 def test_twenty_sessions_at_once_each_get_their_own_answer_and_sources(served: dict[str, Any]) -> None:
     from gradio_client import Client, handle_file
 

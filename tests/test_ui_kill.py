@@ -81,6 +81,7 @@ def rows_written(data: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_kill_9_during_an_upload_loses_nothing_and_reingest_completes(tmp_path: Path, embedder: Any) -> None:
     from gradio_client import Client, handle_file
 

@@ -26,6 +26,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from rag.chunks import ChunkReader
+from rag.errors import StoreDamagedError
 from rag.retrieval.embedders.base import Embedder
 from rag.retrieval.lexical import LexicalHit, LexicalIndex
 from rag.retrieval.store import ChunkStore
@@ -151,6 +152,16 @@ class HybridRetriever(BaseRetriever):
         sources: Sequence[str] | None = None,
     ) -> list[Document]:
         """``sources``: only chunks of these files (file names, paths as ingested, or folders and what is below)."""
+        try:
+            return self._retrieve(query, k=k, sources=sources)
+        except StoreDamagedError:
+            if self.lexical is None or not self.lexical.needs_sync:
+                raise
+            # the local index found its table damaged and set it aside: refilled from the store, the same
+            # question is answered (the reader property reconciles it first)
+            return self._retrieve(query, k=k, sources=sources)
+
+    def _retrieve(self, query: str, *, k: int | None, sources: Sequence[str] | None) -> list[Document]:
         wanted = k or self.k
         pool = max(self.candidates, wanted) * (8 if sources else 1)  # a filter keeps only some candidates
         keep = _source_filter(sources)
