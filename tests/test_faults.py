@@ -108,9 +108,11 @@ def test_the_local_index_failing_mid_ingest_loses_nothing_and_the_rerun_complete
     assert all(len(found) >= 1 for found in versions.values()), versions
     assert sum(found[0].startswith("Version one") for found in versions.values()) >= 3  # written: only the first
     failed = next(topic for topic, found in versions.items() if all("Version one" in text for text in found))
-    fresh = components(data, embedder)  # a fresh asker: the failed file is answered from its previous version
-    assert top_file(fresh, f"When does the {failed} open?") == f"{failed}.txt"
-    assert LexicalIndex(data / "lexical" / "docs.sqlite3").ids() <= fresh.store().all_ids()
+    fresh = components(data, embedder)
+    local = LexicalIndex(data / "lexical" / "docs.sqlite3")
+    assert local.ids() <= fresh.store().all_ids()  # before any repair: no chunk the store lacks
+    assert local._committed_stamp() == local._recorded_stamp()  # tantivy rolled back with SQLite: they agree
+    assert top_file(fresh, f"When does the {failed} open?") == f"{failed}.txt"  # answered from its previous version
 
     report = ingest(data, embedder, folder)  # the rerun completes the store ...
     assert not report.files_failed

@@ -126,6 +126,7 @@ def test_kill_9_during_an_upload_loses_nothing_and_reingest_completes(tmp_path: 
     assert top_file(fresh, "When does the narwhal enclosure open?") == "narwhal.txt"
     index = LexicalIndex(data / "lexical" / "docs.sqlite3")
     assert index.ids() == fresh.store().all_ids()
+    assert index._committed_stamp() == index._recorded_stamp()  # tantivy agrees with the table (or was rebuilt)
     assert index.search_hits("narwhal enclosure", 1)[0].chunk_id in fresh.store().all_ids()
 
     # re-ingesting the uploads folder (the UI's re-ingest) completes the store to what one clean run makes
