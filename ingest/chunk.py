@@ -20,8 +20,9 @@ from rag.chunks import with_heading
 
 __all__ = ["CHUNKER_VERSION", "Chunk", "EmbedderTokenCounter", "chunk_document", "split_sentences"]
 
-#: Part of every chunk's signature: bump when chunk boundaries change, so stores re-chunk.
-CHUNKER_VERSION = "2"
+#: Part of every chunk's signature: bump when chunk boundaries (or the text loaders give) change, so stores re-chunk.
+#: 3: tables of PDF text layers come with their column headers.
+CHUNKER_VERSION = "3"
 
 
 class EmbedderTokenCounter(Protocol):

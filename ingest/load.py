@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ingest._offline import install_offline_nlp
 from ingest.ocr import OcrTimeout
+from ingest.pdf_tables import layout_blocks, looks_tabular
 
 if TYPE_CHECKING:
     from ingest.ocr import OcrEngine
@@ -303,12 +304,26 @@ def _load_pdf(
                     scanned.append(number)
                     elements.extend(found)
                 else:  # a text page, or OCR found nothing (or gave up): keep what the text layer has
-                    elements.extend(_paragraphs(text, page=number))
+                    elements.extend(_text_page(page, text, number))
                 if on_page is not None:
                     on_page(number, pages, bool(found))
     except PdfReadError as error:
         raise LoadError(f"corrupt or unreadable PDF ({error})") from None
     return LoadedDocument(elements, "pdf", ocr_pages=scanned, ocr_timeouts=timeouts)
+
+
+def _text_page(page: Any, text: str, number: int) -> list[Element]:
+    """A page's text layer as elements: its tables (found in pypdf's layout text, read again only for pages that
+    look tabular) with their column headers, the rest as paragraphs."""
+    if not (_usable_text(text) and looks_tabular(text)):
+        return _paragraphs(text, page=number)
+    try:
+        blocks = layout_blocks(page.extract_text(extraction_mode="layout") or "")
+    except Exception:  # pypdf's layout mode failing on a page costs its tables, not the page
+        return _paragraphs(text, page=number)
+    if not any(kind == "table" for kind, _ in blocks):
+        return _paragraphs(text, page=number)
+    return [Element(block, kind=kind, page=number) for kind, block in blocks]
 
 
 def _usable_text(text: str) -> bool:

@@ -188,3 +188,83 @@ def test_the_glyph_numbers_of_a_font_without_a_tounicode_map_are_not_text() -> N
     assert not _usable_text(garbage)  # read by OCR instead
     assert _usable_text("Net sales\t$ 82,959\t$ 83,360\nOperating income 23,076\r\n")
     assert _usable_text("第二章 财务\n2023年第三季度营业收入为1,234.5亿元，同比增长8.6%。")
+
+
+def _write_table_pdf(path: Path, *, chinese: bool) -> list[tuple[str, list[str]]]:
+    """A text PDF with a title, a sentence and a financial table: a two-line header (one period over two dates),
+    section labels, right-aligned figures with $ and negatives in parentheses, 40 rows. Returns the rows."""
+    from reportlab.lib.pagesizes import A4
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.cidfonts import UnicodeCIDFont
+    from reportlab.pdfgen import canvas
+
+    pdfmetrics.registerFont(UnicodeCIDFont("STSong-Light"))
+    font = "STSong-Light" if chinese else "Helvetica"
+    period, dates = ("截至九月三十日止九个月", ["2024年", "2023年"]) if chinese else ("Nine Months Ended", ["2024", "2023"])
+    label = "分部{}收入" if chinese else "Segment {} revenue"
+    rows = [(label.format(i), [f"${1000 + 7 * i:,}" if i % 10 == 0 else f"{1000 + 7 * i:,}", f"({200 + i})"])
+            for i in range(40)]  # fmt: skip
+    pdf = canvas.Canvas(str(path), pagesize=A4)
+    pdf.setFont(font, 14)
+    pdf.drawString(60, 800, "简明合并利润表" if chinese else "Condensed Statements of Operations")
+    pdf.setFont(font, 9)
+    pdf.drawString(60, 780, "以下金额单位为百万元。" if chinese else "The figures below are in millions.")
+    pdf.drawCentredString(450, 755, period)
+    pdf.drawRightString(420, 742, dates[0])
+    pdf.drawRightString(500, 742, dates[1])
+    y = 725
+    pdf.drawString(60, y, "收入：" if chinese else "Revenue:")
+    for name, (this_year, last_year) in rows:
+        y -= 15
+        pdf.drawString(72, y, name)
+        pdf.drawRightString(420, y, this_year)
+        pdf.drawRightString(500, y, last_year)
+    pdf.showPage()
+    pdf.save()
+    return rows
+
+
+@pytest.mark.parametrize("chinese", [False, True], ids=["english", "chinese"])
+def test_a_pdf_table_keeps_its_columns_and_header_and_repeats_it_when_split(tmp_path: Path, chinese: bool) -> None:
+    from ingest.chunk import chunk_document
+    from tests.test_chunk import CharCounter
+
+    rows = _write_table_pdf(tmp_path / "statement.pdf", chinese=chinese)
+    document = load_document(tmp_path / "statement.pdf")
+    [table] = [e for e in document.elements if e.kind == "table"]
+    header, *lines = table.text.splitlines()
+    if chinese:
+        assert header == "| 截至九月三十日止九个月 2024年 | 截至九月三十日止九个月 2023年"
+        assert lines[0] == "收入："
+    else:
+        assert header == "| Nine Months Ended 2024 | Nine Months Ended 2023"
+        assert lines[0] == "Revenue:"
+    assert lines[1:] == [f"{name} | {this_year} | {last_year}" for name, (this_year, last_year) in rows]
+    assert table.page == 1
+    prose = [e.text for e in document.elements if e.kind != "table"]
+    assert prose[-1] == ("以下金额单位为百万元。" if chinese else "The figures below are in millions.")
+
+    chunks = chunk_document(document, CharCounter(), max_tokens=400, overlap=0)
+    continued = [c for c in chunks if c.table_header]
+    assert continued, "a 40-row table in 400-character chunks is split"
+    for chunk in continued:
+        assert chunk.table_header == header
+        assert chunk.embed_text.endswith(f"{header}\n{chunk.text}")  # the column names, then the rows
+        assert chunk.text == document.text[chunk.start : chunk.end]
+
+
+def test_a_pdf_page_of_prose_with_figures_stays_paragraphs(tmp_path: Path) -> None:
+    from reportlab.lib.pagesizes import A4
+    from reportlab.pdfgen import canvas
+
+    sentences = [f"In quarter {i} revenue grew 12.{i}% to $4,{i}00 million and margins rose 1.{i} points." for i in
+                 range(1, 6)]  # fmt: skip
+    pdf = canvas.Canvas(str(tmp_path / "letter.pdf"), pagesize=A4)
+    pdf.setFont("Helvetica", 10)
+    for i, sentence in enumerate(sentences):
+        pdf.drawString(60, 780 - 14 * i, sentence)
+    pdf.showPage()
+    pdf.save()
+    document = load_document(tmp_path / "letter.pdf")
+    assert [e.kind for e in document.elements] == ["text"]  # numbers inside sentences are not a table
+    assert document.elements[0].text.splitlines() == sentences
