@@ -121,9 +121,7 @@ def layout_blocks(layout_text: str) -> list[tuple[str, str]]:
     return blocks
 
 
-def _table_at(
-    lines: list[str], start: int, previous: _Columns | None = None
-) -> tuple[int, int, str, _Columns] | None:
+def _table_at(lines: list[str], start: int, previous: _Columns | None = None) -> tuple[int, int, str, _Columns] | None:
     """The table whose first row is line ``start``: (first header line, line after the table, its text, its
     columns). Without a header of its own, a table whose columns line up with ``previous`` (the page's table above
     it, interrupted by prose) continues under that one's header."""

@@ -200,7 +200,10 @@ def _write_table_pdf(path: Path, *, chinese: bool) -> list[tuple[str, list[str]]
 
     pdfmetrics.registerFont(UnicodeCIDFont("STSong-Light"))
     font = "STSong-Light" if chinese else "Helvetica"
-    period, dates = ("截至九月三十日止九个月", ["2024年", "2023年"]) if chinese else ("Nine Months Ended", ["2024", "2023"])
+    if chinese:
+        period, dates = "截至九月三十日止九个月", ["2024年", "2023年"]
+    else:
+        period, dates = "Nine Months Ended", ["2024", "2023"]
     label = "分部{}收入" if chinese else "Segment {} revenue"
     rows = [(label.format(i), [f"${1000 + 7 * i:,}" if i % 10 == 0 else f"{1000 + 7 * i:,}", f"({200 + i})"])
             for i in range(40)]  # fmt: skip
