@@ -151,6 +151,12 @@ class Settings(BaseSettings):
         le=1.0,
         description="Past the top k, hits scoring under this share of the best hit's score do not fill the budget.",
     )
+    follow_up_query: Literal["history", "rewrite"] = Field(
+        default="history",
+        description="How a follow-up question is retrieved: 'history' fuses the rankings of the follow-up and of the "
+        "follow-up after the previous question (no model call before the answer); 'rewrite' has the model write a "
+        "standalone question first (docs/benchmarks.md, 'Follow-ups: what to retrieve with').",
+    )
     max_wait_s: float | None = Field(
         default=30.0,
         gt=0,

@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.documents import Document
 from langchain_core.language_models.fake import FakeListLLM
 from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.retrievers import BaseRetriever
+from pydantic import Field
 
 from rag.answer.chain import RagChain
 from rag.answer.qa_prompt import clean_rewrite, instructions_for, render_qa_prompt
@@ -115,15 +118,54 @@ def test_the_prompt_fits_the_window_and_keeps_the_stable_order(
 def test_follow_ups_are_rewritten_before_retrieval(retriever: HybridRetriever, smollm2: MixtralInstructLLM) -> None:
     history = [HumanMessage("What do the documents say about passwords?"), AIMessage("At least 14 characters [1].")]
     rewriter = FakeListLLM(responses=["Standalone question: How often must passwords rotate?"])
-    rag = chain_of(retriever, smollm2, rewrite_llm=rewriter)
+    rag = chain_of(retriever, smollm2, rewrite_llm=rewriter, follow_up_query="rewrite")
     prepared = rag.prepare({"question": "How often must they change?", "chat_history": history})
     assert prepared.standalone_question == "How often must passwords rotate?"
     assert prepared.passages[0]["source"].endswith("security.md")
-    garbage = chain_of(retriever, smollm2, rewrite_llm=FakeListLLM(responses=["  \n"]))
+    garbage = chain_of(retriever, smollm2, rewrite_llm=FakeListLLM(responses=["  \n"]), follow_up_query="rewrite")
     assert garbage.prepare({"question": "How often?", "chat_history": history}).standalone_question == "How often?"
     # the real model rewrites too (whatever it writes, the chain goes on with a usable question)
-    real = chain_of(retriever, smollm2).prepare({"question": "How often must they change?", "chat_history": history})
-    assert real.standalone_question.strip()
+    real = chain_of(retriever, smollm2, follow_up_query="rewrite")
+    rewritten = real.prepare({"question": "How often must they change?", "chat_history": history})
+    assert rewritten.standalone_question.strip()
+
+
+class _Spy(BaseRetriever):
+    """Another retriever, recording the queries it is asked."""
+
+    inner: Any
+    queries: list[str] = Field(default_factory=list)
+
+    def _get_relevant_documents(self, query: str, *, run_manager: Any, **kwargs: Any) -> list[Document]:
+        self.queries.append(query)
+        return list(self.inner.invoke(query, **kwargs))
+
+
+def test_follow_ups_are_retrieved_with_the_previous_question_without_a_model_call(
+    retriever: HybridRetriever,
+) -> None:
+    """The default: the follow-up alone and after the previous question, fused; the model is not asked first."""
+    from rag.answer.chain import fuse_rankings
+
+    rewriter = FakeListLLM(responses=["must not be called"])
+    spy = _Spy(inner=retriever, queries=[])
+    rag = RagChain(spy, ModelTokens(None), reader=retriever.reader, rewrite_llm=rewriter)
+    history = [("user", "What do the documents say about passwords?"), ("assistant", "At least 14 characters [1].")]
+    prepared = rag.prepare({"question": "How often must they change?", "chat_history": history})
+    assert spy.queries == ["How often must they change?",
+                           "What do the documents say about passwords?\nHow often must they change?"]  # fmt: skip
+    assert rewriter.i == 0  # no generation before retrieval
+    assert prepared.standalone_question == "How often must they change?"
+    assert prepared.passages[0]["source"].endswith("security.md")  # the topic came from the history
+    spy.queries.clear()
+    rag.prepare("How often must passwords change?")
+    assert spy.queries == ["How often must passwords change?"]  # a first question: itself only
+    with pytest.raises(ConfigError, match="follow_up_query"):
+        RagChain(spy, ModelTokens(None), follow_up_query="guess")  # type: ignore[arg-type]
+
+    # fusion: a passage both rankings hold comes before one only a single ranking has first
+    a, b, c = (Document(name, id=name) for name in "abc")
+    assert [d.id for d in fuse_rankings([[a, b], [c, b]])] == ["b", "a", "c"]
 
 
 def test_clean_rewrite_falls_back_on_garbage() -> None:

@@ -1,7 +1,8 @@
 """Follow-ups extend the previous turn's prompt: the evidence already given stays in place, the new question's own
-passages come after it (numbered on), the rewrite is asked at the end of the same prompt, and llama.cpp reuses its
-cache through the chain. The scripted backend pins the answers; SmolLM2 shows the cache reuse (llama.cpp's own
-count of cached prompt tokens, whatever it writes)."""
+passages come after it (numbered on), no model call comes before the answer (or, with ``follow_up_query="rewrite"``,
+the rewrite is asked at the end of the same prompt), and llama.cpp reuses its cache through the chain. The scripted
+backend pins the answers; SmolLM2 shows the cache reuse (llama.cpp's own count of cached prompt tokens, whatever it
+writes)."""
 
 from __future__ import annotations
 
@@ -59,24 +60,33 @@ def conversation(chain: RagChain) -> tuple[dict[str, Any], dict[str, Any]]:
     return first, second
 
 
-def test_a_follow_up_extends_the_previous_prompt_and_cites_its_own_new_passage(retriever: HybridRetriever) -> None:
+@pytest.mark.parametrize("mode", ["history", "rewrite"])
+def test_a_follow_up_extends_the_previous_prompt_and_cites_its_own_new_passage(
+    retriever: HybridRetriever, mode: str
+) -> None:
     backend = ScriptedBackend(lambda prompt: quote_passage_with("three days" if "remotely?" in prompt[-80:]
                                                                 else "14 characters")(prompt))  # fmt: skip
     llm = scripted_llm()
     llm.client = backend
     # a small budget per turn: the first question's evidence cannot already hold the follow-up's
-    first, second = conversation(chain_of(retriever, llm, max_context_tokens=60))
-    answer_one, rewrite, answer_two = backend.prompts
+    first, second = conversation(chain_of(retriever, llm, max_context_tokens=60, follow_up_query=mode))
+    if mode == "rewrite":
+        answer_one, rewrite, answer_two = backend.prompts
+    else:
+        answer_one, answer_two = backend.prompts  # nothing is generated before the answer
     assert "14 characters" not in answer_one
     assert "three days per week" in first["answer"] and first["sources"][0]["cited"]
     before = answer_one + " " + first["answer"] + "</s>"
-    assert rewrite.startswith(before) and answer_two.startswith(before)  # the whole previous turn is the prefix
+    assert answer_two.startswith(before)  # the whole previous turn is the prefix
+    if mode == "rewrite":
+        assert rewrite.startswith(before)
     new_block = answer_two[len(before) :]
     assert "14 characters" in new_block and "three days per week" not in new_block  # only the new evidence
     numbers = {int(n) for n in re.findall(r"^\[(\d+)\]", answer_one, flags=re.MULTILINE)}
     [cited] = second["sources"]
     assert cited["cited"] and "14 characters" in cited["text"] and cited["n"] > max(numbers)  # numbered on
-    assert second["answer"].endswith(f"[{cited['n']}]") and second["standalone_question"].startswith("How long")
+    assert second["answer"].endswith(f"[{cited['n']}]")
+    assert second["standalone_question"] == ("How long must passwords be at least?" if mode == "rewrite" else FOLLOW_UP)
 
 
 def test_without_reuse_or_without_room_the_follow_up_starts_afresh(retriever: HybridRetriever) -> None:
@@ -84,7 +94,7 @@ def test_without_reuse_or_without_room_the_follow_up_starts_afresh(retriever: Hy
     llm = scripted_llm()
     llm.client = backend
     conversation(chain_of(retriever, llm, reuse_conversation=False))
-    answer_one, _, answer_two = backend.prompts
+    answer_one, answer_two = backend.prompts  # the default: no rewrite before the answer
     assert not answer_two.startswith(answer_one)
 
     tight = ScriptedBackend(quote_passage_with("days"), context_window=360)
@@ -110,14 +120,18 @@ class _CachedTokens(BaseCallbackHandler):
 def test_llama_cpp_reuses_its_cache_through_the_chain(retriever: HybridRetriever, smollm2_gguf: Any) -> None:
     llm = MixtralInstructLLM(model=str(smollm2_gguf), prompt_format="native", n_ctx=4096, max_tokens=16,
                              temperature=0.0, seed=0, n_threads=2)  # fmt: skip
-    seen = _CachedTokens()
-    chain = chain_of(retriever, llm)
-    first = chain.runnable.invoke(FIRST, config={"callbacks": [seen]})
-    history = [("user", FIRST), ("assistant", first["answer"])]
-    chain.runnable.invoke({"question": FOLLOW_UP, "chat_history": history}, config={"callbacks": [seen]})
-    (first_prompt, _), (_, rewrite_cached), (follow_prompt, follow_cached) = seen.runs
-    assert rewrite_cached >= 0.9 * first_prompt  # the rewrite did not evict the conversation
-    assert follow_cached >= 0.9 * first_prompt and follow_prompt > first_prompt  # only the new part was read
+    for mode in ("history", "rewrite"):
+        seen = _CachedTokens()
+        chain = chain_of(retriever, llm, follow_up_query=mode)
+        first = chain.runnable.invoke(FIRST, config={"callbacks": [seen]})
+        history = [("user", FIRST), ("assistant", first["answer"])]
+        chain.runnable.invoke({"question": FOLLOW_UP, "chat_history": history}, config={"callbacks": [seen]})
+        if mode == "rewrite":
+            (first_prompt, _), (_, rewrite_cached), (follow_prompt, follow_cached) = seen.runs
+            assert rewrite_cached >= 0.9 * first_prompt  # the rewrite did not evict the conversation
+        else:
+            (first_prompt, _), (follow_prompt, follow_cached) = seen.runs  # no model call before the answer
+        assert follow_cached >= 0.9 * first_prompt and follow_prompt > first_prompt  # only the new part was read
 
 
 def test_the_evidence_budget_is_what_the_model_reads_within_the_wait(retriever: HybridRetriever, tmp_path: Any) -> None:

@@ -189,7 +189,7 @@ def test_upload_ingest_ask_follow_up_and_screenshot(browser: Any, served: dict[s
     ask(page, "And how many days of paid leave?", 1)
     texts = bot_texts(page)
     assert len(texts) == 2 and texts[0] == final, texts  # the first answer stays; the follow-up is answered below it
-    assert "follow-up rewrite" in page.locator("#figures").inner_text()  # it was made standalone with the history
+    assert "of the previous turn reused" in page.locator("#figures").inner_text()  # it extended the first prompt
     page.context.close()
 
 

@@ -120,7 +120,7 @@ def test_upload_ingest_ask_stream_and_follow_up(handlers: UiHandlers, tmp_path: 
     shown, conversation_2, sources_html, figures = follow[-1]
     assert len(shown) == 4 and shown[0]["content"].startswith("How many days per week")  # the conversation goes on
     assert len(conversation_2) == 4 and conversation_2[:2] == conversation
-    assert "follow-up rewrite" in figures  # the follow-up went through the model first
+    assert "prompt tokens of the previous turn reused" in figures  # the follow-up extended the first prompt
     assert handlers.clear() == ([], [], "", "", "")
 
 
@@ -390,3 +390,20 @@ def test_while_the_model_reads_the_prompt_the_page_says_how_far(
     from ui.handlers import render_reading
 
     assert f"of {total:,} tokens" in render_reading(reading[-1].stats, "en")
+
+
+def test_the_chains_notes_are_shown_in_the_readers_language() -> None:
+    import html
+
+    from rag.answer.notes import conversation_restarted, history_trimmed, wait_limited
+    from ui.handlers import with_notes
+
+    notes = [wait_limited(8200, 31518, 30.0, 273.4), history_trimmed(4), conversation_restarted(), "another note"]
+    english = with_notes("figures", notes, "en")
+    assert english == "figures\n\n" + "\n".join(f"- {html.escape(note)}" for note in notes)  # the chain's English
+    chinese = with_notes("figures", notes, "zh")
+    assert "证据 8,200/31,518 个词元" in chinese and "最长等待 30 秒" in chinese and "每秒约读 273 个" in chinese
+    assert "最早的 4 轮" in chinese and "证据重新开始" in chinese
+    assert "- another note" in chinese  # a note the UI does not know stays as written
+    assert notes[0] == "8,200 of 31,518 context tokens: limited by the 30 s wait for the first token (this machine "\
+        "reads about 273 prompt tokens/s); raise max_wait_s (RAG_MAX_WAIT_S) for more evidence"  # fmt: skip

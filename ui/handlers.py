@@ -16,11 +16,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from rag.answer.notes import Note
 from rag.app.assistant import AnswerStats, AskOptions, Assistant
 from rag.app.library import DocumentLibrary
 from rag.app.uploads import UploadResult
 from rag.errors import ModelNotFoundError, RagError
-from ui.i18n import Language, language_from_header, text
+from ui.i18n import Language, has_text, language_from_header, text
 
 __all__ = ["ChatTurn", "DocumentsView", "SessionSettings", "UiHandlers"]
 
@@ -137,9 +138,9 @@ class UiHandlers:
                 for event in events:
                     if event.kind == "passages":
                         sources_html = render_sources(event.sources, language, final=False)
-                        figures = with_notes(render_figures(event.stats, language, final=False), event.notes)
+                        figures = with_notes(render_figures(event.stats, language, final=False), event.notes, language)
                     elif event.kind == "reading":  # the model reads the prompt: not a frozen screen
-                        figures = with_notes(render_reading(event.stats, language), event.notes)
+                        figures = with_notes(render_reading(event.stats, language), event.notes, language)
                     elif event.kind == "delta":
                         answer += event.text
                         shown[-1] = {"role": "assistant", "content": answer}
@@ -153,7 +154,7 @@ class UiHandlers:
                             list(shown),
                             list(history),
                             render_sources(event.sources, language, final=False, retrieval_only=True),
-                            with_notes(render_figures(event.stats, language), event.notes),
+                            with_notes(render_figures(event.stats, language), event.notes, language),
                         )
                         return
                     else:
@@ -163,7 +164,7 @@ class UiHandlers:
                             shown,
                             kept,
                             render_sources(event.sources, language, final=True),
-                            with_notes(render_figures(event.stats, language), event.notes),
+                            with_notes(render_figures(event.stats, language), event.notes, language),
                         )
                         return
                     yield list(shown), list(history), sources_html, figures
@@ -344,11 +345,22 @@ def render_sources(
     return "".join(parts)
 
 
-def with_notes(figures: str, notes: Sequence[str]) -> str:
-    """The figures line, then what the chain noted about this answer (evidence cut by the wait, turns dropped)."""
+def with_notes(figures: str, notes: Sequence[str], language: str = "en") -> str:
+    """The figures line, then what the chain noted about this answer (evidence cut by the wait, turns dropped), in
+    the reader's language where the note is one the UI knows."""
     if not notes:
         return figures
-    return figures + "\n\n" + "\n".join(f"- {html.escape(note)}" for note in notes)
+    return figures + "\n\n" + "\n".join(f"- {html.escape(_note_text(note, language))}" for note in notes)
+
+
+def _note_text(note: str, language: str) -> str:
+    if not isinstance(note, Note) or not has_text(f"note_{note.code}"):
+        return note
+    figures = {key: f"{value:,}" if isinstance(value, int) else f"{value:,.0f}" if isinstance(value, float)
+               else value for key, value in note.figures.items()}  # fmt: skip
+    if "max_wait_s" in note.figures:
+        figures["max_wait_s"] = f"{note.figures['max_wait_s']:g}"
+    return text(language, f"note_{note.code}", **figures)
 
 
 def render_reading(stats: AnswerStats, language: str) -> str:
@@ -392,4 +404,6 @@ def render_figures(stats: AnswerStats, language: str, *, final: bool = True) -> 
     )
     if stats.rewrite_ms >= 1:  # a first question is not rewritten (microseconds): nothing to show
         line += text(language, "figures_rewrite", rewrite_ms=f"{stats.rewrite_ms:.0f}")
+    if stats.reused_tokens:
+        line += text(language, "figures_reused", reused_tokens=f"{stats.reused_tokens:,}")
     return line

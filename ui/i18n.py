@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-__all__ = ["LANGUAGES", "Language", "language_from_header", "text"]
+__all__ = ["LANGUAGES", "Language", "has_text", "language_from_header", "text"]
 
 Language = Literal["zh", "en"]
 LANGUAGES: dict[Language, str] = {"zh": "中文", "en": "English"}
@@ -72,6 +72,24 @@ _STRINGS: dict[str, dict[Language, str]] = {
         "en": "retrieval {retrieval_ms} ms · context {context_tokens} tokens",
     },
     "figures_rewrite": {"zh": " · 改写追问 {rewrite_ms} 毫秒", "en": " · follow-up rewrite {rewrite_ms} ms"},
+    "note_history_trimmed": {
+        "zh": "为放进上下文窗口，删去了对话中最早的 {dropped} 轮",
+        "en": "dropped the {dropped} oldest turns of the conversation to fit the window",
+    },
+    "note_wait_limited": {
+        "zh": "证据 {cap}/{room} 个词元：受首个词元前最长等待 {max_wait_s} 秒所限"
+        "（本机每秒约读 {tokens_per_s} 个提示词元）；在设置中调高 max_wait_s（RAG_MAX_WAIT_S）可放入更多证据",
+        "en": "{cap} of {room} context tokens: limited by the {max_wait_s} s wait for the first token (this machine "
+        "reads about {tokens_per_s} prompt tokens/s); raise max_wait_s (RAG_MAX_WAIT_S) for more evidence",
+    },
+    "note_conversation_restarted": {
+        "zh": "上下文窗口已满：本轮对话的证据重新开始",
+        "en": "the window is full: the conversation's evidence starts afresh",
+    },
+    "figures_reused": {
+        "zh": " · 追问沿用上一轮的 {reused_tokens} 个提示词元（无需重读）",
+        "en": " · follow-up: {reused_tokens} prompt tokens of the previous turn reused (not read again)",
+    },
     "tokens_per_s": {"zh": "每秒 {value} 个词元", "en": "{value} tokens/s"},
     "seconds": {"zh": "{value} 秒", "en": "{value} s"},
     "not_applicable": {"zh": "—", "en": "—"},
@@ -135,6 +153,11 @@ _STRINGS: dict[str, dict[Language, str]] = {
         "en": "Settings apply to this browser session only; other users are not affected.",
     },
 }
+
+
+def has_text(key: str) -> bool:
+    """Whether the UI has a string named ``key``."""
+    return key in _STRINGS
 
 
 def text(language: str, key: str, **values: object) -> str:

@@ -12,10 +12,11 @@ Input and output are typed (:mod:`rag.answer.schemas`), so ``chain.as_tool()`` g
 be a :class:`rag.llm.adapter.MixtralInstructLLM` (prompt strings), a :class:`rag.llm.chat_model.ChatMixtralInstruct`
 or any LangChain chat model (messages, e.g. ``ChatOpenAI`` pointed at a llama.cpp server).
 
-Steps: (follow-up) rewrite to a standalone question with the LLM -> hybrid retrieval, deep enough to fill the
-budget -> neighbours, merging, packing to the exact token budget (:mod:`rag.answer.context`) -> the prompt, stable
-prefix first (:mod:`rag.answer.qa_prompt`) -> the LLM, streamed -> citations checked (:mod:`rag.answer.citations`)
--> answer and sources.
+Steps: (follow-up) the retrieval queries: the follow-up and the follow-up after the previous question, their
+rankings fused (``follow_up_query="history"``, the default), or a standalone question the LLM writes
+(``"rewrite"``) -> hybrid retrieval, deep enough to fill the budget -> neighbours, merging, packing to the exact
+token budget (:mod:`rag.answer.context`) -> the prompt, stable prefix first (:mod:`rag.answer.qa_prompt`) -> the
+LLM, streamed -> citations checked (:mod:`rag.answer.citations`) -> answer and sources.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
@@ -44,6 +45,7 @@ from rag.answer.conversation import (
     renumbered,
     rewrite_follow_up_message,
 )
+from rag.answer.notes import Note, conversation_restarted, history_trimmed, wait_limited
 from rag.answer.qa_prompt import (
     INSUFFICIENT_EN,
     INSUFFICIENT_ZH,
@@ -77,6 +79,15 @@ _MIN_EVIDENCE = 256
 _SAFETY = 8
 #: Turns of history the rewrite prompt sees.
 _REWRITE_TURNS = 6
+#: Reciprocal-rank fusion's damping constant (Cormack et al. 2009): rank 1 of one query weighs little more than
+#: rank 2 of the other, so a passage both queries find comes first.
+_RRF_K = 60
+
+FollowUpQuery: TypeAlias = Literal["history", "rewrite"]
+"""How a follow-up is retrieved: ``history`` fuses the rankings of the follow-up itself and of the follow-up after
+the previous question (no model call: the cache stays, and nothing is waited for); ``rewrite`` has the model write a
+standalone question first (one more generation before the answer; measured in docs/benchmarks.md, "Follow-ups:
+what to retrieve with")."""
 
 
 @dataclass
@@ -139,7 +150,10 @@ class RagChain:
         prompt_speed: PromptSpeed | None = None,
         max_wait_s: float | None = None,
         relevance_floor: float = 0.0,
+        follow_up_query: FollowUpQuery = "history",
     ) -> None:
+        if follow_up_query not in ("history", "rewrite"):
+            raise ConfigError(f"follow_up_query={follow_up_query!r}: choose 'history' or 'rewrite'")
         self.retriever = retriever
         self.tokens = tokens
         self.llm = llm
@@ -165,6 +179,8 @@ class RagChain:
         self.follow_up_room = follow_up_room
         """Share of the evidence room a fresh prompt leaves free (without an explicit ``max_context_tokens``), so
         follow-ups can extend it."""
+        self.follow_up_query = follow_up_query
+        """What a follow-up is retrieved with (:data:`FollowUpQuery`)."""
         self.layouts = LayoutMemory()
 
     # -- steps -----------------------------------------------------------------------------------------------
@@ -256,7 +272,7 @@ class RagChain:
         when the history leaves less than a useful amount of room; raises :class:`ContextOverflowError` when the
         question alone does not fit. ``max_tokens``: this answer's reserve (default: the model's)."""
         tokens = self.tokens
-        window, notes = tokens.context_window, []
+        window, notes = tokens.context_window, list[str]()
         reserve = tokens.max_tokens if max_tokens is None else max_tokens
         floor = min(_MIN_EVIDENCE, max(32, window // 8))
         kept = list(history)
@@ -267,7 +283,7 @@ class RagChain:
                 break
             kept = kept[2:] if len(kept) >= 2 else []
         if len(kept) < len(history):
-            notes.append(f"dropped the {len(history) - len(kept)} oldest turns of the conversation to fit the window")
+            notes.append(history_trimmed(len(history) - len(kept)))
         if room < 1:
             raise ContextOverflowError(
                 f"the question and instructions take {overhead} tokens and {reserve} are reserved for the answer: "
@@ -297,13 +313,9 @@ class RagChain:
             return None
         return max(_MIN_EVIDENCE, int(self.max_wait_s * speed) - overhead)
 
-    def _wait_note(self, cap: int, room: int) -> str:
+    def _wait_note(self, cap: int, room: int) -> Note:
         speed = self.prompt_speed.tokens_per_s() if self.prompt_speed is not None else None
-        return (
-            f"{cap:,} of {room:,} context tokens: limited by the {self.max_wait_s:g} s wait for the first token "
-            f"(this machine reads about {speed or 0:,.0f} prompt tokens/s); raise max_wait_s (RAG_MAX_WAIT_S) "
-            "for more evidence"
-        )
+        return wait_limited(cap, room, self.max_wait_s or 0.0, speed or 0.0)
 
     def _rewrite_call(
         self, question: str, history: Sequence[ChatMessage], layout: ConversationLayout | None = None
@@ -325,6 +337,14 @@ class RagChain:
         if self._is_chat:  # one user message: the chat model applies its own template
             return model, [HumanMessage(render_rewrite_prompt(question, turns, prompt_format="native"))]
         return model, render_rewrite_prompt(question, turns, prompt_format=self.tokens.prompt_format)
+
+    def history_queries(self, question: str, history: Sequence[ChatMessage]) -> list[str]:
+        """What a follow-up is retrieved with, without a model: itself, and itself after the previous question
+        (which carries the topic a pronoun or an elliptical "and X?" leaves out)."""
+        previous = next((m.content.strip() for m in reversed(history) if m.role == "user" and m.content.strip()), "")
+        if not previous or previous == question:
+            return [question]
+        return [question, f"{previous}\n{question}"]
 
     def rewrite(self, question: str, history: Sequence[ChatMessage], layout: ConversationLayout | None = None) -> str:
         """``question`` made standalone with the history (LLM, few tokens); the question itself when there is no
@@ -352,14 +372,20 @@ class RagChain:
         return clean_rewrite(_text_of(text), question)
 
     def _pack(
-        self, query: str, budget: int, k: int, sources: list[str] | None = None, exclude: frozenset[str] = frozenset()
+        self,
+        queries: Sequence[str],
+        budget: int,
+        k: int,
+        sources: list[str] | None = None,
+        exclude: frozenset[str] = frozenset(),
     ) -> PackedContext:
-        return self._pack_documents(self._retrieve(query, budget, k, sources), budget, k, exclude)
+        return self._pack_documents(self._retrieve(queries, budget, k, sources), budget, k, exclude)
 
-    def _retrieve(self, query: str, budget: int, k: int, sources: list[str] | None) -> list[Any]:
+    def _retrieve(self, queries: Sequence[str], budget: int, k: int, sources: list[str] | None) -> list[Any]:
         depth = ContextAssembler.depth_for(budget, k)
         filters: dict[str, Any] = {"sources": sources} if sources else {}  # only our retriever takes sources
-        found = list(self.retriever.invoke(query, k=depth, **filters))
+        rankings = [list(self.retriever.invoke(query, k=depth, **filters)) for query in queries]
+        found = rankings[0] if len(rankings) == 1 else fuse_rankings(rankings)[:depth]
         if not self.relevance_floor or not found:
             return found
         # hits far below the best one are noise: the budget is not filled with them (the top k always stay)
@@ -392,9 +418,10 @@ class RagChain:
         """
         start = self._start(inputs, k, max_context_tokens)
         started = time.perf_counter()
-        standalone = self.rewrite(start.question, start.history, start.layout)
+        if self.follow_up_query == "rewrite":
+            start.queries = [self.rewrite(start.question, start.history, start.layout)]
         rewritten = time.perf_counter()
-        prepared = self._finish(start, standalone)
+        prepared = self._finish(start)
         if timings is not None:
             timings["rewrite_ms"] = (rewritten - started) * 1000
             timings["retrieval_ms"] = (time.perf_counter() - rewritten) * 1000
@@ -412,9 +439,10 @@ class RagChain:
         retrieval and packing (SQLite, Chroma, tokenizers) in a worker thread."""
         start = await asyncio.to_thread(self._start, inputs, k, max_context_tokens)
         started = time.perf_counter()
-        standalone = await self.arewrite(start.question, start.history, start.layout)
+        if self.follow_up_query == "rewrite":
+            start.queries = [await self.arewrite(start.question, start.history, start.layout)]
         rewritten = time.perf_counter()
-        prepared = await asyncio.to_thread(self._finish, start, standalone)
+        prepared = await asyncio.to_thread(self._finish, start)
         if timings is not None:
             timings["rewrite_ms"] = (rewritten - started) * 1000
             timings["retrieval_ms"] = (time.perf_counter() - rewritten) * 1000
@@ -437,19 +465,21 @@ class RagChain:
         }  # fmt: skip
         chosen_k = k if k is not None else options.k if options.k is not None else self.k
         layout = self.layouts.get(system, history) if self.reuse_conversation and history else None
+        queries = self.history_queries(question, history) if self.follow_up_query == "history" else [question]
         return _Start(
-            question, kept, budget, notes, chosen_k, llm_kwargs, system, options.sources, history, layout, limit
-        )
+            question, kept, budget, notes, chosen_k, llm_kwargs, system, options.sources, history, layout, limit,
+            queries,
+        )  # fmt: skip
 
-    def _finish(self, start: _Start, standalone: str) -> PreparedQuestion:
+    def _finish(self, start: _Start) -> PreparedQuestion:
         if start.layout is not None:
-            prepared = self._follow_up(start, start.layout, standalone)
+            prepared = self._follow_up(start, start.layout)
             if prepared is not None:
                 return prepared
-            start.notes.append("the window is full: the conversation's evidence starts afresh")
-        return self._fresh(start, standalone)
+            start.notes.append(conversation_restarted())
+        return self._fresh(start)
 
-    def _follow_up(self, start: _Start, layout: ConversationLayout, standalone: str) -> PreparedQuestion | None:
+    def _follow_up(self, start: _Start, layout: ConversationLayout) -> PreparedQuestion | None:
         """The previous turn's prompt, extended by the passages new for this question and the question; None when
         the window cannot hold this question's own best passages after what is already there."""
         tokens = self.tokens
@@ -467,7 +497,7 @@ class RagChain:
         if room < needed:
             return None  # the conversation so far leaves too little room
         given = frozenset(chunk_id for passage in layout.passages for chunk_id in passage.chunk_ids)
-        documents = self._retrieve(standalone, budget, start.k, start.sources)
+        documents = self._retrieve(start.queries, budget, start.k, start.sources)
         best = [str(d.id or d.metadata.get("chunk_id") or "") for d in documents[: min(start.k, 3)]]
         packed = self._pack_documents(documents, budget, start.k, given)
         for _ in range(3):
@@ -495,7 +525,7 @@ class RagChain:
         )
         return PreparedQuestion(
             start.question,
-            standalone,
+            start.standalone,
             start.history,
             evidence,
             prompt,
@@ -510,11 +540,11 @@ class RagChain:
             reused_tokens=layout.tokens,
         )
 
-    def _fresh(self, start: _Start, standalone: str) -> PreparedQuestion:
+    def _fresh(self, start: _Start) -> PreparedQuestion:
         tokens = self.tokens
         budget = start.budget
         reserve = start.llm_kwargs.get("max_tokens", tokens.max_tokens)
-        packed = self._pack(standalone, budget, start.k, start.sources)
+        packed = self._pack(start.queries, budget, start.k, start.sources)
         for _ in range(3):
             prompt, messages, prompt_tokens = self._count_prompt(
                 start.question, packed.text, start.history, start.system
@@ -527,7 +557,7 @@ class RagChain:
             packed = pack_context([p.as_chunk() for p in packed.passages], budget, tokens.count)
         return PreparedQuestion(
             start.question,
-            standalone,
+            start.standalone,
             start.history,
             packed,
             prompt,
@@ -629,6 +659,27 @@ class _Start:
     layout: ConversationLayout | None = None
     """The previous turn's prompt, when this question follows up on it."""
     max_context_tokens: int | None = None
+    queries: list[str] = field(default_factory=list)
+    """What is retrieved with: the question (and, for a follow-up, :meth:`RagChain.history_queries` or the
+    rewrite)."""
+
+    @property
+    def standalone(self) -> str:
+        """The question as retrieval read it: the rewrite, or the question itself."""
+        return self.queries[0] if len(self.queries) == 1 else self.question
+
+
+def fuse_rankings(rankings: Sequence[Sequence[Any]]) -> list[Any]:
+    """Reciprocal-rank fusion of ranked documents (one list per query), best first; a document is known by its
+    id (or ``chunk_id``) and kept once, as its best-ranked copy."""
+    scores: dict[str, float] = {}
+    first: dict[str, Any] = {}
+    for ranking in rankings:
+        for rank, document in enumerate(ranking, start=1):
+            key = str(document.id or document.metadata.get("chunk_id") or document.page_content)
+            scores[key] = scores.get(key, 0.0) + 1.0 / (_RRF_K + rank)
+            first.setdefault(key, document)
+    return [first[key] for key in sorted(scores, key=lambda key: -scores[key])]
 
 
 class _Answer:

@@ -78,6 +78,8 @@ class AnswerStats:
     """While it reads (``reading`` events): about how many it has read, from the measured speed."""
     read_left_s: float | None = None
     """About how many seconds of reading are left (None: the speed is not known yet)."""
+    reused_tokens: int = 0
+    """A follow-up extending the previous turn's prompt: the prompt tokens the model already read then (cached)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {key: (round(value, 1) if isinstance(value, float) else value) for key, value in self.__dict__.items()}
@@ -201,6 +203,7 @@ class Assistant:
                 context_tokens=prepared.packed.tokens,
                 budget=prepared.budget,
                 prompt_tokens=prepared.prompt_tokens,
+                reused_tokens=prepared.reused_tokens,
             )
             passages = AnswerEvent(
                 "passages",

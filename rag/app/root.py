@@ -261,6 +261,7 @@ class Components:
             prompt_speed=self.prompt_speed() if model is not None else None,
             max_wait_s=settings.max_wait_s,
             relevance_floor=settings.relevance_floor,
+            follow_up_query=settings.follow_up_query,
             empty_message=(
                 f"nothing has been ingested into collection '{settings.collection}' at {data} yet: "
                 "run `ingest PATH` (or `rag ingest PATH`) first"
