@@ -293,7 +293,7 @@ def _load_pdf(
             timeouts: list[int] = []
             pages = len(reader.pages)
             for number, page in enumerate(reader.pages, start=1):
-                text = page.extract_text() or ""
+                text = _parsed_once(page).extract_text() or ""
                 found: list[Element] = []
                 if not (_usable_text(text) or ocr is None or len(scanned) >= max_ocr_pages):
                     try:
@@ -318,12 +318,48 @@ def _text_page(page: Any, text: str, number: int) -> list[Element]:
     if not (_usable_text(text) and looks_tabular(text)):
         return _paragraphs(text, page=number)
     try:
-        blocks = layout_blocks(page.extract_text(extraction_mode="layout") or "")
+        blocks = layout_blocks(_layout_text(page))
     except Exception:  # pypdf's layout mode failing on a page costs its tables, not the page
         return _paragraphs(text, page=number)
     if not any(kind == "table" for kind, _ in blocks):
         return _paragraphs(text, page=number)
     return [Element(block, kind=kind, page=number) for kind, block in blocks]
+
+
+def _parsed_once(page: Any) -> Any:
+    """``page`` with its content stream parsed once for both reads: plain extraction takes a ``ContentStream`` it is
+    handed as it is, so the layout pass (:func:`_layout_text`) reuses the parsed operations (about 60 % of its time
+    measured on SEC 10-Q pages) instead of parsing the page again."""
+    from pypdf.generic import ContentStream, NameObject
+
+    try:
+        contents = page["/Contents"].get_object()
+        if not isinstance(contents, ContentStream):
+            page[NameObject("/Contents")] = ContentStream(contents, page.pdf, "bytes")
+    except Exception:  # no contents (an empty page) or an odd one: pypdf's own path decides
+        pass
+    return page
+
+
+def _layout_text(page: Any) -> str:
+    """pypdf's layout-mode text of ``page`` from its already parsed operations: the steps of
+    ``PageObject._layout_mode_text`` (pypdf 7.1, pinned) with its defaults; pypdf's public call where they differ."""
+    try:
+        from pypdf._text_extraction import _layout_mode
+        from pypdf.generic import ContentStream
+
+        contents = page["/Contents"].get_object()
+        if not isinstance(contents, ContentStream):
+            raise TypeError("not parsed")
+        fonts = page._layout_mode_fonts()
+        groups = _layout_mode.text_show_operations(iter(contents.operations), fonts, True, None)
+    except (AttributeError, ImportError, KeyError, TypeError):
+        return page.extract_text(extraction_mode="layout") or ""
+    if not groups:
+        return ""
+    lines = _layout_mode.y_coordinate_groups(groups, None)
+    width = _layout_mode.fixed_char_width(groups, 1.25)
+    return str(_layout_mode.fixed_width_page(lines, width, True, 1))
 
 
 def _usable_text(text: str) -> bool:

@@ -247,6 +247,16 @@ def test_a_pdf_table_keeps_its_columns_and_header_and_repeats_it_when_split(tmp_
     prose = [e.text for e in document.elements if e.kind != "table"]
     assert prose[-1] == ("以下金额单位为百万元。" if chinese else "The figures below are in millions.")
 
+    # the layout pass reuses the plain pass's parsed page (pypdf internals): it must give pypdf's own layout text
+    from pypdf import PdfReader
+
+    from ingest.load import _layout_text, _parsed_once
+
+    [page] = PdfReader(tmp_path / "statement.pdf").pages
+    plain = page.extract_text()
+    assert _parsed_once(page).extract_text() == plain
+    assert _layout_text(page) == page.extract_text(extraction_mode="layout")
+
     chunks = chunk_document(document, CharCounter(), max_tokens=400, overlap=0)
     continued = [c for c in chunks if c.table_header]
     assert continued, "a 40-row table in 400-character chunks is split"
