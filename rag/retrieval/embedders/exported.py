@@ -122,6 +122,7 @@ class ExportedEmbeddings(SentenceTransformerEmbeddings):
         self._infer: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None
         self._input_names: list[str] = []
         self._load_lock = threading.Lock()  # not the parent's _lock: its token counter calls warm_up inside it
+        self._tokenize_lock = threading.Lock()
         self.exports = 0
         """Exports (and quantisations) this instance made; 0 when everything came from the cache."""
         self.model_file: Path | None = None
@@ -337,7 +338,8 @@ class ExportedEmbeddings(SentenceTransformerEmbeddings):
         import numpy as np
         import torch
 
-        features = client.preprocess(texts, prompt=prompt or None)
+        with self._tokenize_lock:  # a fast tokenizer must not serve two threads (a question during an ingest)
+            features = client.preprocess(texts, prompt=prompt or None)
         inputs = {name: features[name].numpy() for name in self._input_names}
         features["token_embeddings"] = torch.from_numpy(infer(inputs)).float()
         with torch.inference_mode():
