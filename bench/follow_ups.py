@@ -118,8 +118,10 @@ def main() -> None:
             llm = MixtralInstructLLM(model=str(smollm2), prompt_format="native", n_ctx=4096, temperature=0.0,
                                      seed=0, n_threads=2, max_tokens=48)  # fmt: skip
             llm.warm_up()
-            rewrite_chain = RagChain(retriever, tokens, llm=llm, reader=retriever.reader, follow_up_query="rewrite",
-                                     reuse_conversation=False)  # fmt: skip
+            # the rewrite prompt in SmolLM2's own template (the chain reads it from the model's tokens)
+            rewrite_tokens = ModelTokens(llm, context_window=32768, max_tokens=1024)
+            rewrite_chain = RagChain(retriever, rewrite_tokens, llm=llm, reader=retriever.reader,
+                                     follow_up_query="rewrite", reuse_conversation=False)  # fmt: skip
 
         def ranked(queries: list[str]) -> list[str]:
             rankings = [list(retriever.invoke(query, k=20)) for query in queries]
@@ -139,7 +141,9 @@ def main() -> None:
         rows: dict[tuple[str, str], list[tuple[int | None, bool]]] = {}
         rewrite_ms: list[float] = []
         samples: list[str] = []
-        for follow_up in follow_ups:
+        for done, follow_up in enumerate(follow_ups, start=1):
+            if done % 20 == 0:
+                print(f"  {done}/{len(follow_ups)} follow-ups", file=sys.stderr, flush=True)
             previous = follow_up.history[0][1]
             modes: dict[str, tuple[list[str], tuple[str, list[tuple[str, str]]]]] = {
                 "follow-up alone": ([follow_up.question], (follow_up.question, [])),

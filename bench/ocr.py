@@ -137,12 +137,15 @@ def main() -> None:
         from pypdf import PdfReader
 
         pages = ours = plain = 0.0
-        scanned = 0
+        scanned = tables = rows = 0
         for path in sec:
             started = time.perf_counter()
             document = load_document(path, ocr=engine)
             ours += time.perf_counter() - started
             scanned += len(document.ocr_pages)
+            found = [element for element in document.elements if element.kind == "table"]
+            tables += len(found)
+            rows += sum(element.text.count("\n") for element in found)  # lines below the header
             started = time.perf_counter()
             reader = PdfReader(path)
             for page in reader.pages:
@@ -151,7 +154,7 @@ def main() -> None:
             pages += len(reader.pages)
         print(f"SEC 10-Qs, {len(sec)} files, {pages:.0f} pages: ours (OCR on) {ours / pages:.3f} s/page, "
               f"plain pypdf {plain / pages:.3f} s/page (ours / plain {ours / plain:.2f}); "
-              f"{scanned} pages went to OCR")  # fmt: skip
+              f"{scanned} pages went to OCR; {tables} tables with column headers, {rows} rows")  # fmt: skip
 
 
 if __name__ == "__main__":
