@@ -123,9 +123,13 @@ def main() -> None:
             rewrite_chain = RagChain(retriever, rewrite_tokens, llm=llm, reader=retriever.reader,
                                      follow_up_query="rewrite", reuse_conversation=False)  # fmt: skip
 
-        def ranked(queries: list[str]) -> list[str]:
+        even_chain = RagChain(retriever, tokens, reader=retriever.reader, history_weight=1.0)
+        weight = history_chain.history_weight
+
+        def ranked(queries: list[str], chain: RagChain) -> list[str]:
             rankings = [list(retriever.invoke(query, k=20)) for query in queries]
-            documents = rankings[0] if len(rankings) == 1 else fuse_rankings(rankings)
+            weights = [1.0] + [chain.history_weight] * (len(rankings) - 1)
+            documents = rankings[0] if len(rankings) == 1 else fuse_rankings(rankings, weights)
             order: list[str] = []
             for document in documents:
                 pid = Path(str(document.metadata.get("source", ""))).stem
@@ -133,11 +137,11 @@ def main() -> None:
                     order.append(pid)
             return order[:10]
 
-        def in_context(question: str, history: list[tuple[str, str]]) -> bool:
-            packed = history_chain.prepare({"question": question, "chat_history": history},
-                                           max_context_tokens=BUDGET).packed  # fmt: skip
+        def in_context(question: str, history: list[tuple[str, str]], chain: RagChain) -> bool:
+            packed = chain.prepare({"question": question, "chat_history": history}, max_context_tokens=BUDGET).packed
             return any(Path(p.source).stem == follow_up.gold for p in packed.passages)
 
+        Mode = tuple[list[str], str, list[tuple[str, str]], RagChain]  # queries; the question, history, chain
         rows: dict[tuple[str, str], list[tuple[int | None, bool]]] = {}
         rewrite_ms: list[float] = []
         samples: list[str] = []
@@ -145,15 +149,17 @@ def main() -> None:
             if done % 20 == 0:
                 print(f"  {done}/{len(follow_ups)} follow-ups", file=sys.stderr, flush=True)
             previous = follow_up.history[0][1]
-            modes: dict[str, tuple[list[str], tuple[str, list[tuple[str, str]]]]] = {
-                "follow-up alone": ([follow_up.question], (follow_up.question, [])),
-                "previous + follow-up, one query": (
-                    [f"{previous}\n{follow_up.question}"],
-                    (f"{previous}\n{follow_up.question}", []),
-                ),
-                "history: both fused (default)": (
-                    history_chain.history_queries(follow_up.question, _messages(follow_up.history)),
-                    (follow_up.question, follow_up.history),
+            joined = f"{previous}\n{follow_up.question}"
+            both = history_chain.history_queries(follow_up.question, _messages(follow_up.history))
+            modes: dict[str, Mode] = {
+                "follow-up alone": ([follow_up.question], follow_up.question, [], history_chain),
+                "previous + follow-up, one query": ([joined], joined, [], history_chain),
+                "history: both fused 1:1": (both, follow_up.question, follow_up.history, even_chain),
+                f"history: both fused 1:{weight:g} (default)": (
+                    both,
+                    follow_up.question,
+                    follow_up.history,
+                    history_chain,
                 ),
             }
             if rewrite_chain is not None:
@@ -163,16 +169,21 @@ def main() -> None:
                     max_context_tokens=BUDGET,
                     timings=timings,
                 ).standalone_question
-                rewrite_ms.append(timings["rewrite_ms"])  # fmt: skip
+                rewrite_ms.append(timings["rewrite_ms"])
                 if len(samples) < 3 and follow_up.kind == "pronoun":
                     samples.append(f"{follow_up.question} -> {rewritten}  (original: {follow_up.original})")
-                modes["rewrite by SmolLM2-135M"] = ([rewritten], (rewritten, []))
+                modes["rewrite by SmolLM2-135M"] = ([rewritten], rewritten, [], history_chain)
             if follow_up.kind == "pronoun":
-                modes["original question (a perfect rewrite)"] = ([follow_up.original], (follow_up.original, []))
-            for mode, (queries, (question, history)) in modes.items():
-                order = ranked(queries)
+                modes["original question (a perfect rewrite)"] = (
+                    [follow_up.original],
+                    follow_up.original,
+                    [],
+                    history_chain,
+                )
+            for mode, (queries, question, history, chain) in modes.items():
+                order = ranked(queries, chain)
                 rank = order.index(follow_up.gold) + 1 if follow_up.gold in order else None
-                rows.setdefault((follow_up.kind, mode), []).append((rank, in_context(question, history)))
+                rows.setdefault((follow_up.kind, mode), []).append((rank, in_context(question, history, chain)))
 
         print(f"\n| follow-ups | retrieved with | n | hit@1 | hit@5 | MRR@10 | gold inside {BUDGET:,} tokens |")
         print("|---|---|---:|---:|---:|---:|---:|")

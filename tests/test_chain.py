@@ -166,6 +166,9 @@ def test_follow_ups_are_retrieved_with_the_previous_question_without_a_model_cal
     # fusion: a passage both rankings hold comes before one only a single ranking has first
     a, b, c = (Document(name, id=name) for name in "abc")
     assert [d.id for d in fuse_rankings([[a, b], [c, b]])] == ["b", "a", "c"]
+    # weighted: the ranking with the history counts twice, so its first passes the follow-up's own first
+    assert [d.id for d in fuse_rankings([[a, b], [c, a]], [1.0, 2.0])] == ["a", "c", "b"]
+    assert [d.id for d in fuse_rankings([[a], [c]], [1.0, 2.0])] == ["c", "a"]
 
 
 def test_clean_rewrite_falls_back_on_garbage() -> None:

@@ -93,8 +93,10 @@ def test_without_reuse_or_without_room_the_follow_up_starts_afresh(retriever: Hy
     backend = ScriptedBackend(quote_passage_with("days"))
     llm = scripted_llm()
     llm.client = backend
-    conversation(chain_of(retriever, llm, reuse_conversation=False))
-    answer_one, answer_two = backend.prompts  # the default: no rewrite before the answer
+    # (with the rewrite, whose question retrieves other evidence: a fresh prompt with the same evidence would
+    # start like the first one anyway, the prompt's stable order puts the history after the evidence)
+    conversation(chain_of(retriever, llm, reuse_conversation=False, follow_up_query="rewrite"))
+    answer_one, _, answer_two = backend.prompts
     assert not answer_two.startswith(answer_one)
 
     tight = ScriptedBackend(quote_passage_with("days"), context_window=360)
