@@ -11,10 +11,10 @@ Two-turn conversations made from CMRC 2018 (every paragraph is about its article
   paragraph: the topic changes, and the history should not pull retrieval back.
 
 Each follow-up is retrieved, through the chain's own code, with: the follow-up alone; the previous question and the
-follow-up as one query; both rankings fused (``follow_up_query="history"``, no model call); the standalone question
-SmolLM2 writes (``follow_up_query="rewrite"``, timed); and, for pronoun follow-ups, the original question (what a
-perfect rewrite would give). Reported: hit@1, hit@5, MRR@10 of the gold paragraph, and the share of follow-ups
-whose gold paragraph is inside the assembled context at a 2,000-token budget.
+follow-up as one query; both, each query's best first and then the rankings fused (``follow_up_query="history"``,
+no model call); the standalone question SmolLM2 writes (``follow_up_query="rewrite"``, timed); and, for pronoun
+follow-ups, the original question (what a perfect rewrite would give). Reported: hit@1, hit@5, MRR@10 of the gold
+paragraph, and the share of follow-ups whose gold paragraph is inside the assembled context at a 2,000-token budget.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="Keep the store here (reruns reuse it).")
     args = parser.parse_args()
 
-    from rag.answer.chain import RagChain, fuse_rankings
+    from rag.answer.chain import RagChain
     from rag.app.root import Components
     from rag.eval.metrics import EvalSet, add_distractors, write_passages
     from rag.llm.adapter import MixtralInstructLLM
@@ -123,13 +123,10 @@ def main() -> None:
             rewrite_chain = RagChain(retriever, rewrite_tokens, llm=llm, reader=retriever.reader,
                                      follow_up_query="rewrite", reuse_conversation=False)  # fmt: skip
 
-        even_chain = RagChain(retriever, tokens, reader=retriever.reader, history_weight=1.0)
-        weight = history_chain.history_weight
 
         def ranked(queries: list[str], chain: RagChain) -> list[str]:
             rankings = [list(retriever.invoke(query, k=20)) for query in queries]
-            weights = [1.0] + [chain.history_weight] * (len(rankings) - 1)
-            documents = rankings[0] if len(rankings) == 1 else fuse_rankings(rankings, weights)
+            documents = rankings[0] if len(rankings) == 1 else chain.follow_up_ranking(rankings)
             order: list[str] = []
             for document in documents:
                 pid = Path(str(document.metadata.get("source", ""))).stem
@@ -154,12 +151,8 @@ def main() -> None:
             modes: dict[str, Mode] = {
                 "follow-up alone": ([follow_up.question], follow_up.question, [], history_chain),
                 "previous + follow-up, one query": ([joined], joined, [], history_chain),
-                "history: both fused 1:1": (both, follow_up.question, follow_up.history, even_chain),
-                f"history: both fused 1:{weight:g} (default)": (
-                    both,
-                    follow_up.question,
-                    follow_up.history,
-                    history_chain,
+                "history: each best first, then fused (default)": (
+                    both, follow_up.question, follow_up.history, history_chain
                 ),
             }
             if rewrite_chain is not None:

@@ -166,9 +166,12 @@ def test_follow_ups_are_retrieved_with_the_previous_question_without_a_model_cal
     # fusion: a passage both rankings hold comes before one only a single ranking has first
     a, b, c = (Document(name, id=name) for name in "abc")
     assert [d.id for d in fuse_rankings([[a, b], [c, b]])] == ["b", "a", "c"]
-    # weighted: the ranking with the history counts twice, so its first passes the follow-up's own first
+    # weighted: a ranking that counts twice puts its first before the other's first
     assert [d.id for d in fuse_rankings([[a, b], [c, a]], [1.0, 2.0])] == ["a", "c", "b"]
     assert [d.id for d in fuse_rankings([[a], [c]], [1.0, 2.0])] == ["c", "a"]
+    # a follow-up's ranking: each query's best first (its own, then the history's), then the rest fused
+    d, e = Document("d", id="d"), Document("e", id="e")
+    assert [x.id for x in rag.follow_up_ranking([[a, b, d], [c, d, e]])] == ["a", "c", "d", "b", "e"]
 
 
 def test_clean_rewrite_falls_back_on_garbage() -> None:
