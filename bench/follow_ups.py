@@ -123,7 +123,6 @@ def main() -> None:
             rewrite_chain = RagChain(retriever, rewrite_tokens, llm=llm, reader=retriever.reader,
                                      follow_up_query="rewrite", reuse_conversation=False)  # fmt: skip
 
-
         def ranked(queries: list[str], chain: RagChain) -> list[str]:
             rankings = [list(retriever.invoke(query, k=20)) for query in queries]
             documents = rankings[0] if len(rankings) == 1 else chain.follow_up_ranking(rankings)
@@ -152,7 +151,10 @@ def main() -> None:
                 "follow-up alone": ([follow_up.question], follow_up.question, [], history_chain),
                 "previous + follow-up, one query": ([joined], joined, [], history_chain),
                 "history: each best first, then fused (default)": (
-                    both, follow_up.question, follow_up.history, history_chain
+                    both,
+                    follow_up.question,
+                    follow_up.history,
+                    history_chain,
                 ),
             }
             if rewrite_chain is not None:
