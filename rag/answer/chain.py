@@ -12,11 +12,12 @@ Input and output are typed (:mod:`rag.answer.schemas`), so ``chain.as_tool()`` g
 be a :class:`rag.llm.adapter.MixtralInstructLLM` (prompt strings), a :class:`rag.llm.chat_model.ChatMixtralInstruct`
 or any LangChain chat model (messages, e.g. ``ChatOpenAI`` pointed at a llama.cpp server).
 
-Steps: (follow-up) the retrieval queries: the follow-up and the follow-up after the previous question, their
-rankings fused (``follow_up_query="history"``, the default), or a standalone question the LLM writes
-(``"rewrite"``) -> hybrid retrieval, deep enough to fill the budget -> neighbours, merging, packing to the exact
-token budget (:mod:`rag.answer.context`) -> the prompt, stable prefix first (:mod:`rag.answer.qa_prompt`) -> the
-LLM, streamed -> citations checked (:mod:`rag.answer.citations`) -> answer and sources.
+Steps: (follow-up) the retrieval queries: the follow-up and the follow-up after the previous question, each one's
+best hit first and then their rankings fused (``follow_up_query="history"``, the default), or a standalone question
+the LLM writes (``"rewrite"``) -> hybrid retrieval, deep enough to fill the budget -> neighbours, merging, packing
+to the exact token budget (:mod:`rag.answer.context`) -> the prompt, stable prefix first
+(:mod:`rag.answer.qa_prompt`) -> the LLM, streamed -> citations checked (:mod:`rag.answer.citations`) -> answer and
+sources.
 """
 
 from __future__ import annotations
@@ -84,10 +85,10 @@ _REWRITE_TURNS = 6
 _RRF_K = 60
 
 FollowUpQuery: TypeAlias = Literal["history", "rewrite"]
-"""How a follow-up is retrieved: ``history`` fuses the rankings of the follow-up itself and of the follow-up after
-the previous question (no model call: the cache stays, and nothing is waited for); ``rewrite`` has the model write a
-standalone question first (one more generation before the answer; measured in docs/benchmarks.md, "Follow-ups:
-what to retrieve with")."""
+"""How a follow-up is retrieved: ``history`` with the follow-up itself and the follow-up after the previous question
+(:meth:`RagChain.follow_up_ranking`; no model call: the cache stays, and nothing is waited for); ``rewrite`` has the
+model write a standalone question first (one more generation before the answer). Measured in docs/benchmarks.md,
+"Follow-ups: what to retrieve with"."""
 
 
 @dataclass
@@ -509,7 +510,7 @@ class RagChain:
             return None  # the conversation so far leaves too little room
         given = frozenset(chunk_id for passage in layout.passages for chunk_id in passage.chunk_ids)
         documents = self._retrieve(start.queries, budget, start.k, start.sources)
-        best = [str(d.id or d.metadata.get("chunk_id") or "") for d in documents[: min(start.k, 3)]]
+        best = [_document_key(d) for d in documents[: min(start.k, 3)]]
         packed = self._pack_documents(documents, budget, start.k, given)
         for _ in range(3):
             fresh = renumbered(packed.passages, len(layout.passages) + 1)
