@@ -356,11 +356,7 @@ def with_notes(figures: str, notes: Sequence[str], language: str = "en") -> str:
 def _note_text(note: str, language: str) -> str:
     if not isinstance(note, Note) or not has_text(f"note_{note.code}"):
         return note
-    figures = {key: f"{value:,}" if isinstance(value, int) else f"{value:,.0f}" if isinstance(value, float)
-               else value for key, value in note.figures.items()}  # fmt: skip
-    if "max_wait_s" in note.figures:
-        figures["max_wait_s"] = f"{note.figures['max_wait_s']:g}"
-    return text(language, f"note_{note.code}", **figures)
+    return text(language, f"note_{note.code}", **note.figures)  # the templates format the figures
 
 
 def render_reading(stats: AnswerStats, language: str) -> str:

@@ -73,14 +73,15 @@ _STRINGS: dict[str, dict[Language, str]] = {
     },
     "figures_rewrite": {"zh": " · 改写追问 {rewrite_ms} 毫秒", "en": " · follow-up rewrite {rewrite_ms} ms"},
     "note_history_trimmed": {
-        "zh": "为放进上下文窗口，删去了对话中最早的 {dropped} 轮",
-        "en": "dropped the {dropped} oldest turns of the conversation to fit the window",
+        "zh": "为放进上下文窗口，删去了对话中最早的 {dropped:,} 轮",
+        "en": "dropped the {dropped:,} oldest turns of the conversation to fit the window",
     },
     "note_wait_limited": {
-        "zh": "证据 {cap}/{room} 个词元：受首个词元前最长等待 {max_wait_s} 秒所限"
-        "（本机每秒约读 {tokens_per_s} 个提示词元）；在设置中调高 max_wait_s（RAG_MAX_WAIT_S）可放入更多证据",
-        "en": "{cap} of {room} context tokens: limited by the {max_wait_s} s wait for the first token (this machine "
-        "reads about {tokens_per_s} prompt tokens/s); raise max_wait_s (RAG_MAX_WAIT_S) for more evidence",
+        "zh": "证据 {cap:,}/{room:,} 个词元：受首个词元前最长等待 {max_wait_s:g} 秒所限"
+        "（本机每秒约读 {tokens_per_s:,.0f} 个提示词元）；在设置中调高 max_wait_s（RAG_MAX_WAIT_S）可放入更多证据",
+        "en": "{cap:,} of {room:,} context tokens: limited by the {max_wait_s:g} s wait for the first token (this "
+        "machine reads about {tokens_per_s:,.0f} prompt tokens/s); raise max_wait_s (RAG_MAX_WAIT_S) for more "
+        "evidence",
     },
     "note_conversation_restarted": {
         "zh": "上下文窗口已满：本轮对话的证据重新开始",

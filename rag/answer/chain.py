@@ -535,21 +535,8 @@ class RagChain:
             truncated=packed.truncated,
             notes=packed.notes,
         )
-        return PreparedQuestion(
-            start.question,
-            start.standalone,
-            start.history,
-            evidence,
-            prompt,
-            prompt_tokens,
-            budget,
-            start.notes,
-            messages=messages,
-            llm_kwargs=start.llm_kwargs,
-            system=start.system,
-            conversation=start.conversation,
-            follows_up=True,
-            reused_tokens=layout.tokens,
+        return start.prepared(
+            evidence, prompt, prompt_tokens, budget, messages, follows_up=True, reused_tokens=layout.tokens
         )
 
     def _fresh(self, start: _Start) -> PreparedQuestion:
@@ -567,20 +554,7 @@ class RagChain:
             # token boundaries where the evidence meets the prompt: pack again a little smaller
             budget = max(0, packed.tokens - excess - 2)
             packed = pack_context([p.as_chunk() for p in packed.passages], budget, tokens.count)
-        return PreparedQuestion(
-            start.question,
-            start.standalone,
-            start.history,
-            packed,
-            prompt,
-            prompt_tokens,
-            budget,
-            start.notes,
-            messages=messages,
-            llm_kwargs=start.llm_kwargs,
-            system=start.system,
-            conversation=start.conversation,
-        )
+        return start.prepared(packed, prompt, prompt_tokens, budget, messages)
 
     def generate(self, prepared: PreparedQuestion, **llm_kwargs: Any) -> Iterator[AddableDict]:
         """The answer in pieces (``{"answer": piece}``), citations checked as they stream; then the sources.
@@ -679,6 +653,36 @@ class _Start:
     def standalone(self) -> str:
         """The question as retrieval read it: the rewrite, or the question itself."""
         return self.queries[0] if len(self.queries) == 1 else self.question
+
+    def prepared(
+        self,
+        packed: PackedContext,
+        prompt: str,
+        prompt_tokens: int,
+        budget: int,
+        messages: list[ChatMessage],
+        *,
+        follows_up: bool = False,
+        reused_tokens: int = 0,
+    ) -> PreparedQuestion:
+        """This question, prepared with ``packed`` evidence in ``prompt`` (``follows_up``, ``reused_tokens``: the
+        prompt extends the previous turn's, whose tokens the model has read)."""
+        return PreparedQuestion(
+            self.question,
+            self.standalone,
+            self.history,
+            packed,
+            prompt,
+            prompt_tokens,
+            budget,
+            self.notes,
+            messages=messages,
+            llm_kwargs=self.llm_kwargs,
+            system=self.system,
+            conversation=self.conversation,
+            follows_up=follows_up,
+            reused_tokens=reused_tokens,
+        )
 
 
 def _document_key(document: Any) -> str:
