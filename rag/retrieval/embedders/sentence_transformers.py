@@ -94,9 +94,11 @@ class SentenceTransformerEmbeddings(Embedder):
                 self._client = client
 
     def _adopt_prompts(self, client: SentenceTransformer) -> None:
+        # sentence-transformers 6 always lists "query" and "document" prompts, empty unless the model's config names
+        # them: an empty one must not hide the config's "passage" prompt (e5) or the family's known prompt.
         prompts: dict[str, str] = getattr(client, "prompts", None) or {}
-        self._query_prompt = prompts.get("query", self._query_prompt)
-        self._document_prompt = prompts.get("document", prompts.get("passage", self._document_prompt))
+        self._query_prompt = prompts.get("query") or self._query_prompt
+        self._document_prompt = prompts.get("document") or prompts.get("passage") or self._document_prompt
 
     @property
     def client(self) -> SentenceTransformer:
