@@ -18,7 +18,7 @@ from rag.chunks import ContextChunk
 from rag.retrieval.lexical import LexicalIndex
 from rag.retrieval.retriever import HybridRetriever, dense_weight_for, fuse_scores, lexical_scores
 from rag.retrieval.store import ChunkStore, connect_chroma
-from rag.retrieval.terms import query_terms, tokenize
+from rag.retrieval.terms import TOKENIZER_VERSION, query_terms, tokenize
 from tests.conftest import BUNDLED_EMBEDDER
 from tests.documents import ingest_into_store
 
@@ -59,6 +59,18 @@ def test_tokenize_chinese_and_english() -> None:
     tokens = tokenize("长江全长约6300公里, Remote Work!")
     assert "长江" in tokens and "remote" in tokens and "work" in tokens
     assert "," not in tokens and "!" not in tokens
+    # search mode: the shorter words inside a long one too, so 熊猫 finds 大熊猫
+    assert tokenize("大熊猫主要以竹子为食") == ["大熊", "熊猫", "大熊猫", "主要", "以", "竹子", "为食"]
+
+
+def test_tokenize_from_many_threads_at_once() -> None:
+    """The loader thread, the UI's requests and the server's workers tokenise at the same time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"第{i}届世界人工智能大会在上海举行，展示了{i}款机器人。" for i in range(200)]
+    expected = [tokenize(text) for text in texts]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert list(pool.map(tokenize, texts)) == expected
 
 
 def test_query_terms_leave_out_function_words_unless_nothing_else_is_left() -> None:
@@ -177,7 +189,7 @@ def test_an_older_layout_refills_its_rows_without_tokenising_again(
     with sqlite3.connect(path) as db:
         bodies = db.execute("SELECT chunk_id, body FROM rows").fetchall()
         db.execute("DELETE FROM info")
-        db.execute("INSERT INTO info VALUES ('tokenizer', 'jieba-search-1+rows-2')")
+        db.execute("INSERT INTO info VALUES ('tokenizer', ?)", (f"{TOKENIZER_VERSION}+rows-2",))
         db.execute("CREATE VIRTUAL TABLE chunks USING fts5(chunk_id UNINDEXED, body)")
         db.execute("CREATE VIRTUAL TABLE terms USING fts5vocab(chunks, 'row')")
         db.executemany("INSERT INTO chunks VALUES (?, ?)", [*bodies, ("gone", "咖啡机 除垢")])  # gone: not in the store

@@ -15,7 +15,6 @@ __all__ = ["quiet_third_party", "settings_from_flags"]
 
 def quiet_third_party() -> None:
     """Progress bars and notices of libraries we call are noise on our command line."""
-    import logging
     import os
     import warnings
 
@@ -24,7 +23,6 @@ def quiet_third_party() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    logging.getLogger("jieba").setLevel(logging.WARNING)
     try:
         from transformers.utils import logging as transformers_logging
 
