@@ -354,8 +354,8 @@ def with_notes(figures: str, notes: Sequence[str], language: str = "en") -> str:
 
 
 def _note_text(note: str, language: str) -> str:
-    if not isinstance(note, Note) or not has_text(f"note_{note.code}"):
-        return note
+    if not isinstance(note, Note) or not has_text(f"note_{note.code}", language):
+        return note  # the chain's own English (or a note the UI does not know)
     return text(language, f"note_{note.code}", **note.figures)  # the templates format the figures
 
 

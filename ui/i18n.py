@@ -72,21 +72,13 @@ _STRINGS: dict[str, dict[Language, str]] = {
         "en": "retrieval {retrieval_ms} ms · context {context_tokens} tokens",
     },
     "figures_rewrite": {"zh": " · 改写追问 {rewrite_ms} 毫秒", "en": " · follow-up rewrite {rewrite_ms} ms"},
-    "note_history_trimmed": {
-        "zh": "为放进上下文窗口，删去了对话中最早的 {dropped:,} 轮",
-        "en": "dropped the {dropped:,} oldest turns of the conversation to fit the window",
-    },
+    # The chain's notes (rag/answer/notes.py) in other languages than their own English, which is shown as it is.
+    "note_history_trimmed": {"zh": "为放进上下文窗口，删去了对话中最早的 {dropped:,} 轮"},
     "note_wait_limited": {
         "zh": "证据 {cap:,}/{room:,} 个词元：受首个词元前最长等待 {max_wait_s:g} 秒所限"
         "（本机每秒约读 {tokens_per_s:,.0f} 个提示词元）；在设置中调高 max_wait_s（RAG_MAX_WAIT_S）可放入更多证据",
-        "en": "{cap:,} of {room:,} context tokens: limited by the {max_wait_s:g} s wait for the first token (this "
-        "machine reads about {tokens_per_s:,.0f} prompt tokens/s); raise max_wait_s (RAG_MAX_WAIT_S) for more "
-        "evidence",
     },
-    "note_conversation_restarted": {
-        "zh": "上下文窗口已满：本轮对话的证据重新开始",
-        "en": "the window is full: the conversation's evidence starts afresh",
-    },
+    "note_conversation_restarted": {"zh": "上下文窗口已满：本轮对话的证据重新开始"},
     "figures_reused": {
         "zh": " · 追问沿用上一轮的 {reused_tokens} 个提示词元（无需重读）",
         "en": " · follow-up: {reused_tokens} prompt tokens of the previous turn reused (not read again)",
@@ -156,15 +148,15 @@ _STRINGS: dict[str, dict[Language, str]] = {
 }
 
 
-def has_text(key: str) -> bool:
-    """Whether the UI has a string named ``key``."""
-    return key in _STRINGS
+def has_text(key: str, language: str) -> bool:
+    """Whether the UI has the string named ``key`` in ``language``."""
+    return language in _STRINGS.get(key, {})
 
 
 def text(language: str, key: str, **values: object) -> str:
     """The string ``key`` in ``language`` (English when the language is unknown), formatted with ``values``."""
     entry = _STRINGS[key]
-    template = entry.get(language, entry["en"])  # type: ignore[call-overload]
+    template = entry[language] if language in entry else entry["en"]
     return template.format(**values) if values else template
 
 
