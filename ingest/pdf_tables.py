@@ -20,8 +20,9 @@ __all__ = ["layout_blocks", "looks_tabular"]
 
 #: A value in a table cell: amounts, percentages, negatives in parentheses, dashes for nothing.
 _VALUE = re.compile(r"^[$€£¥]?\(?[-+]?[$€£¥]?\d[\d,.]*\)?%?$|^[—–-]+$")
-#: Two or more spaces separate cells in layout text (a label's own words have one).
+#: A year alone: a line of them over the value columns is a header line, not a row.
 _YEAR = re.compile(r"^(?:19|20)\d\d$")
+#: Two or more spaces separate cells in layout text (a label's own words have one).
 _CELL = re.compile(r"\S+(?: \S+)*")
 _NUMBERS = re.compile(r"(?<![\w.])\(?\d[\d,.]*\)?%?(?![\w.])")
 _CJK_GAP = re.compile(r"(?<=[\u3000-\u9fff\uff00-\uffef])\s+(?=[\u3000-\u9fff\uff00-\uffef])")
@@ -125,8 +126,7 @@ def _table_at(lines: list[str], start: int, previous: _Columns | None = None) ->
     """The table whose first row is line ``start``: (first header line, line after the table, its text, its
     columns). Without a header of its own, a table whose columns line up with ``previous`` (the page's table above
     it, interrupted by prose) continues under that one's header."""
-    first = _row(_cells(lines[start]))
-    if first is None:
+    if _row(_cells(lines[start])) is None:
         return None
     rows: list[tuple[str, list[_Cell]]] = []
     end = start
@@ -198,7 +198,7 @@ def _header(
     lines: list[str], first_row: int, columns: list[tuple[int, int]]
 ) -> tuple[int, list[str] | None, list[str]]:
     """The column headers above a table's first row: up to four lines whose text lies over the value columns
-    (none in the label column on the left), above at most two label lines ("Net sales:") that head the first rows.
+    (none in the label column on the left), above a few label lines ("Net sales:") that head the first rows.
     A header cell spanning several columns ("Three Months Ended" over two dates) names each column nearer to it
     than to the line's other cells. Returns (first header line, the column names, the label lines)."""
     left = columns[0][0] - 8

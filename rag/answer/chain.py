@@ -348,9 +348,9 @@ class RagChain:
         return [question, f"{previous}\n{question}"]
 
     def follow_up_ranking(self, rankings: Sequence[Sequence[Any]]) -> list[Any]:
-        """One ranking from :meth:`history_queries`' (the follow-up's own first): each query's best hit leads, the
-        follow-up's own first (a prompt with room for one passage still holds the follow-up's own best), then the
-        rest by reciprocal-rank fusion. Measured (bench/follow_ups.py): the topic a pronoun leaves out and a switch
+        """One ranking from :meth:`history_queries`' (the follow-up's own first): each query's best hit leads, in
+        that order (a prompt with room for one passage still holds the follow-up's own best), then the rest by
+        reciprocal-rank fusion. Measured (bench/follow_ups.py): the topic a pronoun leaves out and a switch
         of topic are both inside the context, where fusion alone missed a tenth of the pronouns."""
         heads = [ranking[0] for ranking in rankings if ranking]
         ordered: dict[str, Any] = {}
