@@ -387,20 +387,53 @@ class IngestPipeline:
         return None
 
     def _prepared(self, work: list[_Work], size: int, overlap: int) -> Iterator[tuple[_Work, str | None]]:
-        """Prepare files in a background thread, a few ahead of the embedder, in order."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-load") as pool:
-            pending: deque[tuple[_Work, Future[str | None]]] = deque()
-            queue = iter(work)
-            for item in queue:
-                pending.append((item, pool.submit(self._prepare, item, size, overlap)))
-                if len(pending) >= 16:
-                    break
-            while pending:
-                item, future = pending.popleft()
-                next_item = next(queue, None)
-                if next_item is not None:
-                    pending.append((next_item, pool.submit(self._prepare, next_item, size, overlap)))
-                yield item, future.result()
+        """Prepare files in a background thread, in order, while the embedder works: up to ``flush_chunks`` chunks
+        ahead of it (always at least one file), so the next batch is ready when an encode ends. Bounded by chunks,
+        not files, as one file may make thousands."""
+        ready: deque[tuple[_Work, str | BaseException | None]] = deque()
+        state = threading.Condition()
+        ahead = 0  # chunks prepared and not yet taken
+        stopped = False
+
+        def may_read_on() -> bool:
+            return stopped or ahead < self.flush_chunks
+
+        def load() -> None:
+            nonlocal ahead
+            for item in work:
+                with state:
+                    state.wait_for(may_read_on)
+                    if stopped:
+                        return
+                outcome: str | BaseException | None
+                try:
+                    outcome = self._prepare(item, size, overlap)
+                except BaseException as error:  # handed to the run, which raises it
+                    outcome = error
+                with state:
+                    ready.append((item, outcome))
+                    ahead += len(item.chunks)
+                    state.notify_all()
+                if isinstance(outcome, BaseException):
+                    return
+
+        loader = threading.Thread(target=load, name="ingest-load", daemon=True)
+        loader.start()
+        try:
+            for _ in work:
+                with state:
+                    state.wait_for(lambda: bool(ready))
+                    item, outcome = ready.popleft()
+                    ahead -= len(item.chunks)
+                    state.notify_all()
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                yield item, outcome
+        finally:  # the run ended or failed: the loader stops after the file it is reading
+            with state:
+                stopped = True
+                state.notify_all()
+            loader.join()
 
     def _embed(self, batch: list[_Work], report: IngestReport, known_hashes: set[str]) -> _Written:
         """Vectors and rows of one batch (the main thread: the encoder), ready for :meth:`_store_batch`."""

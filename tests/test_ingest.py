@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,68 @@ def test_fresh_and_reused_vectors_in_one_write(tmp_path: Path, embedder: Any) ->
     assert not report.files_failed
     assert (report.files_added, report.files_removed, report.chunks_reused) == (2, 1, 1)
     assert sorted(m["file_name"] for _, m in snapshot(data).values()) == ["a.txt", "c.txt"]
+
+
+def test_the_loader_prepares_the_next_batch_while_one_is_embedded(
+    tmp_path: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the first batch is embedded, the loader thread reads and chunks files until a whole batch
+    (``flush_chunks``) waits, and stops there: the next encode need not wait for files, and memory stays bounded."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for number in range(150):
+        (folder / f"{number:03}.txt").write_text(f"第{number}号通知：仓库{number}明天检修。", encoding="utf-8")
+    pipeline = pipeline_for(tmp_path / "data", embedder, flush_chunks=64)
+    prepared: list[int] = []  # chunks of each file the loader has prepared
+    prepare = pipeline._prepare
+
+    def counting_prepare(item: Any, size: int, overlap: int) -> str | None:
+        error = prepare(item, size, overlap)
+        prepared.append(len(item.chunks))
+        return error
+
+    monkeypatch.setattr(pipeline, "_prepare", counting_prepare)
+    seen_ahead: list[int] = []
+    embed_array = embedder.embed_array
+
+    def embed_when_the_loader_rests(texts: list[str], *, query: bool = False) -> Any:
+        if not seen_ahead:  # the first batch: hold the encoder until the loader has stopped working ahead
+            deadline, last = time.monotonic() + 30, -1
+            while len(prepared) != last and time.monotonic() < deadline:
+                last = len(prepared)
+                time.sleep(0.5)
+            seen_ahead.append(sum(prepared) - len(texts))
+        return embed_array(texts, query=query)
+
+    monkeypatch.setattr(embedder, "embed_array", embed_when_the_loader_rests)
+    report = pipeline.run([folder])
+
+    assert set(prepared) == {1}  # one chunk a file, so chunks ahead = files ahead
+    assert seen_ahead == [64]  # a whole next batch, no more
+    assert report.files_added == 150 and report.chunks_added == 150
+
+
+def test_an_error_in_the_loader_ends_the_run_and_the_loader(
+    tmp_path: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for number in range(20):
+        (folder / f"{number:02}.txt").write_text(f"第{number}号通知。", encoding="utf-8")
+    pipeline = pipeline_for(tmp_path / "data", embedder, flush_chunks=4)
+    prepare = pipeline._prepare
+
+    def failing_prepare(item: Any, size: int, overlap: int) -> str | None:
+        if os.path.basename(item.file.path) == "07.txt":
+            raise RuntimeError("a bug while reading 07.txt")
+        return prepare(item, size, overlap)
+
+    monkeypatch.setattr(pipeline, "_prepare", failing_prepare)
+    with pytest.raises(RuntimeError, match=r"07\.txt"):
+        pipeline.run([folder])
+    assert not [thread for thread in threading.enumerate() if thread.name == "ingest-load"]
+    stored = {m["file_name"] for _, m in snapshot(tmp_path / "data").values()}
+    assert stored and stored < {f"{number:02}.txt" for number in range(7)}  # what was written before it stays
 
 
 def _comparable(store: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, tuple[str, tuple[Any, ...]]]:
