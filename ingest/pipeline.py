@@ -86,6 +86,14 @@ class IngestProgress:
     """Pages of :attr:`reading` read so far by OCR."""
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def chunk_signature(embedding_model: str, chunk_size: int, chunk_overlap: int, *, ocr: bool = True) -> str:
     """Identifies how chunks were made; a change re-chunks (same model) or is refused (other model). OCR turned
     off (or back on) re-reads every file, since scans read differently; vectors of unchanged chunks are reused."""
@@ -141,6 +149,7 @@ class IngestPipeline:
         chunk_overlap: int = 64,
         max_file_bytes: int = 200 * 1024 * 1024,
         flush_chunks: int = 1024,
+        read_ahead_chunks: int | None = None,
         ocr: OcrEngine | None = None,
         follow_links: bool = False,
         on_progress: Callable[[IngestProgress], None] | None = None,
@@ -155,6 +164,8 @@ class IngestPipeline:
         self.chunk_overlap = chunk_overlap
         self.max_file_bytes = max_file_bytes
         self.flush_chunks = flush_chunks
+        self.read_ahead_chunks = read_ahead_chunks
+        """Chunks the loader thread prepares ahead of the embedder (None: :meth:`default_read_ahead`)."""
         self.ocr = ocr
         """Reads images and PDF pages without a text layer (None: OCR off, those files fail with the reason)."""
         self.follow_links = follow_links
@@ -386,17 +397,28 @@ class IngestPipeline:
                 item.token_counts = list(self.count_tokens([chunk.text for chunk in item.chunks]))
         return None
 
+    def default_read_ahead(self) -> int:
+        """A whole batch (``flush_chunks``) when the encoder leaves CPUs idle (a server embedder, or fewer encoder
+        threads than CPUs: the next encode never waits for files); else a small window. On CPUs the encoder's
+        threads fill, loading beside them slows every step of theirs (they wait for each other) by about what
+        it saves (measured: docs/benchmarks.md)."""
+        threads = self.embedder.cpu_threads
+        if threads is not None and threads < available_cpus():
+            return self.flush_chunks
+        return min(self.flush_chunks, _FIRST_FLUSH_CHUNKS)
+
     def _prepared(self, work: list[_Work], size: int, overlap: int) -> Iterator[tuple[_Work, str | None]]:
-        """Prepare files in a background thread, in order, while the embedder works: up to ``flush_chunks`` chunks
-        ahead of it (always at least one file), so the next batch is ready when an encode ends. Bounded by chunks,
-        not files, as one file may make thousands."""
+        """Prepare files in a background thread, in order, while the embedder works: up to ``read_ahead_chunks``
+        chunks ahead of it (always at least one file). Bounded by chunks, not files, as one file may make
+        thousands."""
+        limit = self.read_ahead_chunks if self.read_ahead_chunks is not None else self.default_read_ahead()
         ready: deque[tuple[_Work, str | BaseException | None]] = deque()
         state = threading.Condition()
         ahead = 0  # chunks prepared and not yet taken
         stopped = False
 
         def may_read_on() -> bool:
-            return stopped or ahead < self.flush_chunks
+            return stopped or ahead < limit
 
         def load() -> None:
             nonlocal ahead

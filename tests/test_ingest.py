@@ -129,13 +129,13 @@ def test_fresh_and_reused_vectors_in_one_write(tmp_path: Path, embedder: Any) ->
 def test_the_loader_prepares_the_next_batch_while_one_is_embedded(
     tmp_path: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While the first batch is embedded, the loader thread reads and chunks files until a whole batch
-    (``flush_chunks``) waits, and stops there: the next encode need not wait for files, and memory stays bounded."""
+    """While the first batch is embedded, the loader thread reads and chunks files until ``read_ahead_chunks``
+    chunks wait, and stops there: the next encode need not wait for files, and memory stays bounded."""
     folder = tmp_path / "docs"
     folder.mkdir()
     for number in range(150):
         (folder / f"{number:03}.txt").write_text(f"第{number}号通知：仓库{number}明天检修。", encoding="utf-8")
-    pipeline = pipeline_for(tmp_path / "data", embedder, flush_chunks=64)
+    pipeline = pipeline_for(tmp_path / "data", embedder, flush_chunks=64, read_ahead_chunks=50)
     prepared: list[int] = []  # chunks of each file the loader has prepared
     prepare = pipeline._prepare
 
@@ -161,8 +161,31 @@ def test_the_loader_prepares_the_next_batch_while_one_is_embedded(
     report = pipeline.run([folder])
 
     assert set(prepared) == {1}  # one chunk a file, so chunks ahead = files ahead
-    assert seen_ahead == [64]  # a whole next batch, no more
+    assert seen_ahead == [50]  # no fewer, no more
     assert report.files_added == 150 and report.chunks_added == 150
+
+
+def test_the_loader_reads_a_whole_batch_ahead_only_where_the_encoder_leaves_cpus_idle(
+    tmp_path: Path, embedder: Any
+) -> None:
+    import torch
+
+    from ingest.pipeline import available_cpus
+    from rag.retrieval.embedders.factory import make_embedder
+
+    served = make_embedder("multilingual-e5-small-q4", base_url="http://127.0.0.1:9/v1", tokenizer=BUNDLED_EMBEDDER)
+    assert served.cpu_threads == 0
+    assert pipeline_for(tmp_path / "a", served, flush_chunks=512).default_read_ahead() == 512
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(available_cpus())  # the encoder fills every CPU: a small window
+        assert embedder.cpu_threads == available_cpus()
+        assert pipeline_for(tmp_path / "b", embedder, flush_chunks=512).default_read_ahead() == 64
+        if available_cpus() > 1:  # a CPU the encoder leaves idle: a whole batch
+            torch.set_num_threads(available_cpus() - 1)
+            assert pipeline_for(tmp_path / "c", embedder, flush_chunks=512).default_read_ahead() == 512
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_an_error_in_the_loader_ends_the_run_and_the_loader(

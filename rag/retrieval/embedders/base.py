@@ -85,6 +85,12 @@ class Embedder(Embeddings, ABC):
     def max_tokens(self) -> int:
         """Most tokens of document text the model reads whole (special tokens and the document prompt excluded)."""
 
+    @property
+    def cpu_threads(self) -> int | None:
+        """CPU threads its encoding keeps busy on this machine: 0 for a model that runs elsewhere (a server); None
+        when unknown, taken as every CPU. The ingest pipeline reads further ahead when the encoder leaves CPUs idle."""
+        return None
+
     @abstractmethod
     def warm_up(self) -> None:
         """Load the model (or check the server) now; idempotent and thread-safe."""

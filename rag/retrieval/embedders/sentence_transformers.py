@@ -116,6 +116,14 @@ class SentenceTransformerEmbeddings(Embedder):
         return int(self.client.get_embedding_dimension() or 0)
 
     @property
+    def cpu_threads(self) -> int:
+        import torch
+
+        # torch, ONNX Runtime and OpenVINO (the exported backends) all default to one thread per physical core,
+        # which is what torch reports unless the user set fewer (OMP_NUM_THREADS, torch.set_num_threads)
+        return int(torch.get_num_threads())
+
+    @property
     def max_tokens(self) -> int:
         """Most tokens of document text the model reads without truncating (special tokens and prompt excluded)."""
         client = self.client

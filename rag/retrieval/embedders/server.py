@@ -185,6 +185,10 @@ class EmbeddingServerEmbeddings(Embedder):
 
     # -- the interface -------------------------------------------------------------------------------------
     @property
+    def cpu_threads(self) -> int:
+        return 0  # the server encodes; this machine only sends texts
+
+    @property
     def dimension(self) -> int:
         self.warm_up()
         return self._dimension
