@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -35,6 +36,12 @@ __all__ = ["FileProblem", "IngestPipeline", "IngestProgress", "IngestReport", "c
 
 _FIRST_FLUSH_CHUNKS = 64
 """Chunks of the first embedding batch of a run; each later batch doubles, up to ``flush_chunks``."""
+
+_GIL_TURN_SECONDS = 0.0005
+"""Python's switch interval during a run (its default is 5 ms). The encoder's thread takes the GIL back after every
+forward pass and between its pooling steps; while the loader thread runs Python, each of those waits out the
+loader's turn. With 5 ms turns, a loader reading ahead slowed the encoder by about what it saved (measured:
+docs/benchmarks.md)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,19 @@ class IngestProgress:
     """Pages of :attr:`reading` in all."""
     ocr_pages: int = 0
     """Pages of :attr:`reading` read so far by OCR."""
+
+
+@contextmanager
+def _short_gil_turns() -> Iterator[None]:
+    """:data:`_GIL_TURN_SECONDS` for the duration; the interval before is restored unless someone changed it."""
+    previous = sys.getswitchinterval()
+    short = min(previous, _GIL_TURN_SECONDS)
+    sys.setswitchinterval(short)
+    try:
+        yield
+    finally:
+        if sys.getswitchinterval() == short:
+            sys.setswitchinterval(previous)
 
 
 def available_cpus() -> int:
@@ -319,7 +339,7 @@ class IngestPipeline:
             buffered_chunks = 0
             threshold = min(self.flush_chunks, threshold * 2)
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-write") as writer:
+        with _short_gil_turns(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-write") as writer:
             try:
                 for files_done, (item, error) in enumerate(self._prepared(work, size, overlap), start=1):
                     bytes_done += item.file.size

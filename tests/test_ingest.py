@@ -146,6 +146,8 @@ def test_the_loader_prepares_the_next_batch_while_one_is_embedded(
 
     monkeypatch.setattr(pipeline, "_prepare", counting_prepare)
     seen_ahead: list[int] = []
+    gil_turns: list[float] = []
+    turn_before = sys.getswitchinterval()
     embed_array = embedder.embed_array
 
     def embed_when_the_loader_rests(texts: list[str], *, query: bool = False) -> Any:
@@ -155,6 +157,7 @@ def test_the_loader_prepares_the_next_batch_while_one_is_embedded(
                 last = len(prepared)
                 time.sleep(0.5)
             seen_ahead.append(sum(prepared) - len(texts))
+            gil_turns.append(sys.getswitchinterval())
         return embed_array(texts, query=query)
 
     monkeypatch.setattr(embedder, "embed_array", embed_when_the_loader_rests)
@@ -162,6 +165,7 @@ def test_the_loader_prepares_the_next_batch_while_one_is_embedded(
 
     assert set(prepared) == {1}  # one chunk a file, so chunks ahead = files ahead
     assert seen_ahead == [50]  # no fewer, no more
+    assert gil_turns == [0.0005] and sys.getswitchinterval() == turn_before  # short GIL turns for the run only
     assert report.files_added == 150 and report.chunks_added == 150
 
 
