@@ -1,10 +1,11 @@
 """Where an ingest's time goes besides the encoder, and what the loader's read-ahead changes.
 
 Runs our ingest of the same news slice with each read-ahead (chunks the loader thread prepares beside the encoder)
-and the raw encode of the same chunks by the same embedder, alternating, in one process. Each ingest is timed
-call by call: the wait before the first encode, the gaps between encodes (the encoder waiting for files or for the
-GIL), after the last (the final write). ``--encoder-threads`` sets torch's (and OpenVINO's) threads, to see what
-happens when the encoder leaves a CPU idle (as on a machine with more CPUs than its threads).
+and, after each, the raw encode of the same chunks by the same model (bench/ingest.py's ``raw_encode``), in one
+process. Each ingest is timed call by call: the wait before the first encode, the gaps between encodes (the
+encoder waiting for files or for the GIL), after the last (the final write). ``--encoder-threads`` sets torch's
+(and OpenVINO's) threads, to see what happens when the encoder leaves a CPU idle (as on a machine with more CPUs
+than its threads).
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/ingest_overlap.py --embedding-model \\
         "sentence-transformers/all-MiniLM-L6-v2#openvino" --read-ahead 64,1024 --repeat 4 [--encoder-threads 1]
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import resource
 import statistics
 import sys
 import tempfile
@@ -25,12 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.ingest import news_sources, split_articles
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+from bench.ingest import cpu_seconds, news_sources, raw_encode, split_articles, stored_chunks
 
 
 def limit_threads(threads: int) -> None:
@@ -50,7 +45,8 @@ def limit_threads(threads: int) -> None:
     openvino.Core.compile_model = compile_with_threads  # type: ignore[method-assign]
 
 
-def ingest_once(model: str, folder: Path, cache: Path, read_ahead: int) -> dict[str, Any]:
+def ingest_once(model: str, folder: Path, cache: Path, read_ahead: int) -> tuple[dict[str, Any], list[str]]:
+    """One timed ingest into a new store, and what the embedder read for each of its chunks."""
     from rag import Settings
     from rag.app.root import build_ingest_pipeline
     from rag.retrieval.embedders.factory import make_embedder
@@ -77,7 +73,7 @@ def ingest_once(model: str, folder: Path, cache: Path, read_ahead: int) -> dict[
     report = pipeline.run([str(folder)])
     ended = time.perf_counter()
     gaps = [calls[i + 1][0] - calls[i][1] for i in range(len(calls) - 1)]
-    return {
+    timings = {
         "seconds": round(ended - started, 3),
         "cpu_seconds": round(cpu_seconds() - cpu, 3),
         "chunks": report.chunks_added,
@@ -86,34 +82,7 @@ def ingest_once(model: str, folder: Path, cache: Path, read_ahead: int) -> dict[
         "gaps": round(sum(gaps), 3),
         "after_last_encode": round(ended - calls[-1][1], 3),
     }
-
-
-def raw_once(model: str, texts: list[str], cache: Path) -> dict[str, Any]:
-    from rag.retrieval.embedders.factory import make_embedder
-
-    embedder = make_embedder(model, cache_dir=cache)
-    embedder.warm_up()
-    embedder.embed_array(texts[:32])
-    gc.collect()
-    cpu, started = cpu_seconds(), time.perf_counter()
-    embedder.embed_array(texts)
-    return {"seconds": round(time.perf_counter() - started, 3), "cpu_seconds": round(cpu_seconds() - cpu, 3)}
-
-
-def chunk_inputs(model: str, folder: Path, cache: Path) -> list[str]:
-    """What the embedder reads for every chunk of the folder (the raw encode's input)."""
-    from ingest.chunk import chunk_document
-    from ingest.discover import discover
-    from ingest.load import load_document
-    from rag.retrieval.embedders.factory import make_embedder
-
-    embedder = make_embedder(model, cache_dir=cache)
-    size = min(512, embedder.max_tokens)
-    return [
-        chunk.embed_text
-        for file in discover([str(folder)]).files
-        for chunk in chunk_document(load_document(file.path), embedder, max_tokens=size, overlap=64)
-    ]
+    return timings, stored_chunks(settings.data_dir, settings.collection)[0]
 
 
 def main() -> None:
@@ -131,28 +100,26 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="overlap-bench-"))
     folder, cache = scratch / "news", scratch / "cache"
     split_articles(news_sources(args.data, 1), folder, args.limit_articles)
-    texts = chunk_inputs(args.embedding_model, folder, cache)
     windows = [int(n) for n in args.read_ahead.split(",")]
-    runs: dict[str, list[dict[str, Any]]] = {f"read-ahead {n}": [] for n in windows} | {"raw": []}
-    pairs: list[tuple[int, dict[str, Any]]] = []
+    runs: dict[str, list[dict[str, Any]]] = {f"read-ahead {n}": [] for n in windows}
     for repeat in range(args.repeat):
         # the order flips every repeat: the second ingest of a pair ran faster in either order (by up to 0.9 s)
         for n in windows if repeat % 2 == 0 else windows[::-1]:
-            result = ingest_once(args.embedding_model, folder, cache, n)
+            result, texts = ingest_once(args.embedding_model, folder, cache, n)
+            gc.collect()
+            measured = raw_encode(args.embedding_model, texts, cache)  # the export the ingest made
+            result["raw"] = {"seconds": round(measured.seconds, 3), "cpu_seconds": round(measured.cpu_seconds, 3)}
             runs[f"read-ahead {n}"].append(result)
-            raw = raw_once(args.embedding_model, texts, cache)
-            runs["raw"].append(raw)
-            pairs.append((n, raw))
-            ratio = raw["seconds"] / result["seconds"]
-            print(f"[{repeat}] read-ahead {n}: {result} | raw {raw} | raw/ingest {ratio:.3f}", flush=True)
-    print(f"\n{args.embedding_model}, {len(texts)} chunks, encoder threads {args.encoder_threads or 'default'}; "
+            ratio = measured.seconds / result["seconds"]
+            print(f"[{repeat}] read-ahead {n}: {result} | raw/ingest {ratio:.3f}", flush=True)
+    print(f"\n{args.embedding_model}, {result['chunks']} chunks, encoder threads {args.encoder_threads or 'default'}; "
           f"medians of {args.repeat}")  # fmt: skip
     print("| read-ahead (chunks) | ingest s | raw encode s | **raw / ingest** | before first s | gaps s "
           "| after last s |")  # fmt: skip
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for n in windows:
         own = runs[f"read-ahead {n}"]
-        raws = [raw for label, raw in pairs if label == n]  # the raw encode that ran right after each ingest
+        raws = [row["raw"] for row in own]  # the raw encode that ran right after each ingest
         ratios = [r["seconds"] / o["seconds"] for o, r in zip(own, raws, strict=True)]
 
         def median(key: str, rows: list[dict[str, Any]] = own) -> float:
