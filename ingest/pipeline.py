@@ -166,6 +166,7 @@ class IngestPipeline:
         lexical: LexicalIndex | None = None,
         count_tokens: Callable[[Sequence[str]], Sequence[int | None]] | None = None,
         chunk_size: int = 512,
+        chunk_size_chosen: bool = True,
         chunk_overlap: int = 64,
         max_file_bytes: int = 200 * 1024 * 1024,
         flush_chunks: int = 1024,
@@ -181,6 +182,9 @@ class IngestPipeline:
         self.lexical = lexical
         self.count_tokens = count_tokens
         self.chunk_size = chunk_size
+        self.chunk_size_chosen = chunk_size_chosen
+        """The user asked for ``chunk_size`` (False: the product's default, which is silently capped at what the
+        embedder reads whole; a size the user chose and the embedder cannot read is said once per run)."""
         self.chunk_overlap = chunk_overlap
         self.max_file_bytes = max_file_bytes
         self.flush_chunks = flush_chunks
@@ -302,7 +306,7 @@ class IngestPipeline:
         self.embedder.warm_up()
         max_tokens = self.embedder.max_tokens
         size = min(self.chunk_size, max_tokens)
-        if size < self.chunk_size and self._on_notice:
+        if size < self.chunk_size and self.chunk_size_chosen and self._on_notice:
             self._on_notice(
                 f"chunk size {self.chunk_size} is more than {self.embedder.name} reads whole "
                 f"({max_tokens} tokens): chunks are cut at {max_tokens} tokens instead"

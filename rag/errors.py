@@ -15,6 +15,7 @@ __all__ = [
     "ContextOverflowError",
     "DiskFullError",
     "EmptyStoreError",
+    "ModelIntegrityError",
     "ModelMismatchError",
     "ModelNotFoundError",
     "RagError",
@@ -35,6 +36,12 @@ class ConfigError(RagError, ValueError):
 
 class ModelNotFoundError(RagError):
     """A model name could not be resolved to files on this machine (and could not be downloaded)."""
+
+
+class ModelIntegrityError(ModelNotFoundError):
+    """A model file does not match its published size and SHA-256 (a damaged or altered copy): it is never loaded,
+    and the message names the file, both hashes and how to get a good copy. A :class:`ModelNotFoundError`, so every
+    place that reports a missing model reports this one too."""
 
 
 class StoreError(RagError):

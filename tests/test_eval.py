@@ -1,18 +1,41 @@
-"""``rag eval`` on small datasets the test writes in the RGB and CMRC 2018 formats."""
+"""``rag eval`` on small datasets the test writes in the RGB and CMRC 2018 formats; RGB's answer rules, passage
+sets and the answer records on pinned answers (no real model's output is asserted)."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+from click.testing import CliRunner
 from langchain_core.documents import Document
 
-from rag.eval.metrics import cmrc_scores, is_rejection, load_dataset, retrieval_metrics, rgb_correct
+from rag.answer.qa_prompt import INSUFFICIENT_EN, INSUFFICIENT_ZH, instructions_for
+from rag.cli.eval import _evaluate, eval_command
+from rag.eval.answers import Answered, AnswerRecord, row_key, score_answer, summarize, write_records
+from rag.eval.metrics import (
+    EvalQuestion,
+    cmrc_scores,
+    contains_answer,
+    is_rejection,
+    load_dataset,
+    passage_id,
+    retrieval_metrics,
+    rgb_accurate,
+    rgb_correct,
+    rgb_detects_error,
+    rgb_rejects,
+)
+from rag.eval.rgb import counterfactual_passages, negative_passages, noise_count, noise_passages
+from rag.settings import Settings
 from tests.conftest import BUNDLED_EMBEDDER
+from tests.fakes import scripted_llm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +77,7 @@ def run_rag_eval(tmp_path: Path, dataset: Path, *options: str, env: dict[str, st
     """`rag eval DATASET --k 1,3 --json` in a subprocess with the bundled embedder; its JSON summary."""
     command = [sys.executable, "-m", "rag", "eval", str(dataset), "--k", "1,3", "--embedding-model", BUNDLED_EMBEDDER]
     command += [*options, "--output", str(tmp_path / "out"), "--json"]
-    environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    environment = {**os.environ, **(env or {})}
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=environment)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -113,8 +136,278 @@ def test_rag_eval_with_a_model_scores_answers(tmp_path: Path) -> None:
     dataset = tmp_path / "mini_en_refine.jsonl"
     dataset.write_text("\n".join(json.dumps(line) for line in EN_LINES), encoding="utf-8")
     env = {"RAG_LLM_MAX_TOKENS": "48", "RAG_LLM_N_CTX": "4096"}
-    answers = run_rag_eval(tmp_path, dataset, "--llm-model", str(model), env=env)["answers"]
-    assert set(answers) == {"accuracy", "rejection_rate"}
+    summary = run_rag_eval(tmp_path, dataset, "--llm-model", str(model), env=env)
+    answers = summary["answers"]
+    assert set(answers) == {"accuracy", "rejection_rate"} and summary["modes"]["e2e"]["questions"] == 4
+    lines = (tmp_path / "out" / "mini_en_refine-answers.jsonl").read_text("utf-8").splitlines()
+    assert len(lines) == 4 and all(set(json.loads(line)) == RECORD_FIELDS for line in lines)
     # what SmolLM2 answers differs between CPUs: the scores are checked for shape here, and the scoring rules on
     # pinned answers in test_metrics_and_answer_rules
     assert 0.0 <= answers["accuracy"] <= 1.0 and 0.0 <= answers["rejection_rate"] <= 1.0
+
+
+# -- RGB's rules -----------------------------------------------------------------------------------------------------
+def test_rgb_answer_rules() -> None:
+    # every element must be found; a list element is a set of alternatives; case and spaces do not matter
+    two = ["1月3日", ["12月24日", "平安夜"]]
+    assert rgb_correct("分别是 1月3日 和平安夜", two) and rgb_correct("1月3日、12月24日", two)
+    assert not rgb_correct("1月3日", two) and not rgb_correct("平安夜", two)
+    assert rgb_correct("The winner is ADA MOONFIELD.", ["Ada Moonfield"])
+    # RGB's accuracy: a rejection is never correct, even with the answer in it; no expected answer is never correct
+    assert rgb_accurate("答案是竹子", [["竹子", "bamboo"]]) and rgb_accurate("It eats Bamboo.", [["竹子", "bamboo"]])
+    assert not rgb_accurate("信息不足，也许是竹子", ["竹子"]) and not rgb_accurate("竹子", [])
+    assert not rgb_accurate("Insufficient information: maybe bamboo", ["bamboo"])
+    # RGB's own rejection markers, and the refusals RGB's instruction asks for
+    assert rgb_rejects("文档信息 不足")  # RGB takes the spaces out of a Chinese answer first
+    assert rgb_rejects("文档信息不足，因此我无法基于提供的文档回答该问题。") and not rgb_rejects("答案是竹子")
+    assert rgb_rejects("I can not answer the question because of the insufficient information in documents.")
+    assert not rgb_rejects(INSUFFICIENT_EN)  # ours in English is not RGB's phrase: is_rejection counts it
+    refusals = [
+        INSUFFICIENT_ZH,
+        INSUFFICIENT_EN,
+        "文档信息不足，因此我无法基于提供的文档回答该问题。",
+        "I can not answer the question because of the insufficient information in documents.",
+        "抱歉，根据这些文档无法回答。",
+        "I cannot answer this from the passages.",
+        "对不起，信息不足，无法回答。",
+    ]
+    assert all(is_rejection(text) for text in refusals)
+    assert not any(is_rejection(text) for text in ["长江全长6300公里[1]。", "Ada Moonfield won [2].", "不足为奇"])
+    # counterfactual: RGB's error detection markers
+    assert rgb_detects_error("提供文档的文档存在事实性错误。正确答案是70个。")
+    assert rgb_detects_error("There are factual errors in the provided documents. The answer is 2023.")
+    assert not rgb_detects_error("文档信息有误，答案是70个。") and not rgb_detects_error("The answer is 2023.")
+    assert contains_answer("长江全长约 6300 公里", [["6300公里", "六千三百公里"]])
+    assert not contains_answer("长江", ["6300"])
+
+
+# -- RGB's passage sets ------------------------------------------------------------------------------------------
+P = [f"正面{i}：大熊猫吃竹子。" for i in range(8)]
+N = [f"负面{i}：熊猫是国宝。" for i in range(10)]
+
+
+def refine(positives: list[str] = P, negatives: list[str] = N) -> EvalQuestion:
+    gold = frozenset(map(passage_id, positives))
+    return EvalQuestion(
+        "1", "大熊猫吃什么？", ["竹子"], gold, positives=(tuple(positives),), negatives=tuple(negatives)
+    )
+
+
+def test_noise_sets_follow_rgb() -> None:
+    question = refine()
+    for ratio, negatives in [(0.0, 0), (0.4, 2), (0.8, 4), (1.0, 5)]:
+        chosen = noise_passages(question, ratio, seed=2333)
+        assert len(chosen) == 5 and sum(text in N for text in chosen) == negatives == noise_count(ratio)
+        # RGB's processdata: the first positives and negatives as listed, in the order random.seed(2333) shuffles
+        expected = [*P[: 5 - negatives], *N[:negatives]]
+        random.Random(2333).shuffle(expected)
+        assert chosen == expected
+        assert noise_passages(question, ratio, seed=2333) == chosen  # deterministic for a seed
+        assert sorted(noise_passages(question, ratio, seed=7)) == sorted(chosen)  # another seed: another order
+    assert noise_count(0.6) == 3 and noise_count(0.2) == 1
+    with pytest.raises(ValueError, match="from 0 to 1"):
+        noise_count(1.5)
+    # too few of one kind: more of the other (RGB's rule)
+    assert sum(text in P for text in noise_passages(refine(positives=P[:2]), 0.0)) == 2
+    assert sum(text in N for text in noise_passages(refine(positives=P[:2]), 0.0)) == 3
+    assert sum(text in P for text in noise_passages(refine(negatives=N[:1]), 0.8)) == 4
+
+
+def test_integration_sets_take_every_answer_element() -> None:
+    first, second = [f"甲{i}：1月3日" for i in range(3)], ["乙0：12月24日"]
+    question = EvalQuestion("2", "q", ["1月3日", "12月24日"], frozenset(map(passage_id, first + second)),
+                            positives=(tuple(first), tuple(second)), negatives=tuple(N), grouped=True)  # fmt: skip
+    for ratio, positives in [(0.0, 4), (0.4, 3), (0.8, 2)]:  # 0: only 4 positives exist; 0.8: one of each group
+        chosen = noise_passages(question, ratio)
+        assert len(chosen) == 5 and sum(text not in N for text in chosen) == positives
+        assert any(text in first for text in chosen) and "乙0：12月24日" in chosen
+        assert sorted(text for text in chosen if text in N) == sorted(N[: 5 - positives])  # the first ones listed
+        assert noise_passages(question, ratio) == chosen
+    chosen = noise_passages(question, 0.8, seed=1)
+    assert sum(text in first for text in chosen) == 1  # a seeded pick inside the group
+
+
+def test_rejection_and_counterfactual_sets() -> None:
+    question = refine()
+    chosen = negative_passages(question)
+    assert len(chosen) == 5 and sorted(chosen) == sorted(N[:5]) and negative_passages(question) == chosen
+    wrong = [f"错{i}：大熊猫吃苹果。" for i in range(7)]
+    fact = EvalQuestion("3", "q", ["竹子"], frozenset(), positives=(tuple(P[:7]),), negatives=tuple(N),
+                        counterfactuals=tuple(wrong))  # fmt: skip
+    chosen = counterfactual_passages(fact)
+    assert len(chosen) == len(set(chosen)) == 5 and set(chosen) <= set(wrong)
+    assert counterfactual_passages(fact) == chosen and counterfactual_passages(fact, seed=5) != chosen
+    few = EvalQuestion("4", "q", ["竹子"], frozenset(), positives=(tuple(P[:2]),), counterfactuals=tuple(wrong[:2]))
+    assert sorted(counterfactual_passages(few)) == sorted(wrong[:2])  # RGB shows what there is, no negatives
+
+
+def test_loading_keeps_rgb_structure(tmp_path: Path) -> None:
+    lines = [
+        {"id": 0, "query": "q0", "answer": ["1月3日", "12月24日"], "positive": [["a", "b"], ["c"]], "negative": ["n"]},
+        {"id": 2, "query": "q2", "answer": "70", "fakeanswer": "170", "positive": ["有70个议席"],
+         "positive_wrong": ["有170个议席"], "negative": ["n"]},
+    ]  # fmt: skip
+    dataset = tmp_path / "mini.jsonl"
+    dataset.write_text("\n".join(json.dumps(line, ensure_ascii=False) for line in lines), encoding="utf-8")
+    grouped, fact = load_dataset(dataset).questions
+    assert grouped.grouped and grouped.positives == (("a", "b"), ("c",)) and grouped.negatives == ("n",)
+    assert fact.answers == ["70"] and not fact.grouped  # a bare string is one element, not its characters
+    assert fact.counterfactuals == ("有170个议席",) and fact.gold == {passage_id("有70个议席")}
+
+
+# -- records and summaries -----------------------------------------------------------------------------------------
+GOLD, NOISE, OTHER = "大熊猫的食物主要是竹子。", "熊猫是中国的国宝。", "竹子长得很快。"
+
+
+def answered(answer: str, cited: list[int], invented: int = 0, passages: list[str] | None = None) -> Answered:
+    shown = passages or [GOLD, NOISE, OTHER]
+    sources = [{"n": n, "source": f"/p/{passage_id(text)}.txt", "text": text} for n, text in enumerate(shown, 1)]
+    return Answered(answer, sources, cited, invented, prompt_tokens=100, first_token_ms=50.0, tokens_per_s=10.0)
+
+
+def test_records_and_summary_figures_on_pinned_answers() -> None:
+    question = EvalQuestion("7", "大熊猫吃什么？", [["竹子", "bamboo"]], frozenset({passage_id(GOLD)}))
+    records = [
+        score_answer(question, answered("大熊猫吃竹子[1][2]", [1, 2], invented=2), "noise", 0.4),
+        score_answer(question, answered(INSUFFICIENT_ZH, []), "noise", 0.4),  # a false refusal: gold was shown
+        score_answer(question, answered("竹子[3]", [3]), "noise", 0.4),  # cites a passage with the answer, not gold
+        score_answer(question, answered(INSUFFICIENT_ZH, [], passages=[NOISE]), "rejection", 1.0),
+    ]
+    first = records[0]
+    assert first.correct and not first.refused and first.gold_shown and first.invented_citations == 2
+    assert [(c.n, c.gold, c.has_answer) for c in first.citations] == [(1, True, True), (2, False, False)]
+    assert first.passages == [passage_id(GOLD), passage_id(NOISE), passage_id(OTHER)]
+    assert [row_key(r) for r in records] == ["noise@0.4"] * 3 + ["rejection"]
+    summary = summarize(records)
+    assert summary["noise@0.4"] == {
+        "questions": 3,
+        "accuracy": 2 / 3,
+        "refusal_rate": 1 / 3,
+        "false_refusals": 1,
+        "false_refusal_rate": 1 / 3,
+        "citation_precision": 2 / 3,  # [1] gold, [3] holds the answer, [2] neither
+        "citation_recall": 1 / 2,  # of the two correct answers, one cites the gold passage
+        "invented_citations": 2,
+        "prompt_tokens": 100.0,
+        "first_token_ms": 50.0,
+        "tokens_per_s": 10.0,
+    }
+    rejection = summary["rejection"]
+    assert rejection["refusal_rate"] == 1.0 and rejection["accuracy"] == 0.0 and rejection["false_refusals"] == 0
+    assert rejection["citation_precision"] is None and rejection["false_refusal_rate"] is None
+
+
+def test_counterfactual_figures_and_cmrc_scores() -> None:
+    question = EvalQuestion("9", "q", ["竹子"], frozenset())
+    answers = ["提供文档的文档存在事实性错误。正确答案是竹子。", "文档存在事实性错误。", "竹子"]
+    summary = summarize(score_answer(question, answered(text, []), "counterfactual", 0.0) for text in answers)
+    figures = summary["counterfactual"]
+    assert figures["error_detection_rate"] == 2 / 3 and figures["error_correction_rate"] == 1 / 2
+    assert figures["accuracy"] == 2 / 3
+    cmrc = EvalQuestion("c", "谁写了红楼梦？", [["曹雪芹"]], frozenset())
+    record = score_answer(cmrc, answered("曹雪芹", []), "e2e", kind="cmrc")
+    assert record.correct and record.exact_match == 1.0 and record.f1 == 1.0
+    assert summarize([record])["e2e"]["exact_match"] == 1.0
+
+
+RECORD_FIELDS = {
+    "id", "mode", "noise_ratio", "passages", "prompt_tokens", "answer", "citations", "correct", "refused",
+    "error_detected", "invented_citations", "gold_shown", "first_token_ms", "tokens_per_s", "exact_match", "f1",
+}  # fmt: skip
+
+
+def test_answer_records_are_json_lines(tmp_path: Path) -> None:
+    question = EvalQuestion("7", "q", ["竹子"], frozenset({passage_id(GOLD)}))
+    records = [score_answer(question, answered("竹子[1]", [1]), "noise", ratio) for ratio in (0.0, 0.8)]
+    path = tmp_path / "answers.jsonl"
+    assert write_records(iter(records), path) == records
+    lines = [json.loads(line) for line in path.read_text("utf-8").splitlines()]
+    assert len(lines) == 2 and all(set(line) == RECORD_FIELDS for line in lines)
+    assert lines[1]["noise_ratio"] == 0.8 and lines[1]["citations"] == [
+        {"n": 1, "passage": passage_id(GOLD), "gold": True, "has_answer": True}
+    ]
+    assert AnswerRecord(**{**lines[0], "citations": records[0].citations}) == records[0]
+
+
+# -- rag eval's answer path with a scripted model ------------------------------------------------------------------
+FACT_LINES = [
+    {
+        "id": 0,
+        "query": "大熊猫的食物主要是什么？",
+        "answer": "竹子",
+        "fakeanswer": "苹果",
+        "positive": [f"第{i}篇报道：大熊猫的食物中百分之九十九是竹子。" for i in range(6)],
+        "positive_wrong": [f"第{i}篇报道：大熊猫的食物中百分之九十九是苹果。" for i in range(6)],
+        "negative": [f"第{i}篇报道：小熊猫生活在喜马拉雅山区。" for i in range(6)],
+    },
+    {
+        "id": 2,
+        "query": "长江有多长？",
+        "answer": [["6300公里", "六千三百公里"]],
+        "fakeanswer": "8000公里",
+        "positive": [f"资料{i}：长江全长约6300公里，是中国第一长河。" for i in range(6)],
+        "positive_wrong": [f"资料{i}：长江全长约8000公里，是中国第一长河。" for i in range(6)],
+        "negative": [f"资料{i}：黄河是中国第二长河，流经九个省区。" for i in range(6)],
+    },
+]
+TRUE_FAKE = {"大熊猫": ("竹子", "苹果"), "长江": ("6300公里", "8000公里")}
+
+
+def faithful(prompt: str) -> str:
+    """A model that cites the first passage with the true answer (and an invented [99]); given false passages and
+    RGB's instruction, points out the error; else refuses with our sentence."""
+    true, fake = next(pair for topic, pair in TRUE_FAKE.items() if topic in prompt.rsplit("[/INST]", 1)[0][-40:])
+    passages = re.findall(r"^\[(\d+)\][^\n]*\n(.*?)(?=^\[\d+\]|^## |\Z)", prompt, flags=re.MULTILINE | re.DOTALL)
+    for n, text in passages:
+        if true in text:
+            return f"答案是{true}[{n}][99]。"
+    for n, text in passages:
+        if fake in text and "事实性错误" in prompt:
+            return f"提供文档的文档存在事实性错误。正确答案是{true}[{n}]。"
+    return INSUFFICIENT_ZH
+
+
+def test_rag_eval_modes_with_a_scripted_model(tmp_path: Path) -> None:
+    """The function `rag eval` calls, every mode, the product's chain with a scripted model: exact figures."""
+    dataset = tmp_path / "mini_fact.jsonl"
+    dataset.write_text("\n".join(json.dumps(line, ensure_ascii=False) for line in FACT_LINES), encoding="utf-8")
+    evalset = load_dataset(dataset)
+    llm = scripted_llm(faithful, max_tokens=64)
+    settings = Settings(data_dir=tmp_path / "data", embedding_model=BUNDLED_EMBEDDER)
+    records = tmp_path / "answers.jsonl"
+    modes = ["e2e", "noise", "rejection", "counterfactual"]
+    results = _evaluate(evalset, evalset.questions, settings, tmp_path / "work", [1, 5], False, [], modes=modes,
+                        ratios=[0.0, 0.4, 0.8], records=records, llm=llm)  # fmt: skip
+    summary = results["modes"]
+    assert list(summary) == ["e2e", "noise@0", "noise@0.4", "noise@0.8", "rejection", "counterfactual"]
+    assert results["answers"] == {"accuracy": 1.0, "rejection_rate": 0.0}  # today's keys
+    for key in ["e2e", "noise@0", "noise@0.4", "noise@0.8"]:
+        figures = summary[key]
+        assert figures["accuracy"] == 1.0 and figures["refusal_rate"] == 0.0, key
+        assert figures["citation_precision"] == figures["citation_recall"] == 1.0, key
+        assert figures["invented_citations"] == 2, key  # one [99] per answer, removed by the chain
+    assert summary["rejection"]["refusal_rate"] == 1.0 and summary["rejection"]["accuracy"] == 0.0
+    assert summary["counterfactual"]["error_detection_rate"] == summary["counterfactual"]["error_correction_rate"] == 1
+    lines = [json.loads(line) for line in records.read_text("utf-8").splitlines()]
+    assert len(lines) == 2 * 6 and all(set(line) == RECORD_FIELDS for line in lines)
+    assert all("[99]" not in line["answer"] for line in lines)  # what users see: the invented marker is gone
+    noisy = [line for line in lines if line["mode"] == "noise" and line["noise_ratio"] == 0.8]
+    assert all(len(line["passages"]) == 5 and line["prompt_tokens"] > 0 for line in noisy)
+    # the product's own prompt; RGB's instruction on factual errors only in the counterfactual mode
+    prompts = llm.client.prompts
+    assert len(prompts) == 2 * 6 and all(instructions_for("长江有多长？") in prompt for prompt in prompts)
+    assert sum("事实性错误" in prompt for prompt in prompts) == 2
+
+
+def test_rag_eval_mode_options_are_checked(tmp_path: Path) -> None:
+    dataset = tmp_path / "mini_refine.jsonl"
+    dataset.write_text("\n".join(json.dumps(line, ensure_ascii=False) for line in RGB_LINES), encoding="utf-8")
+    runner = CliRunner()
+    for options, message in [
+        (["--mode", "noise,oops"], "choose among e2e, noise, rejection, counterfactual"),
+        (["--mode", "noise", "--retrieval-only"], "needs a language model"),
+        (["--mode", "counterfactual"], "needs an RGB *_fact file"),
+        (["--mode", "noise", "--noise-ratios", "0,1.2"], "from 0 to 1"),
+    ]:
+        result = runner.invoke(eval_command, [str(dataset), *options, "--output", str(tmp_path / "out")])
+        assert result.exit_code == 2 and message in result.output, result.output

@@ -346,7 +346,7 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=dict(os.environ),
     )
 
 
@@ -422,7 +422,7 @@ def test_kill_9_then_rerun_equals_one_clean_run(tmp_path: Path) -> None:
         f"pipeline.run([{str(folder)!r}])\n"
         "print('done', flush=True)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = dict(os.environ)
     crashed = tmp_path / "crashed"
 
     for kill_after_chunks in (30, 100):

@@ -35,10 +35,14 @@ def cjk_font() -> str:
     ):
         if Path(candidate).is_file():
             return candidate
-    if shutil.which("fc-match"):
-        found = subprocess.run(["fc-match", "-f", "%{file}", ":lang=zh"], capture_output=True, text=True).stdout
-        if found and Path(found).is_file() and Path(found).suffix.lower() in {".ttc", ".ttf", ".otf"}:
-            return found
+    if shutil.which("fc-list"):
+        # fonts that cover Chinese (fc-match would name its best fallback even when none does: the scan then shows
+        # empty boxes, which OCR reads as zeros)
+        listed = subprocess.run(["fc-list", ":lang=zh", "file"], capture_output=True, text=True).stdout
+        for line in sorted(listed.splitlines()):
+            found = line.strip().rstrip(":")
+            if Path(found).is_file() and Path(found).suffix.lower() in {".ttc", ".ttf", ".otf"}:
+                return found
     message = "no CJK font to render Chinese scans: apt-get install fonts-wqy-zenhei"
     if os.environ.get("CI"):
         pytest.fail(message)  # CI installs it (.ci/run): the OCR path must be tested there

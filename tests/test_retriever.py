@@ -363,7 +363,7 @@ def test_writers_in_several_processes_take_turns(tmp_path: Path) -> None:
     import sys
 
     path = tmp_path / "shared.sqlite3"
-    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    environment = dict(os.environ)
     writers = [
         subprocess.Popen([sys.executable, "-c", WRITER, str(path), tag], env=environment, stderr=subprocess.PIPE)
         for tag in "abc"

@@ -43,7 +43,7 @@ def start_server(
     port = free_port()
     command = [sys.executable, "-c", "from rag.cli.main import main; main()", "serve", "--port", str(port),
                "--data-dir", str(data_dir), *model_args, *args]  # fmt: skip
-    environment = {**os.environ, "PYTHONPATH": str(REPO), "RAG_LLM_PROMPT_FORMAT": "native", **(env or {})}
+    environment = {**os.environ, "RAG_LLM_PROMPT_FORMAT": "native", **(env or {})}
     process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -105,8 +105,9 @@ def test_a_chat_completion_carries_its_sources(server: str) -> None:
     assert choice.message.role == "assistant" and choice.message.content and choice.finish_reason in ("stop", "length")
     sources = (choice.message.model_extra or {})["sources"]
     assert sources and {"n", "file_name", "page", "heading", "text", "score", "cited", "url"} <= set(sources[0])
-    assert any("three days per week" in source["text"] for source in sources)  # retrieval found the passage
     assert all(s["cited"] for s in sources) or not any(s["cited"] for s in sources)
+    if not sources[0]["cited"]:  # the top passages: retrieval found the one that answers (cited ones: the model's pick)
+        assert any("three days per week" in source["text"] for source in sources)
     assert choice.message.annotations and choice.message.annotations[0].type == "url_citation"
     card = HTTP.get(choice.message.annotations[0].url_citation.url, headers={"Authorization": f"Bearer {KEY}"})
     assert card.status_code == 200 and card.json()["chunks"]  # the source card's document
@@ -254,7 +255,7 @@ def test_without_a_key_it_refuses_to_leave_loopback(data_dir: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-c", "from rag.cli.main import main; main()", "serve", "--host", "0.0.0.0",
          "--data-dir", str(data_dir), "--no-llm"],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=60, env=dict(os.environ),
     )  # fmt: skip
     assert result.returncode == 2 and "without an API key" in result.stderr
 

@@ -31,7 +31,7 @@ def test_help_has_examples() -> None:
 @pytest.mark.slow
 def test_rag_ui_serves_on_localhost_with_a_login(tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAG_UI_AUTH": "alice:s3cret:pw"}
+    env = {**os.environ, "RAG_UI_AUTH": "alice:s3cret:pw"}
     env.pop("GRADIO_TEMP_DIR", None)
     process = subprocess.Popen(
         [sys.executable, "-c", "from rag.cli.main import main; main()", "ui", "--no-llm", "--port", str(port),

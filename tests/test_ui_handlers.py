@@ -71,9 +71,18 @@ def handlers(embedder: Any, tmp_path_factory: pytest.TempPathFactory) -> UiHandl
 
 
 @pytest.fixture(scope="module")
-def smollm2_handlers(handlers: UiHandlers, embedder: Any, smollm2: MixtralInstructLLM) -> UiHandlers:
-    """The same data dir answered by the real SmolLM2 through llama.cpp (figures and threads, asserted on shape)."""
-    return make_handlers(handlers.assistant.settings.data_dir, embedder, smollm2)
+def smollm2_handlers(
+    handlers: UiHandlers, embedder: Any, smollm2: MixtralInstructLLM, tmp_path_factory: pytest.TempPathFactory
+) -> UiHandlers:
+    """The same data dir answered by the real SmolLM2 through llama.cpp (figures and threads, asserted on shape).
+
+    handbook.md is uploaded here too (unchanged, so nothing is done, when the first test ran): a test run alone, or
+    again by the generation check, finds it."""
+    real = make_handlers(handlers.assistant.settings.data_dir, embedder, smollm2)
+    incoming = tmp_path_factory.mktemp("smollm2-upload")
+    report = real.upload_and_ingest([write(incoming, "handbook.md", HANDBOOK)], real.new_session("en"))
+    assert "0 failed" in report, report
+    return real
 
 
 def write(folder: Path, name: str, content: str | bytes) -> Path:
@@ -191,9 +200,10 @@ def test_session_settings_are_per_session(handlers: UiHandlers) -> None:
     assert "collection name 'x' is not allowed" in run(handlers.respond("anything?", [], bad))[-1][0][-1]["content"]
 
 
-def test_bad_uploads_are_named_and_nothing_escapes(embedder: Any, smollm2: MixtralInstructLLM, tmp_path: Path) -> None:
+def test_bad_uploads_are_named_and_nothing_escapes(embedder: Any, tmp_path: Path) -> None:
     data = tmp_path / "area" / "data"
-    handlers = make_handlers(data, embedder, smollm2, ui_max_upload_mb=0.01)
+    # scripted: it cites the best passage, so the sources show what was retrieved, not what a model chose to cite
+    handlers = make_handlers(data, embedder, scripted_llm(max_tokens=48, context_window=2048), ui_max_upload_mb=0.01)
     library = handlers.library
     incoming = tmp_path / "incoming"
     good = write(incoming, "security.md", SECURITY)
@@ -239,7 +249,9 @@ def test_bad_uploads_are_named_and_nothing_escapes(embedder: Any, smollm2: Mixtr
     )
     assert "❌ `empty.txt`: empty file" in message and "❌ `broken.pdf`:" in message and "1 added" in message
     answer = run(handlers.respond("Is parking free on weekends?", [], session))[-1]
-    assert "notes.txt" in answer[2]  # the UI keeps working after bad uploads
+    # the UI keeps working after bad uploads: the good upload is the best passage, and the answer quotes it
+    assert "Parking is free on weekends. [1]" in answer[0][-1]["content"]
+    assert re.search(r"\[1\]</b>\s*<b>notes\.txt|\[1\][^<]*notes\.txt", answer[2]), answer[2]
 
 
 def write_zip(path: Path, members: list[tuple[str, bytes]], symlink: str | None = None) -> Path:

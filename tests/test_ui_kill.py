@@ -52,7 +52,7 @@ launch(build_ui(handlers), settings, quiet=True)
 def start_ui(data: Path, port: int) -> subprocess.Popen[str]:
     process = subprocess.Popen(
         [sys.executable, "-c", UI, str(data), str(port)],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=dict(os.environ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

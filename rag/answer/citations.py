@@ -23,6 +23,8 @@ _NUM_LIST = r"\d{1,4}(?:\s*(?:[,，、;；]|[-–~～])\s*\d{1,4})*"
 _MARKER = re.compile(rf"[ \t]?(?:\[\s*(?P<a>{_NUM_LIST})\s*\]|【\s*(?P<b>{_NUM_LIST})\s*】)")
 #: The longest marker worth holding back while streaming (``[12, 13, 14-16]``...).
 _MAX_MARKER = 40
+#: What a marker still being written may hold: numbers, separators and brackets.
+_MARKER_CHARS = re.compile(r"[\d\s,，、;；\-–~～\[\]【】]*")
 #: The widest range ``[a-b]`` that is expanded (a wider one is not a citation).
 _MAX_RANGE = 20
 
@@ -55,7 +57,20 @@ def _numbers(group: str) -> list[int]:
 
 
 def check_citations(answer: str, valid: Collection[int]) -> CitationCheck:
-    """Keep the markers of ``answer`` that point at a passage numbered in ``valid``; remove the others."""
+    """Keep the markers of ``answer`` that point at a passage numbered in ``valid``; remove the others.
+
+    Removing a marker can join the text around it into a new one (``[6[80]]`` less ``[80]`` is ``[6]``), so the
+    check runs again until a pass removes nothing: no marker the passages do not back survives."""
+    invalid: list[int] = []
+    while True:
+        checked = _check_once(answer, valid)
+        invalid.extend(n for n in checked.invalid if n not in invalid)
+        if not checked.invalid:
+            return CitationCheck(text=checked.text, cited=checked.cited, invalid=invalid)
+        answer = checked.text
+
+
+def _check_once(answer: str, valid: Collection[int]) -> CitationCheck:
     cited: list[int] = []
     invalid: list[int] = []
 
@@ -91,13 +106,15 @@ class CitationStreamFilter:
         """(text that is final, text to hold back)."""
         text = self._pending
         hold_from = len(text)
-        # an opening bracket not yet closed, near the end
+        # the earliest opening bracket near the end that is not closed yet, with only marker characters after it
+        # (brackets too: ``[6[80]`` may still become ``[6[80]]``, which is no marker at all once ``[80]`` goes)
         for opener, closer in (("[", "]"), ("【", "】")):
-            position = text.rfind(opener)
-            if position >= 0 and closer not in text[position:] and len(text) - position <= _MAX_MARKER:
-                tail = text[position + 1 :]
-                if re.fullmatch(r"[\d\s,，、;；\-–~～]*", tail):
+            start = max(0, len(text) - _MAX_MARKER)
+            for position in (i for i in range(start, len(text)) if text[i] == opener):
+                tail = text[position:]
+                if tail.count(opener) > tail.count(closer) and _MARKER_CHARS.fullmatch(tail):
                     hold_from = min(hold_from, position)
+                    break
         if hold_from > 0 and text[hold_from - 1 : hold_from] in (" ", "\t"):
             hold_from -= 1  # the space before a marker goes with it when the marker is dropped
         elif hold_from == len(text) and text.endswith((" ", "\t")):

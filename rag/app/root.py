@@ -301,6 +301,7 @@ class Components:
             embedder or self.embedder(collection, store),
             lexical=self.lexical_index(collection),
             chunk_size=settings.chunk_size,
+            chunk_size_chosen="chunk_size" in settings.model_fields_set,
             chunk_overlap=settings.chunk_overlap,
             max_file_bytes=int(settings.max_file_mb * 2**20),
             count_tokens=mixtral_token_counts,

@@ -1,1 +1,2 @@
-"""Evaluation: datasets (RGB, CMRC 2018), retrieval and answer metrics, what ``rag eval`` reports."""
+"""Evaluation: datasets (RGB, CMRC 2018), retrieval and answer metrics, RGB's passage sets and answer records, what
+``rag eval`` reports."""

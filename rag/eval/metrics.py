@@ -18,16 +18,21 @@ from typing import Any
 from langchain_core.documents import Document
 
 __all__ = [
+    "RGB_REJECTIONS",
     "EvalQuestion",
     "EvalSet",
     "cmrc_scores",
+    "contains_answer",
     "evidence_recall",
     "is_rejection",
     "load_dataset",
     "passage_id",
     "plot_retrieval_curve",
     "retrieval_metrics",
+    "rgb_accurate",
     "rgb_correct",
+    "rgb_detects_error",
+    "rgb_rejects",
     "write_passages",
 ]
 
@@ -40,6 +45,15 @@ class EvalQuestion:
     """RGB: every element must appear in the answer (an element that is a list: any of its alternatives)."""
     gold: frozenset[str]
     """Ids of the passages that support the answer."""
+    positives: tuple[tuple[str, ...], ...] = ()
+    """RGB: the passages that contain the answer, as they are listed: one group per answer element in ``*_int``
+    files, else one group."""
+    negatives: tuple[str, ...] = ()
+    """RGB: same-topic passages without the answer, as they are listed."""
+    counterfactuals: tuple[str, ...] = ()
+    """RGB ``*_fact``: ``positive_wrong``, the positives edited to carry a false answer (one per positive)."""
+    grouped: bool = False
+    """RGB ``*_int``: the positives are grouped per answer element."""
 
 
 @dataclass
@@ -65,6 +79,13 @@ def _flatten(items: Iterable[Any]) -> list[str]:
     return flat
 
 
+def _groups(positive: list[Any]) -> tuple[tuple[str, ...], ...]:
+    """RGB's positives as groups: one per answer element where they are a list of lists (``*_int``), else one."""
+    if any(isinstance(item, list) for item in positive):
+        return tuple(tuple(_flatten(item if isinstance(item, list) else [item])) for item in positive)
+    return (tuple(_flatten(positive)),) if positive else ()
+
+
 def load_rgb(path: Path) -> EvalSet:
     """RGB JSON Lines: ``*_refine``, ``*_int`` (nested positives) and ``*_fact`` (counterfactual positives)."""
     evalset = EvalSet(path.stem, "rgb")
@@ -77,15 +98,21 @@ def load_rgb(path: Path) -> EvalSet:
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{line_number}: not JSON ({error})") from None
             positives = _flatten(record.get("positive", []))
-            pool = positives + _flatten(record.get("negative", [])) + _flatten(record.get("positive_wrong", []))
-            for text in pool:
+            negatives = _flatten(record.get("negative", []))
+            counterfactuals = _flatten(record.get("positive_wrong", []))
+            for text in positives + negatives + counterfactuals:
                 evalset.passages.setdefault(passage_id(text), text)
+            answer = record.get("answer", [])  # a bare string in *_fact files: one element (RGB's checkanswer)
             evalset.questions.append(
                 EvalQuestion(
                     str(record["id"]),
                     record["query"],
-                    list(record.get("answer", [])),
+                    answer if isinstance(answer, list) else [answer],
                     frozenset(passage_id(text) for text in positives),
+                    positives=_groups(record.get("positive", [])),
+                    negatives=tuple(negatives),
+                    counterfactuals=tuple(counterfactuals),
+                    grouped=any(isinstance(item, list) for item in record.get("positive", [])),
                 )
             )
     return evalset
@@ -190,12 +217,37 @@ def evidence_recall(
 
 
 # -- answer metrics ----------------------------------------------------------------------------------------------
-_REJECTIONS = ("信息不足", "insufficient information", "not in the documents")
+#: RGB's own rejection rule (evalue.py): an output containing one of these is a rejection, never a correct answer.
+RGB_REJECTIONS = ("信息不足", "insufficient information")
+#: Refusals counted in the refusal rate: RGB's markers, the refusal RGB's instruction asks for ("文档信息不足，因此我
+#: 无法基于提供的文档回答该问题。", "I can not answer the question because of the insufficient information in
+#: documents.") and our own refusal sentences (rag.answer.qa_prompt.INSUFFICIENT_ZH / INSUFFICIENT_EN).
+_REJECTIONS = (
+    *RGB_REJECTIONS,
+    "无法回答",
+    "无法基于提供的文档",
+    "not in the documents",
+    "can not answer",
+    "cannot answer",
+)
+#: RGB's error detection rule (evalue.py's factlabel): the output says the documents contain factual errors.
+_FACT_ERRORS = ("事实性错误", "factual errors")
+_SPACE = re.compile(r"\s+")
 _PUNCTUATION = re.compile(r"[\s\u3000-\u303f\uff00-\uffef!-/:-@\[-`{-~，。、；：？！“”‘’（）《》【】…—·]")
 
 
+def _compact(text: str) -> str:
+    return _SPACE.sub("", text.lower())
+
+
+def _found(markers: Sequence[str], answer: str) -> bool:
+    text = _compact(answer)
+    return any(_compact(marker) in text for marker in markers)
+
+
 def rgb_correct(answer: str, expected: Sequence[Any]) -> bool:
-    """RGB's rule: every expected element occurs in the answer (a list element: any alternative)."""
+    """RGB's rule: every expected element occurs in the answer (a list element: any alternative), case and spaces
+    ignored."""
     text = answer.lower().replace(" ", "")
     for element in expected:
         alternatives = element if isinstance(element, list) else [element]
@@ -204,9 +256,31 @@ def rgb_correct(answer: str, expected: Sequence[Any]) -> bool:
     return True
 
 
+def rgb_rejects(answer: str) -> bool:
+    """RGB's rejection rule: the answer contains "信息不足" or "insufficient information"."""
+    return _found(RGB_REJECTIONS, answer)
+
+
+def rgb_accurate(answer: str, expected: Sequence[Any]) -> bool:
+    """RGB's accuracy: not a rejection (:func:`rgb_rejects`) and every expected element found (:func:`rgb_correct`)."""
+    return bool(expected) and not rgb_rejects(answer) and rgb_correct(answer, expected)
+
+
 def is_rejection(answer: str) -> bool:
-    lowered = answer.lower()
-    return any(marker in lowered for marker in _REJECTIONS)
+    """A refusal: RGB's markers, the refusal RGB's instruction asks for, or our own refusal sentence."""
+    return _found(_REJECTIONS, answer)
+
+
+def rgb_detects_error(answer: str) -> bool:
+    """RGB's error detection: the answer says the documents contain "事实性错误" / "factual errors"."""
+    return _found(_FACT_ERRORS, answer)
+
+
+def contains_answer(text: str, expected: Sequence[Any]) -> bool:
+    """Whether ``text`` (a passage) holds one of the expected elements (any alternative), case and spaces ignored."""
+    compact = text.lower().replace(" ", "")
+    options = [option for element in expected for option in (element if isinstance(element, list) else [element])]
+    return any(str(option).lower().replace(" ", "") in compact for option in options if str(option).strip())
 
 
 def _normalise(text: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 from rag.errors import ConfigError
 from rag.llm.backends.base import Backend, BackendConfig
-from rag.models import bundled_model_path
+from rag.models import SPLIT_BUNDLED_MODELS, bundled_model_path
 from rag.settings import BACKEND_NAMES
 
 __all__ = ["infer_backend", "make_backend"]
@@ -34,8 +34,8 @@ def infer_backend(model: str, base_url: str | None = None, backend: str = "auto"
     if model.lower().endswith(".gguf") or ".gguf.part" in model.lower():
         return "llama_cpp"
     bundled = bundled_model_path(model)
-    if bundled is not None and bundled.is_file():
-        return "llama_cpp"
+    if (bundled is not None and bundled.is_file()) or model.strip().lower() in SPLIT_BUNDLED_MODELS:
+        return "llama_cpp"  # a split bundled model is one GGUF once joined, even under its repository's name
     local = Path(model).expanduser()
     if local.is_dir():
         return "transformers"

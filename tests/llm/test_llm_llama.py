@@ -60,6 +60,7 @@ def test_backend_inference(tmp_path: Path, tiny_mixtral_hf: Path) -> None:
     assert infer_backend(str(tiny_mixtral_hf)) == "transformers"
     assert infer_backend("hfl/chinese-mixtral-instruct") == "transformers"
     assert infer_backend("HuggingFaceTB/SmolLM2-135M-Instruct") == "llama_cpp"  # a bundled GGUF
+    assert infer_backend("Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF") == "llama_cpp"  # a split bundled GGUF, by repository
     assert infer_backend("m.gguf", backend="transformers") == "transformers"
     with pytest.raises(ConfigError, match="RAG_LLM_BACKEND"):
         infer_backend("m.gguf", backend="onnx")

@@ -317,7 +317,7 @@ class LlamaCppBackend(Backend):
     def auto_prompt_format(self) -> PromptFormat:
         """``mixtral`` for Mixtral models (by name: nothing is read); else ``native`` when the GGUF's own chat
         template is not the ``[INST]`` one (SmolLM2's ChatML, say). Reads only the vocabulary, never the weights."""
-        if "mixtral" in self.config.model.lower():
+        if "mixtral" in _model_name(self.config.model).lower():
             return "mixtral"
         try:
             template = str(self.tokenizer.llama.metadata.get("tokenizer.chat_template") or "")
@@ -327,6 +327,13 @@ class LlamaCppBackend(Backend):
 
     def describe(self) -> str:
         return str(self._path or self.config.model)
+
+
+def _model_name(model: str) -> str:
+    """What names the model: a local file's own name (its folders may be anything, a cache folder called
+    ``chinese-mixtral-rag`` say), else the whole hub name (``hfl/chinese-mixtral-instruct-gguf/...gguf``)."""
+    local = Path(model).expanduser()
+    return local.name if local.exists() else model
 
 
 def _grammar(schema: dict[str, Any] | None) -> Any:
