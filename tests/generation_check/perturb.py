@@ -30,7 +30,7 @@ import importlib.machinery
 import os
 import sys
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,54 +99,48 @@ def _steer(llama: Any) -> Callable[[Any, Any], Any]:
     return steer
 
 
-def _patch_llama_cpp(module: types.ModuleType) -> None:
-    llama = module.Llama
-    if getattr(llama.generate, "_rag_perturbed", False):
+def _wrap_generate(owner: Any, perturb: Callable[[Any, tuple[Any, ...], dict[str, Any]], None]) -> None:
+    """Replace ``owner.generate`` by one that logs the generation, lets ``perturb`` change its arguments (only when
+    a seed is set), then generates. Patching twice (two imports of this module) changes nothing."""
+    original = owner.generate
+    if getattr(original, "_rag_perturbed", False):
         return
-    original = llama.generate
-
-    @functools.wraps(original)
-    def generate(self: Any, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Any:
-        record_generation()
-        seed = perturbed_seed(list(tokens))
-        if seed is not None:
-            kwargs.update(PERTURBED_SAMPLING)
-            if kwargs.get("grammar") is None:  # a grammar's only allowed token may be the model's first choice
-                kwargs["logits_processor"] = [*(kwargs.get("logits_processor") or []), _steer(self)]
-            self.set_seed(seed)  # the sampler llama.cpp builds next draws from this seed
-        return original(self, tokens, *args, **kwargs)
-
-    generate._rag_perturbed = True  # type: ignore[attr-defined]
-    llama.generate = generate
-
-
-def _patch_transformers(module: types.ModuleType) -> None:
-    mixin = module.GenerationMixin
-    if getattr(mixin.generate, "_rag_perturbed", False):
-        return
-    original = mixin.generate
 
     @functools.wraps(original)
     def generate(self: Any, *args: Any, **kwargs: Any) -> Any:
         record_generation()
-        inputs: Any = kwargs.get("input_ids", args[0] if args else None)
-        seed = perturbed_seed(inputs.tolist() if hasattr(inputs, "tolist") else inputs)
-        if seed is not None:
-            import torch
-
-            kwargs.update(do_sample=True, temperature=PERTURBED_SAMPLING["temp"], top_k=PERTURBED_SAMPLING["top_k"],
-                          top_p=1.0)  # fmt: skip
-            torch.manual_seed(seed)
+        perturb(self, args, kwargs)
         return original(self, *args, **kwargs)
 
     generate._rag_perturbed = True  # type: ignore[attr-defined]
-    mixin.generate = generate
+    owner.generate = generate
+
+
+def _perturb_llama_cpp(llama: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    tokens = args[0] if args else kwargs["tokens"]
+    seed = perturbed_seed(list(tokens))
+    if seed is not None:
+        kwargs.update(PERTURBED_SAMPLING)
+        if kwargs.get("grammar") is None:  # a grammar's only allowed token may be the model's first choice
+            kwargs["logits_processor"] = [*(kwargs.get("logits_processor") or []), _steer(llama)]
+        llama.set_seed(seed)  # the sampler llama.cpp builds next draws from this seed
+
+
+def _perturb_transformers(_model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    inputs: Any = kwargs.get("input_ids", args[0] if args else None)
+    seed = perturbed_seed(inputs.tolist() if hasattr(inputs, "tolist") else inputs)
+    if seed is not None:
+        import torch
+
+        kwargs.update(do_sample=True, temperature=PERTURBED_SAMPLING["temp"], top_k=PERTURBED_SAMPLING["top_k"],
+                      top_p=1.0)  # fmt: skip
+        torch.manual_seed(seed)
 
 
 #: Module name -> the patch applied right after that module is executed.
 PATCHES: dict[str, Callable[[types.ModuleType], None]] = {
-    "llama_cpp.llama": _patch_llama_cpp,
-    "transformers.generation.utils": _patch_transformers,
+    "llama_cpp.llama": lambda module: _wrap_generate(module.Llama, _perturb_llama_cpp),
+    "transformers.generation.utils": lambda module: _wrap_generate(module.GenerationMixin, _perturb_transformers),
 }
 
 
