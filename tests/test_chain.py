@@ -65,7 +65,9 @@ def test_invoke_and_stream_answer_with_sources(retriever: HybridRetriever, smoll
     question = "How many days per week may employees work remotely?"
     chunks = list(chain.stream(question))
     answer_chunks = [c for c in chunks if "answer" in c]
-    assert len(answer_chunks) >= 2  # streamed piece by piece
+    # streamed (in how many pieces depends on the text: the citation filter holds back what may become a marker,
+    # and a perturbed model may write nothing else; test_the_cited_passage_is_the_source checks piece by piece)
+    assert answer_chunks
     assert "sources" in chunks[-1] and all("sources" not in c for c in answer_chunks)
     streamed = {**chunks[-1], "answer": "".join(c["answer"] for c in answer_chunks)}
     assert_sources_match_the_answer(streamed)  # the sources at the end of a stream belong to the streamed answer
@@ -93,6 +95,8 @@ def test_the_cited_passage_is_the_source(retriever: HybridRetriever) -> None:
     assert [s["n"] for s in result["sources"]] == [1] and result["sources"][0]["cited"]
     assert "three days per week" in result["sources"][0]["text"]
     assert_sources_match_the_answer(result)
+    pieces = [c["answer"] for c in chain.stream("How many days per week may employees work remotely?") if "answer" in c]
+    assert len(pieces) >= 2 and "".join(pieces) == result["answer"]  # streamed piece by piece, as written
     invented = build_chain(llm=scripted_llm("Remote work is allowed [1][7].", max_tokens=64), retriever=retriever)
     answer = invented.invoke("How many days per week may employees work remotely?")
     assert answer["answer"] == "Remote work is allowed [1]."  # [7] points nowhere: removed while streaming

@@ -119,10 +119,12 @@ def _wrap_generate(owner: Any, perturb: Callable[[Any, tuple[Any, ...], dict[str
 def _perturb_llama_cpp(llama: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     tokens = args[0] if args else kwargs["tokens"]
     seed = perturbed_seed(list(tokens))
-    if seed is not None:
+    # Not under a grammar (structured output): the grammar decides the shape, a grammar's only allowed token may be
+    # the model's first choice, and any sampling rambles on inside a JSON string past LangChain's standard tests'
+    # max_tokens, which we cannot change (seen with temperature 1).
+    if seed is not None and kwargs.get("grammar") is None:
         kwargs.update(PERTURBED_SAMPLING)
-        if kwargs.get("grammar") is None:  # a grammar's only allowed token may be the model's first choice
-            kwargs["logits_processor"] = [*(kwargs.get("logits_processor") or []), _steer(llama)]
+        kwargs["logits_processor"] = [*(kwargs.get("logits_processor") or []), _steer(llama)]
         llama.set_seed(seed)  # the sampler llama.cpp builds next draws from this seed
 
 
