@@ -14,7 +14,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import Field
 
 from rag.answer.chain import RagChain
-from rag.answer.qa_prompt import clean_rewrite, instructions_for, render_qa_prompt
+from rag.answer.qa_prompt import INSUFFICIENT_EN, clean_rewrite, instructions_for, render_qa_prompt
 from rag.app.root import build_chain
 from rag.errors import ConfigError, ContextOverflowError, EmptyStoreError
 from rag.llm.adapter import MixtralInstructLLM
@@ -79,12 +79,15 @@ def test_invoke_and_stream_answer_with_sources(retriever: HybridRetriever, smoll
 
 
 def assert_sources_match_the_answer(result: dict[str, Any]) -> None:
-    """Sources are well formed, and the answer cites exactly the sources marked cited (or none at all)."""
+    """Sources are well formed, and the answer cites exactly the sources marked cited (or none at all: then the
+    sources are those that hold its words, marked attributed, or the top passages, marked uncited)."""
     sources = result["sources"]
     assert sources and all({"n", "source", "page", "chunk_id", "score", "text", "cited"} <= set(s) for s in sources)
     assert all(s["cited"] for s in sources) or not any(s["cited"] for s in sources)
+    assert all(s.get("attributed") for s in sources) or not any(s.get("attributed") for s in sources)
     markers = {int(n) for n in re.findall(r"\[(\d+)\]", result["answer"])}
-    assert markers == ({s["n"] for s in sources} if sources[0]["cited"] else set())  # checked citations only
+    written = sources[0]["cited"] and not sources[0].get("attributed")
+    assert markers == ({s["n"] for s in sources} if written else set())  # checked citations only
 
 
 def test_the_cited_passage_is_the_source(retriever: HybridRetriever) -> None:
@@ -97,6 +100,12 @@ def test_the_cited_passage_is_the_source(retriever: HybridRetriever) -> None:
     assert_sources_match_the_answer(result)
     pieces = [c["answer"] for c in chain.stream("How many days per week may employees work remotely?") if "answer" in c]
     assert len(pieces) >= 2 and "".join(pieces) == result["answer"]  # streamed piece by piece, as written
+    plain = scripted_llm("Employees may work remotely up to three days per week.", max_tokens=64)
+    unmarked = build_chain(llm=plain, retriever=retriever).invoke("How many days per week may employees work remotely?")
+    assert unmarked["sources"] and all(s["cited"] and s["attributed"] for s in unmarked["sources"])
+    assert all("three days per week" in s["text"] for s in unmarked["sources"])  # matched by the answer's words
+    refusal = build_chain(llm=scripted_llm(INSUFFICIENT_EN, max_tokens=64), retriever=retriever).invoke("Parking?")
+    assert refusal["sources"] and not any(s["cited"] or s.get("attributed") for s in refusal["sources"])
     invented = build_chain(llm=scripted_llm("Remote work is allowed [1][7].", max_tokens=64), retriever=retriever)
     answer = invented.invoke("How many days per week may employees work remotely?")
     assert answer["answer"] == "Remote work is allowed [1]."  # [7] points nowhere: removed while streaming

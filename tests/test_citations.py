@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from rag.answer.citations import CitationStreamFilter, check_citations, select_sources
+from rag.answer.citations import CitationStreamFilter, attribute_answer, check_citations, select_sources
 
 ANSWER = "年假五天 [1]。病假需证明【2】。两者都有 [1,2]，也见[2、1]。编造的 [7]。混合 [2][9]。范围 [1-2]。"
 
@@ -72,3 +72,22 @@ def test_removing_a_marker_never_makes_another() -> None:
     stream = CitationStreamFilter({1, 2, 3, 4})
     shown = [stream.feed(piece) for piece in pieces] + [stream.flush()]
     assert "".join(shown) == checked.text
+
+
+def test_an_answer_without_markers_is_matched_to_the_passages_that_hold_its_words() -> None:
+    rivers = [
+        {"n": 1, "text": "长江全长约6300公里，是中国第一长河。", "score": 0.9},
+        {"n": 2, "text": "黄河全长约5464公里，是中国第二长河。", "score": 0.8},
+    ]
+    assert attribute_answer("根据文档片段，长江全长约6300公里。", "长江有多长？", rivers) == [1]  # lead-in ignored
+    assert attribute_answer("黄河约5464公里。长江约6300公里。", "两条河各有多长？", rivers) == [2, 1]  # per sentence
+    assert attribute_answer("珠江是华南最大的河流。", "长江有多长？", rivers) == []  # its words are in no passage
+    assert attribute_answer("长江", "长江有多长？", rivers) == []  # nothing the question did not already say
+    same = [{"n": 1, "text": "第一季度营收6300万元。"}, {"n": 2, "text": "全年营收6300万元。"}]
+    assert attribute_answer("6300万元", "营收多少？", same) == [1]  # equals: the better-ranked passage
+    handbook = [
+        {"n": 1, "text": "Passwords rotate every 180 days."},
+        {"n": 2, "text": "Employees may work remotely up to three days per week."},
+    ]
+    question = "How many days per week may employees work remotely?"
+    assert attribute_answer("According to the passages, up to three days.", question, handbook) == [2]

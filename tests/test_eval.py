@@ -288,6 +288,7 @@ def test_records_and_summary_figures_on_pinned_answers() -> None:
         "citation_precision": 2 / 3,  # [1] gold, [3] holds the answer, [2] neither
         "citation_recall": 1 / 2,  # of the two correct answers, one cites the gold passage
         "invented_citations": 2,
+        "attributed_rate": 0.0,  # every citation here was written
         "prompt_tokens": 100.0,
         "first_token_ms": 50.0,
         "tokens_per_s": 10.0,
@@ -313,6 +314,7 @@ def test_counterfactual_figures_and_cmrc_scores() -> None:
 RECORD_FIELDS = {
     "id", "mode", "noise_ratio", "passages", "prompt_tokens", "answer", "citations", "correct", "refused",
     "error_detected", "invented_citations", "gold_shown", "first_token_ms", "tokens_per_s", "exact_match", "f1",
+    "attributed",
 }  # fmt: skip
 
 

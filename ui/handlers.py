@@ -322,6 +322,8 @@ def render_sources(
     parts = [f"<div class='rag-sources'><h4>{html.escape(text(language, heading))}</h4>"]
     if final and not any(source.get("cited") for source in sources):
         parts.append(f"<p>{html.escape(text(language, 'sources_uncited'))}</p>")
+    elif final and any(source.get("attributed") for source in sources):
+        parts.append(f"<p>{html.escape(text(language, 'sources_attributed'))}</p>")
     for source in sources:
         where = [
             f"<b>[{int(source.get('n', 0))}] {html.escape(str(source.get('file_name') or source.get('source')))}</b>"

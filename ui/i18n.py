@@ -58,6 +58,10 @@ _STRINGS: dict[str, dict[Language, str]] = {
         "zh": "回答未引用任何段落；以下是最相关的段落。",
         "en": "The answer cites no passage; the closest ones:",
     },
+    "sources_attributed": {
+        "zh": "回答没有标注出处；以下段落含有回答中的词语。",
+        "en": "The answer names no passage; these passages hold its words:",
+    },
     "page": {"zh": "第 {page} 页", "en": "p. {page}"},
     "not_cited": {"zh": "未引用", "en": "not cited"},
     "ocr": {"zh": "扫描件识别", "en": "read by OCR"},

@@ -36,7 +36,7 @@ from langchain_core.runnables import Runnable, RunnableGenerator, RunnableLambda
 from langchain_core.runnables.utils import AddableDict
 from pydantic import ValidationError
 
-from rag.answer.citations import CitationStreamFilter, check_citations, select_sources
+from rag.answer.citations import CitationStreamFilter, attribute_answer, check_citations, select_sources
 from rag.answer.context import ContextAssembler, PackedContext, pack_context, render_context
 from rag.answer.conversation import (
     ConversationLayout,
@@ -730,6 +730,15 @@ class _Answer:
     def final(self) -> AddableDict:
         cited = check_citations(self.text, self.valid).cited
         prepared = self.prepared
+        # an answer that names no passage is matched to the passages by its own words (a refusal never is); those
+        # sources say "attributed" so no surface presents them as the model's own citations
+        refused = self.insufficient is not None or INSUFFICIENT_ZH[:4] in self.text or INSUFFICIENT_EN[:19] in self.text
+        attributed = not cited and not refused and bool(self.text.strip())
+        if attributed:
+            cited = attribute_answer(self.text, prepared.question, self.passages)
+        sources = select_sources(self.passages, cited, top_uncited=self.chain.top_uncited)
+        if attributed and cited:
+            sources = [{**source, "attributed": True} for source in sources]
         if self.insufficient is None and prepared.messages and self.text.strip():
             turns = [
                 *prepared.conversation,
@@ -744,7 +753,7 @@ class _Answer:
             )
             self.chain.layouts.put(prepared.system, turns, layout)
         return AddableDict(
-            sources=select_sources(self.passages, cited, top_uncited=self.chain.top_uncited),
+            sources=sources,
             context_tokens=self.prepared.packed.tokens,
             standalone_question=self.prepared.standalone_question,
         )

@@ -217,6 +217,7 @@ _ANSWER_COLUMNS = [
     ("citation_precision", "citation precision", "{:.3f}"),
     ("citation_recall", "citation recall", "{:.3f}"),
     ("invented_citations", "invented markers", "{:.0f}"),
+    ("attributed_rate", "matched by words", "{:.3f}"),
     ("prompt_tokens", "prompt tokens", "{:,.0f}"),
     ("first_token_ms", "first token ms", "{:,.0f}"),
     ("tokens_per_s", "tokens/s", "{:.1f}"),
@@ -368,4 +369,5 @@ def _answer(chain: RagChain, query: str, system: str = "") -> Answered:
         prompt_tokens=prepared.prompt_tokens,
         first_token_ms=(first - started) * 1000 if answer else None,
         tokens_per_s=(tokens - 1) / (ended - first) if tokens > 1 and ended > first else None,
+        attributed=any(source.get("attributed") for source in final.get("sources", [])),
     )

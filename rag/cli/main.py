@@ -192,7 +192,9 @@ def ask_command(
     sources = result["sources"]
     if sources:
         cited = any(source.get("cited") for source in sources)
-        click.echo("\nSources:" if cited else "\nTop passages (none cited):")
+        attributed = any(source.get("attributed") for source in sources)
+        heading = "Sources (matched by the answer's words):" if attributed else "Sources:"
+        click.echo(f"\n{heading}" if cited else "\nTop passages (none cited):")
         for source in sources:
             click.echo(_source_line(source))
     click.echo(f"\n{_figures_line(stats)}", err=True)

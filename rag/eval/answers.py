@@ -77,6 +77,8 @@ class Answered:
     prompt_tokens: int
     first_token_ms: float | None
     tokens_per_s: float | None
+    attributed: bool = False
+    """The answer named no passage: :attr:`cited` are the passages that hold its words (the chain matched them)."""
 
 
 Ask = Callable[[str, "Sequence[str] | None", str], Answered]
@@ -122,6 +124,8 @@ class AnswerRecord:
     """CMRC only."""
     f1: float | None = None
     """CMRC only."""
+    attributed: bool = False
+    """The citations were matched by the answer's words, not written by the model."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -203,6 +207,7 @@ def score_answer(
         tokens_per_s=answered.tokens_per_s,
         exact_match=exact,
         f1=f1,
+        attributed=answered.attributed,
     )
 
 
@@ -269,6 +274,7 @@ def _figures(rows: Sequence[AnswerRecord]) -> dict[str, Any]:
         "citation_precision": _share(sum(c.gold or c.has_answer for c in cited), len(cited)),
         "citation_recall": _share(sum(any(c.gold for c in row.citations) for row in correct), len(correct)),
         "invented_citations": sum(row.invented_citations for row in rows),
+        "attributed_rate": _share(sum(row.attributed for row in rows), n),
         "prompt_tokens": _mean(row.prompt_tokens for row in rows),
         "first_token_ms": _mean(row.first_token_ms for row in rows),
         "tokens_per_s": _mean(row.tokens_per_s for row in rows),
