@@ -80,6 +80,7 @@ def test_an_answer_without_markers_is_matched_to_the_passages_that_hold_its_word
         {"n": 2, "text": "黄河全长约5464公里，是中国第二长河。", "score": 0.8},
     ]
     assert attribute_answer("根据文档片段，长江全长约6300公里。", "长江有多长？", rivers) == [1]  # lead-in ignored
+    assert attribute_answer("根据黄河的资料，长江全长约6300公里。", "长江有多长？", rivers) == [1]  # where it says, too
     assert attribute_answer("黄河约5464公里。长江约6300公里。", "两条河各有多长？", rivers) == [2, 1]  # per sentence
     assert attribute_answer("珠江是华南最大的河流。", "长江有多长？", rivers) == []  # its words are in no passage
     assert attribute_answer("长江", "长江有多长？", rivers) == []  # nothing the question did not already say

@@ -156,6 +156,10 @@ _LEAD_IN = frozenset(
     "根据 依据 按照 文档 片段 文档片段 提供 所 资料 信息 内容 显示 可知 和 及 according to the provided passage "
     "passages document documents based on".split()
 )
+#: A sentence's opening "according to ..." clause: it says where the model thinks the answer is, not the answer.
+_LEAD_IN_CLAUSE = re.compile(
+    r"^(?:根据|依据|按照|据|从)[^，,。]{0,40}[，,]|^(?:according to|based on)[^,]{0,80},", re.IGNORECASE
+)
 #: The share of a sentence's own words (those the question does not already say) a passage must hold to be named.
 _ATTRIBUTION_COVER = 0.7
 
@@ -176,6 +180,7 @@ def attribute_answer(answer: str, question: str, passages: Sequence[Mapping[str,
     bodies = [(int(p["n"]), set(tokenize(str(p.get("text") or "")))) for p in passages]
     found: list[int] = []
     for sentence in _SENTENCE.split(_MARKER.sub("", answer)):
+        sentence = _LEAD_IN_CLAUSE.sub("", sentence.strip())  # "根据熊猫咖啡机说明书，" names no content
         words = {w for w in tokenize(sentence) if w not in asked and w not in STOPWORDS and w not in _LEAD_IN}
         weight = sum(len(w) for w in words)
         if weight < 2:
