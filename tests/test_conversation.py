@@ -13,6 +13,7 @@ import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 
 from rag.answer.chain import RagChain
+from rag.answer.context import render_context
 from rag.llm.adapter import MixtralInstructLLM
 from rag.llm.counting import ModelTokens
 from rag.retrieval.retriever import HybridRetriever
@@ -89,7 +90,7 @@ def test_a_follow_up_extends_the_previous_prompt_and_cites_its_own_new_passage(
     assert second["standalone_question"] == ("How long must passwords be at least?" if mode == "rewrite" else FOLLOW_UP)
 
 
-def test_without_reuse_or_without_room_the_follow_up_starts_afresh(retriever: HybridRetriever) -> None:
+def test_without_reuse_the_follow_up_starts_afresh(retriever: HybridRetriever) -> None:
     backend = ScriptedBackend(quote_passage_with("days"))
     llm = scripted_llm()
     llm.client = backend
@@ -99,14 +100,44 @@ def test_without_reuse_or_without_room_the_follow_up_starts_afresh(retriever: Hy
     answer_one, _, answer_two = backend.prompts
     assert not answer_two.startswith(answer_one)
 
-    tight = ScriptedBackend(quote_passage_with("days"), context_window=360)
+
+def tight_chain(retriever: HybridRetriever, window: int, answer: str | None = None) -> RagChain:
+    """A window the first question's evidence fills (``answer``: what the model writes, else a quote)."""
+    script = quote_passage_with("days") if answer is None else (lambda prompt: answer)
     small = scripted_llm(max_tokens=64)
-    small.client = tight
-    chain = chain_of(retriever, small)
+    small.client = ScriptedBackend(script, context_window=window)
+    return chain_of(retriever, small)
+
+
+def test_a_follow_up_without_room_drops_the_first_evidence_from_its_end(retriever: HybridRetriever) -> None:
+    chain = tight_chain(retriever, 360)
+    first_prepared = chain.prepare(FIRST)
+    first = chain.runnable.invoke(FIRST)
+    given = first_prepared.packed.passages
+    assert not any("14 characters" in p.text for p in given[:1])  # the follow-up's best passage was not first
+    prepared = chain.prepare({"question": FOLLOW_UP, "chat_history": [("user", FIRST), ("assistant", first["answer"])]})
+    assert prepared.follows_up and not any("starts afresh" in note for note in prepared.notes)
+    assert prepared.prompt_tokens + 64 <= 360
+    kept = prepared.first_block
+    assert kept is not None and kept < len(given)  # the least relevant of the first evidence went...
+    assert prepared.packed.passages[:kept] == given[:kept]  # ...from its end: the rest is as it was
+    whole = render_context(given)
+    cut = first_prepared.prompt.index(whole) + len(render_context(given[:kept]))
+    assert prepared.prompt.startswith(first_prepared.prompt[:cut])  # a prefix of the cached prompt
+    assert first["answer"] in prepared.prompt[cut:]  # the turns after the cut are read again
+    own = [p for p in prepared.packed.passages[kept:] if "14 characters" in p.text]
+    assert own and own[0].n > max(p.n for p in given)  # numbered after every number given, dropped ones included
+    assert 0 < prepared.reused_tokens < first_prepared.prompt_tokens
+    assert prepared.numbered >= max(p.n for p in given)  # the next turn numbers after the dropped ones too
+
+
+def test_a_follow_up_starts_afresh_when_even_no_earlier_evidence_leaves_room(retriever: HybridRetriever) -> None:
+    long_answer = "Employees may work remotely up to three days per week, as the handbook says. " * 6
+    chain = tight_chain(retriever, 300, answer=long_answer)
     first = chain.runnable.invoke(FIRST)
     prepared = chain.prepare({"question": FOLLOW_UP, "chat_history": [("user", FIRST), ("assistant", first["answer"])]})
     assert not prepared.follows_up and any("starts afresh" in note for note in prepared.notes)  # the window was full
-    assert prepared.prompt_tokens + 64 <= 360
+    assert prepared.prompt_tokens + 64 <= 300
     assert any("14 characters" in passage.text for passage in prepared.packed.passages)  # its own best passage
 
 

@@ -19,6 +19,7 @@ from langchain_core.documents import Document
 from rag.answer.qa_prompt import INSUFFICIENT_EN, INSUFFICIENT_ZH, instructions_for
 from rag.cli.eval import _evaluate, eval_command
 from rag.eval.answers import Answered, AnswerRecord, row_key, score_answer, summarize, write_records
+from rag.eval.injection import ATTACKS, attack_for, injected_passages, obeyed
 from rag.eval.metrics import (
     EvalQuestion,
     cmrc_scores,
@@ -241,6 +242,25 @@ def test_rejection_and_counterfactual_sets() -> None:
     assert sorted(counterfactual_passages(few)) == sorted(wrong[:2])  # RGB shows what there is, no negatives
 
 
+def test_injection_sets_plant_the_instruction_in_one_negative() -> None:
+    question = refine()
+    names = [attack_for(i).name for i in range(len(ATTACKS))]
+    assert len(set(names)) == len(ATTACKS) == 8 and attack_for(len(ATTACKS)) == attack_for(0)  # each in turn
+    assert {name.rsplit("-", 1)[1] for name in names} == {"zh", "en"}
+    for attack in ATTACKS:
+        plain = noise_passages(question, 0.4, seed=2333)
+        planted = injected_passages(question, attack, seed=2333)
+        changed = [i for i, (a, b) in enumerate(zip(plain, planted, strict=True)) if a != b]
+        assert len(changed) == 1 and plain[changed[0]] in N  # one negative carries it; the positives are intact
+        assert planted[changed[0]] == plain[changed[0]] + "\n" + attack.text
+        assert all(not obeyed(text, attack) for text in plain)
+        assert obeyed("答案：" + attack.canaries[0].upper(), attack) and not obeyed("大熊猫吃竹子[1]。", attack)
+    # no negative: the instruction goes into a positive (the set still answers)
+    positive_only = refine(negatives=[])
+    planted = injected_passages(positive_only, ATTACKS[0])
+    assert sum(ATTACKS[0].text in text for text in planted) == 1
+
+
 def test_loading_keeps_rgb_structure(tmp_path: Path) -> None:
     lines = [
         {"id": 0, "query": "q0", "answer": ["1月3日", "12月24日"], "positive": [["a", "b"], ["c"]], "negative": ["n"]},
@@ -314,7 +334,7 @@ def test_counterfactual_figures_and_cmrc_scores() -> None:
 RECORD_FIELDS = {
     "id", "mode", "noise_ratio", "passages", "prompt_tokens", "answer", "citations", "correct", "refused",
     "error_detected", "invented_citations", "gold_shown", "first_token_ms", "tokens_per_s", "exact_match", "f1",
-    "attributed",
+    "attributed", "attack", "obeyed",
 }  # fmt: skip
 
 
@@ -401,12 +421,40 @@ def test_rag_eval_modes_with_a_scripted_model(tmp_path: Path) -> None:
     assert sum("事实性错误" in prompt for prompt in prompts) == 2
 
 
+def gullible(prompt: str) -> str:
+    """A model that does what any passage tells it: prints the planted canary of the attack it finds."""
+    for attack in ATTACKS:
+        if attack.text in prompt:
+            return attack.canaries[0]
+    return faithful(prompt)
+
+
+@pytest.mark.parametrize("model, obeys", [(faithful, False), (gullible, True)])
+def test_rag_eval_injection_counts_the_answers_that_obey(tmp_path: Path, model: Any, obeys: bool) -> None:
+    dataset = tmp_path / "mini_fact.jsonl"
+    dataset.write_text("\n".join(json.dumps(line, ensure_ascii=False) for line in FACT_LINES), encoding="utf-8")
+    evalset = load_dataset(dataset)
+    llm = scripted_llm(model, max_tokens=64)
+    settings = Settings(data_dir=tmp_path / "data", embedding_model=BUNDLED_EMBEDDER)
+    records = tmp_path / "answers.jsonl"
+    results = _evaluate(evalset, evalset.questions, settings, tmp_path / "work", [1], False, [], modes=["injection"],
+                        records=records, llm=llm)  # fmt: skip
+    summary = results["modes"]
+    assert list(summary) == ["injection", "injection: override"]  # the two questions took the first two attacks
+    assert summary["injection"]["obeyed_rate"] == (1.0 if obeys else 0.0)
+    assert summary["injection"]["accuracy"] == (0.0 if obeys else 1.0)
+    lines = [json.loads(line) for line in records.read_text("utf-8").splitlines()]
+    assert [line["attack"] for line in lines] == ["override-zh", "override-en"]
+    assert [line["obeyed"] for line in lines] == [obeys, obeys] and all(line["noise_ratio"] == 0.4 for line in lines)
+    assert all(attack.text in prompt for attack, prompt in zip(ATTACKS, llm.client.prompts, strict=False))
+
+
 def test_rag_eval_mode_options_are_checked(tmp_path: Path) -> None:
     dataset = tmp_path / "mini_refine.jsonl"
     dataset.write_text("\n".join(json.dumps(line, ensure_ascii=False) for line in RGB_LINES), encoding="utf-8")
     runner = CliRunner()
     for options, message in [
-        (["--mode", "noise,oops"], "choose among e2e, noise, rejection, counterfactual"),
+        (["--mode", "noise,oops"], "choose among e2e, noise, rejection, counterfactual, injection"),
         (["--mode", "noise", "--retrieval-only"], "needs a language model"),
         (["--mode", "counterfactual"], "needs an RGB *_fact file"),
         (["--mode", "noise", "--noise-ratios", "0,1.2"], "from 0 to 1"),

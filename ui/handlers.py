@@ -21,6 +21,7 @@ from rag.app.assistant import AnswerStats, AskOptions, Assistant
 from rag.app.library import DocumentLibrary
 from rag.app.uploads import UploadResult
 from rag.errors import ModelNotFoundError, RagError
+from ui.answer_text import inert_links
 from ui.i18n import Language, has_text, language_from_header, text
 
 __all__ = ["ChatTurn", "DocumentsView", "SessionSettings", "UiHandlers"]
@@ -143,7 +144,7 @@ class UiHandlers:
                         figures = with_notes(render_reading(event.stats, language), event.notes, language)
                     elif event.kind == "delta":
                         answer += event.text
-                        shown[-1] = {"role": "assistant", "content": answer}
+                        shown[-1] = {"role": "assistant", "content": inert_links(answer)}
                     elif event.retrieval_only:
                         count = len(event.sources)
                         shown[-1] = {
@@ -158,7 +159,7 @@ class UiHandlers:
                         )
                         return
                     else:
-                        shown[-1] = {"role": "assistant", "content": event.text}
+                        shown[-1] = {"role": "assistant", "content": inert_links(event.text)}
                         kept = [*history, ("user", question), ("assistant", event.text)]
                         yield (
                             shown,

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 from langchain_core.language_models import BaseChatModel
@@ -117,6 +117,10 @@ class PreparedQuestion:
     """The prompt extends the previous turn's (its evidence kept in place, new passages after it)."""
     reused_tokens: int = 0
     """Prompt tokens the previous turn already made the model read (llama.cpp keeps them in its cache)."""
+    first_block: int | None = None
+    """How many of the passages the prompt's first message holds (a follow-up's; None: all of them)."""
+    numbered: int = 0
+    """The highest passage number the conversation has given, dropped passages included (a follow-up's)."""
 
     @property
     def passages(self) -> list[dict[str, Any]]:
@@ -492,28 +496,89 @@ class RagChain:
         return self._fresh(start)
 
     def _follow_up(self, start: _Start, layout: ConversationLayout) -> PreparedQuestion | None:
-        """The previous turn's prompt, extended by the passages new for this question and the question; None when
-        the window cannot hold this question's own best passages after what is already there."""
-        tokens = self.tokens
-        reserve = start.llm_kwargs.get("max_tokens", tokens.max_tokens)
-        base = [*layout.messages, ChatMessage("user", follow_up_message(start.question, ""))]
-        room = tokens.context_window - reserve - self._render(base)[1] - _SAFETY - 16  # 16: the new block's heading
+        """The previous turn's prompt, extended by the passages new for this question and the question. Where this
+        question's own best passages do not fit after it, the least relevant passages of the first question's
+        evidence are dropped from its end, as few as will do (the prompt up to the cut stays cached; what follows
+        it is read again). None when the window cannot hold them even then."""
+        reserve = start.llm_kwargs.get("max_tokens", self.tokens.max_tokens)
         limit = self.max_context_tokens if start.max_context_tokens is None else start.max_context_tokens
-        budget = room if limit is None else min(room, limit)
-        cap = self.wait_cap(32)  # only the new message is read: its question and headings, then the evidence
-        if cap is not None and cap < budget:
-            start.notes.append(self._wait_note(cap, room))
-            budget = cap
-        floor = min(_MIN_EVIDENCE, max(32, tokens.context_window // 8))
+        floor = min(_MIN_EVIDENCE, max(32, self.tokens.context_window // 8))
         needed = floor if limit is None else min(floor, limit)  # a useful amount of evidence (or all that is asked)
-        if room < needed:
+        widest = self._without_tail(layout, 0) or layout
+        most = self._follow_up_room(start, widest, reserve)
+        if most < needed:
             return None  # the conversation so far leaves too little room
+        documents = self._retrieve(start.queries, most if limit is None else min(most, limit), start.k, start.sources)
+        # its own best passages: the best hit of each query it is retrieved with (follow_up_ranking puts them first),
+        # at least two
+        best = documents[: min(start.k, max(2, len(start.queries)))]
+        keys = [_document_key(d) for d in best]
+        extended = self._extend(start, layout, documents, keys, reserve, needed)
+        if extended is not None or widest is layout:
+            return extended
+        # Dropping earlier evidence makes this follow-up read the turns after the cut again: it reads no more new
+        # evidence than a fresh prompt keeps free for follow-ups, or than its own best passages need.
+        share = int(self.follow_up_room * (self.tokens.context_window - reserve))
+        own = pack_context([ContextChunk.from_document(d) for d in best], most, self.tokens.count).tokens
+        most_new = max(share, own + 16 * len(best))  # 16: a passage's label and file heading
+        # the most of the first evidence that leaves room for them (binary search: keeping fewer only frees room)
+        low, high = 0, (len(layout.passages) if layout.first_block is None else layout.first_block) - 1
+        while low <= high:
+            keep = (low + high) // 2
+            trimmed = self._without_tail(layout, keep)
+            attempt = (
+                None if trimmed is None
+                else self._extend(start, trimmed, documents, keys, reserve, needed, most_new=most_new)
+            )  # fmt: skip
+            if attempt is None:
+                high = keep - 1
+            else:
+                extended, low = attempt, keep + 1
+        return extended
+
+    def _without_tail(self, layout: ConversationLayout, keep: int) -> ConversationLayout | None:
+        """:meth:`ConversationLayout.without_tail`, its ``tokens`` what the model still holds: the first message (and
+        the few tokens of the template around it: a figure to show)."""
+        trimmed = layout.without_tail(keep, self.tokens.count)
+        if trimmed is None:
+            return None
+        return replace(trimmed, tokens=self._render([trimmed.messages[0], ChatMessage("user", ".")])[1])
+
+    def _follow_up_room(self, start: _Start, layout: ConversationLayout, reserve: int) -> int:
+        """Tokens for new evidence after ``layout`` and this question."""
+        base = [*layout.messages, ChatMessage("user", follow_up_message(start.question, ""))]
+        return self.tokens.context_window - reserve - self._render(base)[1] - _SAFETY - 16  # 16: the block's heading
+
+    def _extend(
+        self,
+        start: _Start,
+        layout: ConversationLayout,
+        documents: list[Any],
+        best: list[str],
+        reserve: int,
+        needed: int,
+        *,
+        most_new: int | None = None,
+    ) -> PreparedQuestion | None:
+        """``layout`` extended by the passages of ``documents`` it does not hold yet (at most ``most_new`` tokens of
+        them) and the question; None when the room after it is less than ``needed`` or cannot hold the ``best``
+        documents."""
+        tokens = self.tokens
+        room = self._follow_up_room(start, layout, reserve)
+        if room < needed:
+            return None
+        limit = self.max_context_tokens if start.max_context_tokens is None else start.max_context_tokens
+        budget = min([room, *(cap for cap in (limit, most_new) if cap is not None)])
+        notes = list(start.notes)
+        # what the model reads: the new message (its question and headings: 32), and the turns after a cut
+        cap = self.wait_cap(32 + max(0, self._render(layout.messages)[1] - layout.tokens))
+        if cap is not None and cap < budget:
+            notes.append(self._wait_note(cap, room))
+            budget = cap
         given = frozenset(chunk_id for passage in layout.passages for chunk_id in passage.chunk_ids)
-        documents = self._retrieve(start.queries, budget, start.k, start.sources)
-        best = [_document_key(d) for d in documents[: min(start.k, 3)]]
         packed = self._pack_documents(documents, budget, start.k, given)
         for _ in range(3):
-            fresh = renumbered(packed.passages, len(layout.passages) + 1)
+            fresh = renumbered(packed.passages, layout.next_number)
             context = render_context(fresh) if fresh else ""
             messages = [*layout.messages, ChatMessage("user", follow_up_message(start.question, context))]
             prompt, prompt_tokens = self._render(messages)
@@ -536,8 +601,10 @@ class RagChain:
             notes=packed.notes,
         )
         return start.prepared(
-            evidence, prompt, prompt_tokens, budget, messages, follows_up=True, reused_tokens=layout.tokens
-        )
+            evidence, prompt, prompt_tokens, budget, messages, follows_up=True, reused_tokens=layout.tokens,
+            notes=notes, numbered=max([layout.next_number - 1, *(p.n for p in fresh)]),
+            first_block=len(layout.passages) if layout.first_block is None else layout.first_block,
+        )  # fmt: skip
 
     def _fresh(self, start: _Start) -> PreparedQuestion:
         tokens = self.tokens
@@ -664,6 +731,9 @@ class _Start:
         *,
         follows_up: bool = False,
         reused_tokens: int = 0,
+        notes: list[str] | None = None,
+        first_block: int | None = None,
+        numbered: int = 0,
     ) -> PreparedQuestion:
         """This question, prepared with ``packed`` evidence in ``prompt`` (``follows_up``, ``reused_tokens``: the
         prompt extends the previous turn's, whose tokens the model has read)."""
@@ -675,13 +745,15 @@ class _Start:
             prompt,
             prompt_tokens,
             budget,
-            self.notes,
+            self.notes if notes is None else notes,
             messages=messages,
             llm_kwargs=self.llm_kwargs,
             system=self.system,
             conversation=self.conversation,
             follows_up=follows_up,
             reused_tokens=reused_tokens,
+            first_block=first_block,
+            numbered=numbered,
         )
 
 
@@ -750,6 +822,8 @@ class _Answer:
                 passages=list(prepared.packed.passages),
                 evidence_tokens=prepared.packed.tokens,
                 tokens=prepared.prompt_tokens + self.chain.tokens.count(self.text),
+                first_block=prepared.first_block,
+                numbered=prepared.numbered,
             )
             self.chain.layouts.put(prepared.system, turns, layout)
         return AddableDict(

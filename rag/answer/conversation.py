@@ -3,8 +3,11 @@
 A conversation's prompt grows at the end only: the instructions and the first question's evidence, the question,
 the answer, then for each follow-up one more user message with the passages that are new for it (numbered after
 the ones already given) and the question. The evidence already given stays where it was, so a follow-up's prompt
-starts with the whole previous prompt and its answer: only the new message is read. The rewrite that makes a
-follow-up standalone is asked for at the end of that same prompt, so it does not evict the cache either.
+starts with the whole previous prompt and its answer: only the new message is read. Where the follow-up's own best
+passages do not fit after it, the least relevant passages of the first question's evidence are dropped from its end
+(:meth:`ConversationLayout.without_tail`): what stays is still a prefix of the cached prompt, and only the turns after
+the cut are read again. The rewrite that makes a follow-up standalone is asked for at the end of that same prompt, so
+it does not evict the cache either.
 
 The chain stays stateless for its callers: :class:`LayoutMemory` remembers the last prompts by the conversation
 that led to them (system text, then every turn as the caller sends it back), so a UI, ``rag serve`` or a LangChain
@@ -16,10 +19,10 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from rag.answer.context import Passage
+from rag.answer.context import Passage, render_context
 from rag.answer.qa_prompt import is_chinese
 from rag.llm.prompt import ChatMessage
 
@@ -45,6 +48,40 @@ class ConversationLayout:
     """Tokens of all the evidence given so far."""
     tokens: int = 0
     """Tokens the model has read and written for it (the prompt and the answer): what its cache holds."""
+    first_block: int | None = None
+    """How many of :attr:`passages` the first message holds (the first question's evidence); None: all of them."""
+    numbered: int = 0
+    """The highest passage number given so far, those of dropped passages included."""
+
+    @property
+    def next_number(self) -> int:
+        """The number a new passage gets: after every number given so far (dropped ones included, so that a marker
+        in an earlier answer never comes to mean another passage)."""
+        return max([self.numbered, *(passage.n for passage in self.passages)]) + 1
+
+    def without_tail(self, keep: int, count: Callable[[str], int]) -> ConversationLayout | None:
+        """This conversation with only the first ``keep`` passages of the first question's evidence (files come in
+        the order of their best hit, so the least relevant go). The prompt up to the cut is unchanged, so the
+        model's cache keeps it; the turns after it are read again. None where nothing would go, or where the first
+        message does not end with that evidence (a restarted conversation's transcript follows it). ``count``: the
+        model's token count; :attr:`tokens` becomes 0 (the caller knows what the model reuses)."""
+        block = self.passages if self.first_block is None else self.passages[: self.first_block]
+        first = self.messages[0] if self.messages else None
+        whole = render_context(block)
+        if first is None or not whole or not first.content.endswith(whole) or not 0 <= keep < len(block):
+            return None
+        kept = block[:keep]
+        text = render_context(kept)
+        return replace(
+            self,
+            messages=[ChatMessage(first.role, first.content[: len(first.content) - len(whole)] + text),
+                      *self.messages[1:]],
+            passages=[*kept, *self.passages[len(block):]],
+            evidence_tokens=max(0, self.evidence_tokens - count(whole) + (count(text) if text else 0)),
+            tokens=0,
+            first_block=keep,
+            numbered=self.next_number - 1,
+        )  # fmt: skip
 
 
 def conversation_key(system: str, turns: Sequence[ChatMessage]) -> str:

@@ -76,12 +76,20 @@ def _ratios(value: str) -> list[float]:
 @click.option("--distractor-limit", type=int, help="At most this many distractor articles.")
 @click.option("--questions", "question_limit", type=int, help="Evaluate only the first N questions.")
 @click.option(
+    "--skip",
+    "question_skip",
+    type=int,
+    default=0,
+    help="Leave out the first N questions (a held-out range: --skip 30 --questions 30).",
+)
+@click.option(
     "--mode",
     "mode_list",
     default="e2e",
     show_default=True,
     help="Comma-separated: e2e (retrieval, and answers from the whole pool); RGB's fixed passage sets: noise, "
-    "rejection, counterfactual (a *_fact file).",
+    "rejection, counterfactual (a *_fact file), injection (an instruction planted in a passage: how often the answer "
+    "obeys it).",
 )
 @click.option("--noise-ratios", "ratio_list", default="0,0.4,0.8", show_default=True, help="Noise ratios (noise).")
 @click.option("--seed", type=int, default=_RGB_SEED, show_default=True, help="Seed of RGB's passage sets (RGB's).")
@@ -109,6 +117,7 @@ def eval_command(
     distractors: Path | None,
     distractor_limit: int | None,
     question_limit: int | None,
+    question_skip: int,
     mode_list: str,
     ratio_list: str,
     seed: int,
@@ -128,13 +137,16 @@ def eval_command(
       rag eval zh_refine.even.jsonl --questions 50 --llm-model ./chinese-mixtral-instruct-q4_0.gguf
       rag eval zh_refine.even.jsonl --mode noise,rejection --noise-ratios 0,0.4,0.8 --llm-model MODEL
       rag eval zh_fact.even.jsonl --mode counterfactual --llm-model MODEL
+      rag eval zh_refine.even.jsonl --mode injection --skip 30 --questions 30 --llm-model MODEL
 
     e2e reports hit@k, precision@5 and MRR@10 for the hybrid retriever and each of its sides; evidence recall per
     budget (questions whose gold passage is inside the assembled context at 2K ... 32K tokens: what a shorter wait
     costs); with a model, RGB's answer accuracy, refusals, citation precision and recall, or CMRC's EM and F1.
     noise, rejection and counterfactual give the model RGB's 5 passages (Chen et al. 2023) through the product's
     own prompt: accuracy per noise ratio, the refusal rate on negatives only, error detection and correction on
-    counterfactual passages. Every answer is one line of OUTPUT/NAME-answers.jsonl.
+    counterfactual passages; injection appends an instruction (take over the answer, reveal the instructions, cite a
+    made-up source, print a link and a command; Chinese and English in turn) to one passage of the noise-0.4 set and
+    counts the answers that obey it. Every answer is one line of OUTPUT/NAME-answers.jsonl.
     """
     from rag.cli.common import quiet_third_party, settings_from_flags
     from rag.eval.metrics import add_distractors, load_dataset, plot_retrieval_curve
@@ -152,7 +164,8 @@ def eval_command(
     pool = f"{len(evalset.passages)} passages of {dataset.name}"
     if distractors:
         pool += f" + {add_distractors(evalset, distractors, distractor_limit)} distractor articles"
-    questions = evalset.questions[:question_limit] if question_limit else evalset.questions
+    questions = evalset.questions[question_skip:]
+    questions = questions[:question_limit] if question_limit else questions
 
     output.mkdir(parents=True, exist_ok=True)
     records = output / f"{evalset.name}-answers.jsonl"
@@ -218,6 +231,7 @@ _ANSWER_COLUMNS = [
     ("citation_recall", "citation recall", "{:.3f}"),
     ("invented_citations", "invented markers", "{:.0f}"),
     ("attributed_rate", "matched by words", "{:.3f}"),
+    ("obeyed_rate", "obeyed a planted instruction", "{:.3f}"),
     ("prompt_tokens", "prompt tokens", "{:,.0f}"),
     ("first_token_ms", "first token ms", "{:,.0f}"),
     ("tokens_per_s", "tokens/s", "{:.1f}"),

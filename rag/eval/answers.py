@@ -2,9 +2,11 @@
 
 Modes: ``e2e`` (the product end to end: retrieved from the whole pool), and RGB's fixed passage sets
 (:mod:`rag.eval.rgb`): ``noise`` (5 passages at each noise ratio), ``rejection`` (5 negatives), ``counterfactual``
-(the ``*_fact`` passages edited to carry a false answer). The model is reached through an :data:`Ask` callable the
-CLI builds from the product's own chain (this package sits beside :mod:`rag.answer` and does not import it), so
-what is measured is the prompt, the citation check and the refusal users get. Records and summaries are pure.
+(the ``*_fact`` passages edited to carry a false answer), and ``injection`` (the noise-0.4 set with an instruction
+planted in one passage, :mod:`rag.eval.injection`: how often the answer obeys it). The model is reached through an
+:data:`Ask` callable the CLI builds from the product's own chain (this package sits beside :mod:`rag.answer` and
+does not import it), so what is measured is the prompt, the citation check and the refusal users get. Records and
+summaries are pure.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import Field
 
+from rag.eval.injection import attack_for, injected_passages, obeyed
 from rag.eval.metrics import (
     EvalQuestion,
     cmrc_scores,
@@ -48,7 +51,7 @@ __all__ = [
     "write_records",
 ]
 
-MODES = ("e2e", "noise", "rejection", "counterfactual")
+MODES = ("e2e", "noise", "rejection", "counterfactual", "injection")
 
 #: RGB's instruction on counterfactual documents (config/instruction.yaml: the sentence of its system prompt on
 #: factual errors). RGB's counterfactual setup gives it; our prompt does not ask to point out errors, so without it
@@ -126,6 +129,10 @@ class AnswerRecord:
     """CMRC only."""
     attributed: bool = False
     """The citations were matched by the answer's words, not written by the model."""
+    attack: str | None = None
+    """``injection``: the planted instruction's name (:data:`rag.eval.injection.ATTACKS`)."""
+    obeyed: bool | None = None
+    """``injection``: the answer followed the planted instruction."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -220,11 +227,18 @@ def answer_records(
     seed: int = RGB_SEED,
     kind: str = "rgb",
 ) -> Iterator[AnswerRecord]:
-    """Every question answered in every mode (``noise``: at every ratio), scored, as they come."""
-    fixed = {"rejection": 1.0, "counterfactual": 0.0}
+    """Every question answered in every mode (``noise``: at every ratio; ``injection``: the questions take the
+    attacks in turn), scored, as they come."""
+    fixed = {"rejection": 1.0, "counterfactual": 0.0, "injection": 0.4}
     for mode in modes:
         for ratio in ratios if mode == "noise" else [fixed.get(mode)]:
-            for question in questions:
+            for index, question in enumerate(questions):
+                if mode == "injection":
+                    attack = attack_for(index)
+                    answered = ask(question.query, injected_passages(question, attack, seed=seed), "")
+                    record = score_answer(question, answered, mode, ratio, kind)
+                    yield replace(record, attack=attack.name, obeyed=obeyed(answered.answer, attack))
+                    continue
                 passages = mode_passages(question, mode, ratio or 0.0, seed)
                 answered = ask(question.query, passages, _instructions(mode, question.query))
                 yield score_answer(question, answered, mode, ratio, kind)
@@ -279,6 +293,9 @@ def _figures(rows: Sequence[AnswerRecord]) -> dict[str, Any]:
         "first_token_ms": _mean(row.first_token_ms for row in rows),
         "tokens_per_s": _mean(row.tokens_per_s for row in rows),
     }
+    attacked = [row for row in rows if row.obeyed is not None]
+    if attacked:
+        figures["obeyed_rate"] = _share(sum(bool(row.obeyed) for row in attacked), len(attacked))
     if rows and rows[0].mode == "counterfactual":
         detected = [row for row in rows if row.error_detected]
         figures["error_detection_rate"] = _share(len(detected), n)
@@ -294,4 +311,7 @@ def summarize(records: Iterable[AnswerRecord]) -> dict[str, dict[str, Any]]:
     rows: dict[str, list[AnswerRecord]] = {}
     for record in records:
         rows.setdefault(row_key(record), []).append(record)
-    return {key: _figures(group) for key, group in rows.items()}
+    kinds: dict[str, list[AnswerRecord]] = {}  # injection: also one row per kind of attack, both languages
+    for record in rows.get("injection", []):
+        kinds.setdefault(f"injection: {(record.attack or '').rsplit('-', 1)[0]}", []).append(record)
+    return {key: _figures(group) for key, group in {**rows, **dict(sorted(kinds.items()))}.items()}

@@ -35,6 +35,7 @@ import re
 import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -69,6 +70,8 @@ _CHUNK_COLUMNS = (
     "coalesce(json_extract(metadata, '$.table_header'), '')"
 )
 _BATCH = 500
+#: Seconds a connection waits for another process's write lock.
+_BUSY_TIMEOUT_S = 60.0
 logger = logging.getLogger("rag.lexical")
 _Result = TypeVar("_Result")
 
@@ -109,6 +112,22 @@ class LexicalHit(NamedTuple):
     chunk_id: str
     score: float
     coverage: float
+
+
+def _use_wal(connection: sqlite3.Connection) -> None:
+    """Switch the file to write-ahead logging (it stays so). Several processes opening a new file at once race for
+    the switch, and SQLite answers the loser "database is locked" at once, without waiting for the busy timeout
+    (seen with three writers in CI): it is tried again until the timeout, and not at all once the file is in WAL."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    while True:
+        try:
+            if str(connection.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 class LexicalIndex:
@@ -160,9 +179,9 @@ class LexicalIndex:
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, timeout=60)
+        connection = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S)
         try:
-            connection.execute("PRAGMA journal_mode=WAL")
+            _use_wal(connection)
             connection.execute("PRAGMA mmap_size=268435456")  # reads straight from the page cache
             with connection:
                 connection.execute("CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT)")
