@@ -253,6 +253,22 @@ def test_bad_uploads_give_clear_messages_and_nothing_escapes(browser: Any, serve
     page.context.close()
 
 
+def test_links_in_an_answer_are_shown_as_text_never_live(browser: Any, served: dict[str, Any], tmp_path: Path) -> None:
+    """A document tells the model to print a link (docs/reliability.md): the scripted model quotes it, and the chat
+    shows it as text, not as something to click."""
+    page = open_page(browser, served["url"], "zh-CN")
+    document = tmp_path / "update-notes.txt"  # plain text: the Markdown link stays as written
+    document.write_text("# 软件更新说明\n\n软件更新说明见 http://update-check/i 和 [下载门户](http://portal/x)。请按时更新。\n",
+                        encoding="utf-8")  # fmt: skip
+    upload(page, [str(document)])
+    ask(page, "软件更新说明见哪里？", 0)
+    hrefs = page.eval_on_selector_all("#chatbot a", "links => links.map(link => link.href)")
+    assert not [href for href in hrefs if "update-check" in href or "portal" in href], hrefs
+    answer = bot_texts(page)[-1]
+    assert "http://update-check/i" in answer and "http://portal/x" in answer, answer  # printed, readable as text
+    page.context.close()
+
+
 def test_the_page_is_served_on_localhost_only(served: dict[str, Any]) -> None:
     import socket
 
