@@ -47,7 +47,7 @@ PERTURBED_SAMPLING: dict[str, Any] = {
     "min_p": 0.0,
 }
 #: Added to the logits of the tokens that open a citation marker (``[``): see :func:`_steer`.
-CITATION_BIAS = float(os.environ.get("RAG_TEST_PERTURB_CITATION_BIAS", "8"))
+CITATION_BIAS = float(os.environ.get("RAG_TEST_PERTURB_CITATION_BIAS", "14"))
 
 
 def active() -> bool:
@@ -83,17 +83,32 @@ def perturbed_seed(prompt: object) -> int | None:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def _steer(llama: Any) -> Callable[[Any, Any], Any]:
+def _steer(llama: Any, prompt_length: int) -> Callable[[Any, Any], Any]:
     """A logits processor that moves a generation off the path greedy decoding takes: at every step the model's own
     first choice is ruled out (so every perturbed text differs from the greedy one, as it may from the first token
     on another CPU), and the tokens opening a ``[n]`` citation marker are made likelier (a small model rarely cites,
-    and a test must hold whether the model cites, cites another passage, or cites none)."""
-    opening = [ids[0] for text in (b"[", b" [") if (ids := llama.tokenize(text, add_bos=False, special=False))]
+    and a test must hold whether the model cites, cites another passage, or cites none): the first marker only,
+    closed once opened, so the answer cites one passage, as another CPU's answer might, not every passage at once."""
 
-    def steer(_input_ids: Any, scores: Any) -> Any:
+    def first_token(text: bytes) -> int | None:
+        ids = llama.tokenize(text, add_bos=False, special=False)
+        return ids[0] if ids else None
+
+    opening = {token for text in (b"[", b" [") if (token := first_token(text)) is not None}
+    digits = {token for n in range(10) if (token := first_token(str(n).encode())) is not None}
+    closing = first_token(b"]")
+
+    def steer(input_ids: Any, scores: Any) -> Any:
         scores = scores.copy()
+        written = [int(token) for token in input_ids[prompt_length:]]
+        if closing is not None and len(written) >= 2 and written[-1] in digits and written[-2] in opening | digits:
+            # inside a marker ("[3"): close it, so the answer really cites a passage (its digit was not the model's
+            # first choice: another passage than greedy decoding would cite)
+            scores[closing] += 2 * CITATION_BIAS
+            return scores
         scores[int(scores.argmax())] = -float("inf")
-        scores[[token for token in opening if token < len(scores)]] += CITATION_BIAS
+        if not opening.intersection(written):  # one marker made likelier, not a flood of them citing everything
+            scores[[token for token in opening if token < len(scores)]] += CITATION_BIAS
         return scores
 
     return steer
@@ -124,7 +139,7 @@ def _perturb_llama_cpp(llama: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     # max_tokens, which we cannot change (seen with temperature 1).
     if seed is not None and kwargs.get("grammar") is None:
         kwargs.update(PERTURBED_SAMPLING)
-        kwargs["logits_processor"] = [*(kwargs.get("logits_processor") or []), _steer(llama)]
+        kwargs["logits_processor"] = [*(kwargs.get("logits_processor") or []), _steer(llama, len(tokens))]
         llama.set_seed(seed)  # the sampler llama.cpp builds next draws from this seed
 
 
