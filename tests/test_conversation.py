@@ -14,8 +14,10 @@ from langchain_core.callbacks import BaseCallbackHandler
 
 from rag.answer.chain import RagChain
 from rag.answer.context import render_context
+from rag.answer.qa_prompt import qa_messages
 from rag.llm.adapter import MixtralInstructLLM
 from rag.llm.counting import ModelTokens
+from rag.llm.prompt import render_instruct_prompt
 from rag.retrieval.retriever import HybridRetriever
 from tests.documents import ingest_into_store
 from tests.fakes import ScriptedBackend, scripted_llm
@@ -101,23 +103,27 @@ def test_without_reuse_the_follow_up_starts_afresh(retriever: HybridRetriever) -
     assert not answer_two.startswith(answer_one)
 
 
-def tight_chain(retriever: HybridRetriever, window: int, answer: str | None = None) -> RagChain:
-    """A window the first question's evidence fills (``answer``: what the model writes, else a quote)."""
+def tight_chain(retriever: HybridRetriever, room: int, answer: str | None = None) -> tuple[RagChain, int]:
+    """A chain whose window leaves ``room`` tokens beside the first question's prompt without evidence and a
+    64-token answer, and that window (``answer``: what the model writes, else a quote). Relative to the prompt, so
+    the instructions' wording does not decide the test."""
     script = quote_passage_with("days") if answer is None else (lambda prompt: answer)
+    overhead = ModelTokens(scripted_llm()).count_prompt(render_instruct_prompt(qa_messages(FIRST, "")))
+    window = overhead + 64 + room
     small = scripted_llm(max_tokens=64)
     small.client = ScriptedBackend(script, context_window=window)
-    return chain_of(retriever, small)
+    return chain_of(retriever, small), window
 
 
 def test_a_follow_up_without_room_drops_the_first_evidence_from_its_end(retriever: HybridRetriever) -> None:
-    chain = tight_chain(retriever, 360)
+    chain, window = tight_chain(retriever, 142)  # two or three short passages, and no room for more after them
     first_prepared = chain.prepare(FIRST)
     first = chain.runnable.invoke(FIRST)
     given = first_prepared.packed.passages
     assert not any("14 characters" in p.text for p in given[:1])  # the follow-up's best passage was not first
     prepared = chain.prepare({"question": FOLLOW_UP, "chat_history": [("user", FIRST), ("assistant", first["answer"])]})
     assert prepared.follows_up and not any("starts afresh" in note for note in prepared.notes)
-    assert prepared.prompt_tokens + 64 <= 360
+    assert prepared.prompt_tokens + 64 <= window
     kept = prepared.first_block
     assert kept is not None and kept < len(given)  # the least relevant of the first evidence went...
     assert prepared.packed.passages[:kept] == given[:kept]  # ...from its end: the rest is as it was
@@ -133,11 +139,11 @@ def test_a_follow_up_without_room_drops_the_first_evidence_from_its_end(retrieve
 
 def test_a_follow_up_starts_afresh_when_even_no_earlier_evidence_leaves_room(retriever: HybridRetriever) -> None:
     long_answer = "Employees may work remotely up to three days per week, as the handbook says. " * 6
-    chain = tight_chain(retriever, 300, answer=long_answer)
+    chain, window = tight_chain(retriever, 82, answer=long_answer)
     first = chain.runnable.invoke(FIRST)
     prepared = chain.prepare({"question": FOLLOW_UP, "chat_history": [("user", FIRST), ("assistant", first["answer"])]})
     assert not prepared.follows_up and any("starts afresh" in note for note in prepared.notes)  # the window was full
-    assert prepared.prompt_tokens + 64 <= 300
+    assert prepared.prompt_tokens + 64 <= window
     assert any("14 characters" in passage.text for passage in prepared.packed.passages)  # its own best passage
 
 

@@ -160,20 +160,23 @@ def test_figures_are_measured(handlers: UiHandlers, smollm2_handlers: UiHandlers
     for ui in (smollm2_handlers, handlers):  # the real model (shapes only), then the scripted one (exact counts)
         events = list(ui.assistant.ask("How many days of paid leave per year?", options=AskOptions(max_tokens=16)))
         kinds = [event.kind for event in events]
-        assert kinds[0] == "passages" and kinds[-1] == "done" and kinds.count("delta") >= 1
+        assert kinds[0] == "passages" and kinds[-1] == "done"
         stats = events[-1].stats
-        assert 0 < stats.retrieval_ms < stats.first_token_ms <= stats.total_ms  # type: ignore[operator]
+        assert 0 < stats.retrieval_ms <= stats.total_ms
         assert 0 < stats.context_tokens <= stats.budget and stats.prompt_tokens > stats.context_tokens
-        assert 1 <= stats.answer_tokens <= 16 and (stats.tokens_per_s is None or stats.tokens_per_s > 0)
+        assert 0 <= stats.answer_tokens <= 16 and (stats.tokens_per_s is None or stats.tokens_per_s > 0)
+        if "delta" in kinds:  # a model may write nothing a user sees (only a marker naming no passage): no first token
+            assert stats.retrieval_ms < stats.first_token_ms <= stats.total_ms  # type: ignore[operator]
         assert events[-1].text == "".join(event.text for event in events if event.kind == "delta")
         # a second question reuses the cached chain and the loaded model
         assert ui.assistant.chain("docs") is ui.assistant.chain("docs")
         assert ui.assistant.llm is ui.assistant.chain("docs").llm
-    answer = events[-1].text
+    answer = events[-1].text  # the scripted model's: it always writes
     assert (
         stats.answer_tokens == ui.assistant.chain("docs").tokens.count(answer) > 1
     )  # counted with the Mixtral tokenizer
     assert kinds.count("delta") >= 2 and stats.tokens_per_s and stats.tokens_per_s > 1
+    assert stats.retrieval_ms < stats.first_token_ms <= stats.total_ms  # type: ignore[operator]
 
 
 def test_session_settings_are_per_session(handlers: UiHandlers) -> None:
