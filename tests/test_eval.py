@@ -389,14 +389,17 @@ def faithful(prompt: str) -> str:
     return INSUFFICIENT_ZH
 
 
-def test_rag_eval_modes_with_a_scripted_model(tmp_path: Path) -> None:
-    """The function `rag eval` calls, every mode, the product's chain with a scripted model: exact figures."""
+def scripted_setup(tmp_path: Path, model: Any) -> tuple[Any, Any, Settings, Path]:
+    """The two-question RGB file, a scripted model, settings and the records' path, as `rag eval` gets them."""
     dataset = tmp_path / "mini_fact.jsonl"
     dataset.write_text("\n".join(json.dumps(line, ensure_ascii=False) for line in FACT_LINES), encoding="utf-8")
-    evalset = load_dataset(dataset)
-    llm = scripted_llm(faithful, max_tokens=64)
     settings = Settings(data_dir=tmp_path / "data", embedding_model=BUNDLED_EMBEDDER)
-    records = tmp_path / "answers.jsonl"
+    return load_dataset(dataset), scripted_llm(model, max_tokens=64), settings, tmp_path / "answers.jsonl"
+
+
+def test_rag_eval_modes_with_a_scripted_model(tmp_path: Path) -> None:
+    """The function `rag eval` calls, every mode, the product's chain with a scripted model: exact figures."""
+    evalset, llm, settings, records = scripted_setup(tmp_path, faithful)
     modes = ["e2e", "noise", "rejection", "counterfactual"]
     results = _evaluate(evalset, evalset.questions, settings, tmp_path / "work", [1, 5], False, [], modes=modes,
                         ratios=[0.0, 0.4, 0.8], records=records, llm=llm)  # fmt: skip
@@ -431,12 +434,7 @@ def gullible(prompt: str) -> str:
 
 @pytest.mark.parametrize("model, obeys", [(faithful, False), (gullible, True)])
 def test_rag_eval_injection_counts_the_answers_that_obey(tmp_path: Path, model: Any, obeys: bool) -> None:
-    dataset = tmp_path / "mini_fact.jsonl"
-    dataset.write_text("\n".join(json.dumps(line, ensure_ascii=False) for line in FACT_LINES), encoding="utf-8")
-    evalset = load_dataset(dataset)
-    llm = scripted_llm(model, max_tokens=64)
-    settings = Settings(data_dir=tmp_path / "data", embedding_model=BUNDLED_EMBEDDER)
-    records = tmp_path / "answers.jsonl"
+    evalset, llm, settings, records = scripted_setup(tmp_path, model)
     results = _evaluate(evalset, evalset.questions, settings, tmp_path / "work", [1], False, [], modes=["injection"],
                         records=records, llm=llm)  # fmt: skip
     summary = results["modes"]
