@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from langchain_core.documents import Document
 
 from rag.answer.qa_prompt import INSUFFICIENT_EN, INSUFFICIENT_ZH, instructions_for
-from rag.cli.eval import _evaluate, eval_command
+from rag.cli.eval import _evaluate, answer_settings, eval_command
 from rag.eval.answers import Answered, AnswerRecord, row_key, score_answer, summarize, write_records
 from rag.eval.injection import ATTACKS, attack_for, injected_passages, obeyed
 from rag.eval.metrics import (
@@ -445,6 +445,13 @@ def test_rag_eval_injection_counts_the_answers_that_obey(tmp_path: Path, model: 
     assert [line["attack"] for line in lines] == ["override-zh", "override-en"]
     assert [line["obeyed"] for line in lines] == [obeys, obeys] and all(line["noise_ratio"] == 0.4 for line in lines)
     assert all(attack.text in prompt for attack, prompt in zip(ATTACKS, llm.client.prompts, strict=False))
+
+
+def test_rag_eval_answers_greedily_unless_told() -> None:
+    settings = Settings(llm_temperature=0.7)
+    greedy = answer_settings(settings, 0.0)
+    assert (greedy.llm_temperature, greedy.llm_seed) == (0.0, 0)  # reproducible on one machine
+    assert answer_settings(settings, 0.2).llm_temperature == 0.2 and settings.llm_temperature == 0.7
 
 
 def test_rag_eval_mode_options_are_checked(tmp_path: Path) -> None:

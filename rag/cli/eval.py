@@ -93,6 +93,14 @@ def _ratios(value: str) -> list[float]:
 )
 @click.option("--noise-ratios", "ratio_list", default="0,0.4,0.8", show_default=True, help="Noise ratios (noise).")
 @click.option("--seed", type=int, default=_RGB_SEED, show_default=True, help="Seed of RGB's passage sets (RGB's).")
+@click.option(
+    "--temperature",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Sampling temperature of the answers (seed 0): greedy by default, so two runs on one machine agree and a "
+    "change is what moved a figure; 0.2 is what the product uses.",
+)
 @click.option("--embedding-model", help="Embedder for the evaluation store (RAG_EMBEDDING_MODEL).")
 @click.option("--llm-model", help="Language model for answers (RAG_LLM_MODEL).")
 @click.option(
@@ -118,6 +126,7 @@ def eval_command(
     distractor_limit: int | None,
     question_limit: int | None,
     question_skip: int,
+    temperature: float,
     mode_list: str,
     ratio_list: str,
     seed: int,
@@ -156,6 +165,7 @@ def eval_command(
     budgets = _ks(budget_list) if budget_list.strip() else []
     modes, ratios = _modes(mode_list), _ratios(ratio_list)
     settings = settings_from_flags(config_file=config_file, embedding_model=embedding_model, llm_model=llm_model)
+    settings = answer_settings(settings, temperature)
     try:
         evalset = load_dataset(dataset)
     except ValueError as error:
@@ -198,6 +208,13 @@ def eval_command(
     written += ["-retrieval.png"] if "retrieval" in summary else []
     written += [f"{records.name} (one line per question and mode)"] if summary.get("modes") else []
     click.echo(f"\nWritten: {', '.join(written)}")
+
+
+def answer_settings(settings: Settings, temperature: float) -> Settings:
+    """``settings`` answering at ``temperature`` with a fixed seed. At the product's default (0.2, a random seed) the
+    same prompt on the same machine answers some RGB questions in one run and refuses them in the next, so a
+    comparison of two prompts would measure the dice (docs/benchmarks.md, session 15)."""
+    return settings.model_copy(update={"llm_temperature": temperature, "llm_seed": 0})
 
 
 def _check_modes(modes: list[str], evalset: Any, retrieval_only: bool) -> None:
