@@ -50,6 +50,10 @@ PERTURBED_SAMPLING: dict[str, Any] = {
 CITATION_BIAS = float(os.environ.get("RAG_TEST_PERTURB_CITATION_BIAS", "14"))
 
 
+#: Tokens written before the citation marker is made likelier.
+_WORDS_BEFORE_MARKER = 4
+
+
 def active() -> bool:
     return bool(os.environ.get(LOG_ENV) or os.environ.get(SEED_ENV))
 
@@ -107,7 +111,9 @@ def _steer(llama: Any, prompt_length: int) -> Callable[[Any, Any], Any]:
             scores[closing] += 2 * CITATION_BIAS
             return scores
         scores[int(scores.argmax())] = -float("inf")
-        if not opening.intersection(written):  # one marker made likelier, not a flood of them citing everything
+        # one marker made likelier, after a few words (as a model cites what it wrote, and not an answer that is
+        # only a marker), not a flood of them citing everything
+        if len(written) >= _WORDS_BEFORE_MARKER and not opening.intersection(written):
             scores[[token for token in opening if token < len(scores)]] += CITATION_BIAS
         return scores
 
