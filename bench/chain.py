@@ -6,10 +6,9 @@
 Three-turn conversations through :class:`rag.answer.chain.RagChain` with re-retrieval on every turn (the sample
 documents, with ``--rgb`` three questions of an RGB slice over their own passages, with ``--news`` conversations over
 the first 60 articles of a CRUD news file, one file each: a real corpus, whose first turn fills the window), on
-SmolLM2-135M (its ChatML
-template, ``--n-ctx`` >= 4K) and on the tiny random Mixtral GGUF (the Mixtral-Instruct template). Every conversation
-runs twice in the same process (``--qwen``: also on Qwen2.5-Coder-1.5B, the Chinese demo model, slow on a CPU):
-follow-ups extending the previous prompt (the default) and with that switched off
+SmolLM2-135M (its ChatML template, ``--n-ctx`` >= 4K) and on the tiny random Mixtral GGUF (the Mixtral-Instruct
+template); ``--qwen`` adds Qwen2.5-Coder-1.5B, the Chinese demo model (slow on a CPU). Every conversation runs twice
+in the same process: follow-ups extending the previous prompt (the default) and with that switched off
 (``reuse_conversation=False``: every turn a fresh prompt). Reported per model and mode: first-turn time to first
 answer token, follow-up time to first token (rewrite included), their ratio (target <= 0.1), and the prompt tokens
 llama.cpp evaluated per turn (its own count: prompt minus cached). Last, the evidence budget the chain chooses for a

@@ -501,7 +501,7 @@ class RagChain:
         evidence are dropped from its end, as few as will do (the prompt up to the cut stays cached; what follows
         it is read again). None when the window cannot hold them even then."""
         reserve = start.llm_kwargs.get("max_tokens", self.tokens.max_tokens)
-        limit = self.max_context_tokens if start.max_context_tokens is None else start.max_context_tokens
+        limit = start.max_context_tokens  # the question's, else the chain's (resolved by _start)
         floor = min(_MIN_EVIDENCE, max(32, self.tokens.context_window // 8))
         needed = floor if limit is None else min(floor, limit)  # a useful amount of evidence (or all that is asked)
         widest = self._without_tail(layout, 0) or layout
@@ -528,7 +528,8 @@ class RagChain:
             trimmed = self._without_tail(layout, keep)
             attempt = (
                 None if trimmed is None
-                else self._extend(start, trimmed, documents, keys, reserve, needed, most_new=most_new)
+                else self._extend(start, trimmed, documents, keys, reserve, needed, most_new=most_new,
+                                  rereads=max(0, self._render(trimmed.messages)[1] - trimmed.tokens))
             )  # fmt: skip
             if attempt is None:
                 high = keep - 1
@@ -559,19 +560,19 @@ class RagChain:
         needed: int,
         *,
         most_new: int | None = None,
+        rereads: int = 0,
     ) -> PreparedQuestion | None:
         """``layout`` extended by the passages of ``documents`` it does not hold yet (at most ``most_new`` tokens of
         them) and the question; None when the room after it is less than ``needed`` or cannot hold the ``best``
-        documents."""
+        documents. ``rereads``: tokens of ``layout`` the model must read again (the turns after a cut)."""
         tokens = self.tokens
         room = self._follow_up_room(start, layout, reserve)
         if room < needed:
             return None
-        limit = self.max_context_tokens if start.max_context_tokens is None else start.max_context_tokens
-        budget = min([room, *(cap for cap in (limit, most_new) if cap is not None)])
+        budget = min([room, *(cap for cap in (start.max_context_tokens, most_new) if cap is not None)])
         notes = list(start.notes)
         # what the model reads: the new message (its question and headings: 32), and the turns after a cut
-        cap = self.wait_cap(32 + max(0, self._render(layout.messages)[1] - layout.tokens))
+        cap = self.wait_cap(32 + rereads)
         if cap is not None and cap < budget:
             notes.append(self._wait_note(cap, room))
             budget = cap
