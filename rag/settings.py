@@ -151,6 +151,35 @@ class Settings(BaseSettings):
         le=1.0,
         description="Past the top k, hits scoring under this share of the best hit's score do not fill the budget.",
     )
+    rerank_model: str | None = Field(
+        default=None,
+        description="A cross-encoder (hub id or folder, e.g. BAAI/bge-reranker-v2-m3) that scores retrieval's best "
+        "candidates again with the question; with rerank_base_url, the name the rerank server serves. Unset: "
+        "retrieval's order.",
+    )
+    rerank_base_url: str | None = Field(
+        default=None,
+        description="A rerank server instead of a cross-encoder in this process: http://host:port "
+        "(text-embeddings-inference) or http://host:port/v1 (/v1/rerank of vLLM, Jina, infinity, llama.cpp's server).",
+    )
+    rerank_api_key: SecretStr | None = Field(default=None, description="API key of the rerank server.")
+    rerank_backend: str | None = Field(
+        default=None,
+        description="identity, cross-encoder, server or a registered backend (unset: inferred from the two above).",
+    )
+    rerank_device: str | None = Field(default=None, description="torch device for the cross-encoder (cpu, cuda).")
+    rerank_candidates: int = Field(
+        default=20,
+        ge=1,
+        le=256,
+        description="How many of retrieval's best hits the reranker scores; the deeper ones follow in retrieval's "
+        "order (the cost grows with this: docs/benchmarks.md, query latency).",
+    )
+    rerank_top_n: int | None = Field(
+        default=None,
+        ge=1,
+        description="Keep only this many reranked hits as evidence (unset: all of them, reordered, then the rest).",
+    )
     follow_up_query: Literal["history", "rewrite"] = Field(
         default="history",
         description="How a follow-up question is retrieved: 'history' fuses the rankings of the follow-up and of the "

@@ -59,14 +59,17 @@ from rag.answer.schemas import RagAnswer, RagOptions, RagQuestion
 from rag.chunks import ContextChunk
 from rag.errors import ConfigError, ContextOverflowError, EmptyStoreError
 from rag.llm.prompt import ChatMessage, normalize_messages, render_instruct_prompt
+from rag.retrieval.rerankers.base import IdentityReranker
 
 if TYPE_CHECKING:
+    from langchain_core.documents import Document
     from langchain_core.retrievers import BaseRetriever
 
     from rag.chunks import ChunkReader
     from rag.llm.adapter import MixtralInstructLLM
     from rag.llm.counting import ModelTokens
     from rag.llm.speed import PromptSpeed
+    from rag.retrieval.rerankers.base import Reranker
 
     AnswerModel: TypeAlias = MixtralInstructLLM | BaseChatModel
 
@@ -156,6 +159,9 @@ class RagChain:
         max_wait_s: float | None = None,
         relevance_floor: float = 0.0,
         follow_up_query: FollowUpQuery = "history",
+        reranker: Reranker | None = None,
+        rerank_candidates: int = 20,
+        rerank_top_n: int | None = None,
     ) -> None:
         if follow_up_query not in ("history", "rewrite"):
             raise ConfigError(f"follow_up_query={follow_up_query!r}: choose 'history' or 'rewrite'")
@@ -186,6 +192,11 @@ class RagChain:
         follow-ups can extend it."""
         self.follow_up_query = follow_up_query
         """What a follow-up is retrieved with (:data:`FollowUpQuery`)."""
+        self.reranker = reranker if reranker is not None else IdentityReranker()
+        """The rerank stage: retrieval's best :attr:`rerank_candidates` scored again with the question's queries."""
+        self.rerank_candidates = rerank_candidates
+        self.rerank_top_n = rerank_top_n
+        """Only this many reranked hits are kept as evidence (None: all, then the unscored rest)."""
         self.layouts = LayoutMemory()
 
     # -- steps -----------------------------------------------------------------------------------------------
@@ -398,10 +409,23 @@ class RagChain:
         return self._pack_documents(self._retrieve(queries, budget, k, sources), budget, k, exclude)
 
     def _retrieve(self, queries: Sequence[str], budget: int, k: int, sources: list[str] | None) -> list[Any]:
+        return self.retrieve(queries, budget=budget, k=k, sources=sources)
+
+    def retrieve(
+        self, queries: Sequence[str], *, budget: int, k: int, sources: list[str] | None = None
+    ) -> list[Document]:
+        """The hits the evidence is packed from, best first: retrieval deep enough to fill ``budget`` (one ranking
+        per query, joined by :meth:`follow_up_ranking`) -> the rerank stage -> the relevance floor."""
         depth = ContextAssembler.depth_for(budget, k)
         filters: dict[str, Any] = {"sources": sources} if sources else {}  # only our retriever takes sources
         rankings = [list(self.retriever.invoke(query, k=depth, **filters)) for query in queries]
         found = rankings[0] if len(rankings) == 1 else self.follow_up_ranking(rankings)[:depth]
+        reranked = self.reranker.reorders and bool(found)
+        if reranked:
+            head = self.reranker.rerank(queries, found[: self.rerank_candidates], top_n=self.rerank_top_n)
+            # the deeper hits, never scored, follow in retrieval's order; a floor or top-n keeps only scored ones
+            keep_tail = self.rerank_top_n is None and not self.relevance_floor
+            found = head + (found[self.rerank_candidates :] if keep_tail else [])
         if not self.relevance_floor or not found:
             return found
         # hits far below the best one are noise: the budget is not filled with them (the top k always stay)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from rag.llm.speed import PromptSpeed
     from rag.retrieval.embedders.base import Embedder
     from rag.retrieval.lexical import LexicalIndex
+    from rag.retrieval.rerankers.base import Reranker
     from rag.retrieval.retriever import HybridRetriever
     from rag.retrieval.store import ChunkStore
 
@@ -81,6 +82,7 @@ class Components:
         self._embedders: dict[str, Embedder] = {}
         self._chains: dict[tuple[str, bool], RagChain] = {}
         self._ocr: OcrEngine | None = None
+        self._reranker: Reranker | None = None
         self._lock = threading.RLock()
 
     def settings_for(self, collection: str | None = None) -> Settings:
@@ -182,6 +184,23 @@ class Components:
                 self._llm.observe_prompt_speed(self.prompt_speed().observe)
             return self._llm
 
+    def reranker(self) -> Reranker:
+        """The process's rerank stage (``RAG_RERANK_*``): built once, instantly; a model loads at its first use."""
+        with self._lock:
+            if self._reranker is None:
+                from rag.retrieval.rerankers import RerankerSpec, make_reranker
+
+                settings = self.settings
+                api_key = settings.rerank_api_key
+                spec = RerankerSpec(
+                    model=settings.rerank_model,
+                    base_url=settings.rerank_base_url,
+                    api_key=api_key.get_secret_value() if api_key is not None else None,
+                    device=settings.rerank_device,
+                )
+                self._reranker = make_reranker(spec, settings.rerank_backend)
+            return self._reranker
+
     def prompt_speed(self) -> PromptSpeed:
         """How fast the configured model reads prompts here: ``prompt_tokens_per_s``, else measured on real
         prompts and kept per model and machine in ``DATA_DIR/prompt-speed.json``."""
@@ -262,6 +281,9 @@ class Components:
             max_wait_s=settings.max_wait_s,
             relevance_floor=settings.relevance_floor,
             follow_up_query=settings.follow_up_query,
+            reranker=self.reranker(),
+            rerank_candidates=settings.rerank_candidates,
+            rerank_top_n=settings.rerank_top_n,
             empty_message=(
                 f"nothing has been ingested into collection '{settings.collection}' at {data} yet: "
                 "run `ingest PATH` (or `rag ingest PATH`) first"

