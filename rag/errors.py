@@ -11,6 +11,7 @@ import os
 import re
 
 __all__ = [
+    "BusyError",
     "ConfigError",
     "ContextOverflowError",
     "DiskFullError",
@@ -42,6 +43,14 @@ class ModelIntegrityError(ModelNotFoundError):
     """A model file does not match its published size and SHA-256 (a damaged or altered copy): it is never loaded,
     and the message names the file, both hashes and how to get a good copy. A :class:`ModelNotFoundError`, so every
     place that reports a missing model reports this one too."""
+
+
+class BusyError(RagError):
+    """Every answer slot is taken and the queue is full: retry after :attr:`retry_after_s` seconds."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class StoreError(RagError):

@@ -6,14 +6,16 @@ Endpoints: ``GET /v1/models`` (``rag-COLLECTION`` per collection, plus the bare 
 (streamed or not; sources in ``message.sources`` and ``url_citation`` annotations, in the first chunk of a stream),
 ``POST /v1/chunks`` (retrieval only), ``POST /v1/embeddings``, ``GET|DELETE /v1/documents[/{id}]``,
 ``POST /v1/ingest`` + ``GET /v1/ingest/{job}``, ``GET /health``. Responses are the ``openai`` package's types;
-errors use OpenAI's envelope (:mod:`rag.server.errors`). Answers are admitted before retrieval
-(:mod:`rag.server.admission`); a client that disconnects cancels its generation.
+errors use OpenAI's envelope (:mod:`rag.server.errors`). Answers come from the answer service every surface uses
+(:class:`rag.app.assistant.Assistant`: admitted before retrieval, a full queue is a 503); this module only maps its
+events to OpenAI's wire format. A client that disconnects cancels its generation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -22,7 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +34,12 @@ from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rag.server.admission import Admission
 from rag.server.errors import ApiError, install_error_handlers, stream_error_event
 from rag.server.jobs import IngestJobs
 from rag.server.protocol import ChatCompletionRequest, ChatMessageIn, ChunksRequest, EmbeddingsRequest
 
 if TYPE_CHECKING:
-    from rag.answer.chain import PreparedQuestion
+    from rag.app.assistant import AnswerEvent, AskOptions
     from rag.app.root import Components
 
 __all__ = ["ServeOptions", "create_app"]
@@ -150,18 +151,17 @@ class _Health:
 
 def create_app(components: Components, options: ServeOptions | None = None) -> FastAPI:
     """The FastAPI app of `rag serve` over ``components`` (the composition root)."""
+    from rag.app.assistant import Assistant
     from rag.app.library import DocumentLibrary
 
     options = options or ServeOptions.from_components(components)
     library = DocumentLibrary(components)
     jobs = IngestJobs(library)
     health = _Health()
-    state: dict[str, Admission] = {}
-    count_tokens = _TokenCount(components)
+    assistant = Assistant(components, slots=options.slots, queue=options.queue)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state["admission"] = Admission(options.slots, options.queue)
         if components.use_llm and options.warm_up:
             threading.Thread(target=_warm_up, args=(components, health), name="warm-up", daemon=True).start()
         else:
@@ -218,9 +218,8 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
             return JSONResponse({"status": "error", "error": health.error}, status_code=503)
         if not health.ready.is_set():
             return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "5"})
-        admission = state.get("admission")
-        busy = {"running": admission.running, "waiting": admission.waiting} if admission else {}
-        return JSONResponse({"status": "ok", **busy})
+        admission = assistant.admission
+        return JSONResponse({"status": "ok", "running": admission.running, "waiting": admission.waiting})
 
     @app.get("/v1/models", dependencies=guarded)
     async def list_models() -> dict[str, Any]:
@@ -236,48 +235,24 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
         if not components.use_llm:
             raise ApiError(503, "this server runs without a language model (--no-llm): use /v1/chunks",
                            code="model_unavailable")  # fmt: skip
-        admission = state["admission"]
-        await admission.enter()  # before retrieval: a refused request costs nothing
+        events = assistant.astream(question, history, _ask_options(body, collection, use_retrieval), system=system)
         try:
-            answer = _Answer(body, question, time.time(), count_tokens)
-            if use_retrieval:
-                assert collection is not None
-                chain = components.chain(collection)
-                inputs = {
-                    "question": question,
-                    "chat_history": history,
-                    "system": system,
-                    "options": {
-                        key: value
-                        for key, value in (
-                            ("k", extra.k if extra else None),
-                            ("sources", extra.sources if extra else None),
-                            ("max_context_tokens", extra.max_context_tokens if extra else None),
-                        )
-                        if value is not None
-                    },
-                }
-                prepared = await chain.aprepare(inputs)
-                pieces: AsyncIterator[dict[str, Any]] = chain.agenerate(prepared, **_sampling(body))
-                answer.prepared = prepared
-            else:
-                pieces = _bare(components, system, history, question, body)
+            # the slot, then retrieval and the prompt: a full queue or a bad request is an HTTP error, sent before
+            # the first byte of a stream
+            first = await anext(events)
         except BaseException:
-            admission.leave()
+            await events.aclose()
             raise
+        answer = _Answer(body, first, retrieval=use_retrieval)
         include_sources = extra is None or extra.include_sources
         base = str(request.base_url).rstrip("/")
         if body.stream:
-            stream = _stream(answer, pieces, include_sources=include_sources, base_url=base)
             return StreamingResponse(
-                _released(stream, admission.leave),
+                _stream(answer, events, include_sources=include_sources, base_url=base),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        try:
-            return await _until_disconnected(request, _complete(answer, pieces, include_sources, base))
-        finally:
-            admission.leave()
+        return await _until_disconnected(request, _complete(answer, events, include_sources, base))
 
     @app.post("/v1/chunks", dependencies=guarded)
     async def chunks(body: ChunksRequest) -> dict[str, Any]:
@@ -456,61 +431,47 @@ def _conversation(messages: list[ChatMessageIn]) -> tuple[str, list[tuple[str, s
     return system, turns[:-1], turns[-1][1]
 
 
-def _sampling(body: ChatCompletionRequest) -> dict[str, Any]:
-    values = {"temperature": body.temperature, "top_p": body.top_p, "max_tokens": body.answer_tokens,
-              "seed": body.seed}  # fmt: skip
-    return {key: value for key, value in values.items() if value is not None}
+def _ask_options(body: ChatCompletionRequest, collection: str | None, use_retrieval: bool) -> AskOptions:
+    from rag.app.assistant import AskOptions
 
-
-async def _bare(
-    components: Components, system: str, history: list[tuple[str, str]], question: str, body: ChatCompletionRequest
-) -> AsyncIterator[dict[str, Any]]:
-    """The model alone: the conversation as chat messages, no documents."""
-    from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-
-    chat = components.chat_model()
-    assert chat is not None
-    messages: list[BaseMessage] = [SystemMessage(system)] if system else []
-    messages += [HumanMessage(text) if role == "user" else AIMessage(text) for role, text in history]
-    messages.append(HumanMessage(question))
-    kwargs = _sampling(body)
-    if body.stop_strings:
-        kwargs["stop"] = body.stop_strings
-    async for chunk in chat.astream(messages, **kwargs):
-        if chunk.text:
-            yield {"answer": chunk.text}
-        if getattr(chunk, "usage_metadata", None):
-            yield {"usage": chunk.usage_metadata}
-    yield {}
+    extra = body.rag
+    return AskOptions(
+        collection=collection,
+        k=extra.k if extra else None,
+        sources=tuple(extra.sources or ()) if extra else (),
+        max_context_tokens=extra.max_context_tokens if extra else None,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        max_tokens=body.answer_tokens,
+        seed=body.seed,
+        stop=tuple(body.stop_strings or ()),
+        use_documents=use_retrieval,
+    )
 
 
 class _Answer:
     """One answer's identity and what is known of it: the same ``id`` in every chunk."""
 
-    def __init__(
-        self, body: ChatCompletionRequest, question: str, created: float, count_tokens: Callable[[str], int]
-    ) -> None:
+    def __init__(self, body: ChatCompletionRequest, first: AnswerEvent, *, retrieval: bool) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.count_tokens = count_tokens
         self.model = body.model
-        self.created = int(created)
+        self.created = int(time.time())
         self.body = body
-        self.question = question
-        self.prepared: PreparedQuestion | None = None
+        self.first = first
+        """The answer service's ``passages`` event: what the model was given."""
+        self.retrieval = retrieval
         self.text = ""
-        self.final: dict[str, Any] = {}
-        self.usage: dict[str, int] = {}
+        self.final: AnswerEvent | None = None
+        """The ``done`` event, once the answer has ended."""
 
     def sources(self, base_url: str, *, final: bool) -> list[dict[str, Any]]:
         """All passages given to the model (a stream's first chunk), or those the answer rests on (final)."""
-        if self.prepared is None:
+        if not self.retrieval:
             return []
-        if final and "sources" in self.final:
-            chosen = list(self.final["sources"])
-        else:
-            chosen = [dict(passage) for passage in self.prepared.passages]
+        chosen = [dict(source) for source in (self.final if final and self.final else self.first).sources]
+        files = {passage.n: passage.source_abs for passage in self.first.passages}
         for source in chosen:
-            source["document_id"] = document_id(_source_abs(self.prepared, source))
+            source["document_id"] = document_id(files.get(int(source.get("n") or 0), str(source.get("source") or "")))
             source["url"] = f"{base_url}/v1/documents/{source['document_id']}"
         return chosen
 
@@ -534,11 +495,9 @@ class _Answer:
         return found
 
     def completion_usage(self) -> dict[str, int]:
-        if self.usage:
-            prompt, completion = int(self.usage.get("input_tokens", 0)), int(self.usage.get("output_tokens", 0))
-        else:
-            prompt = self.prepared.prompt_tokens if self.prepared is not None else 0
-            completion = self.count_tokens(self.text)
+        """Tokens as the answer service counted them (the backend's own count where it reports one)."""
+        stats = (self.final or self.first).stats
+        prompt, completion = stats.prompt_tokens, stats.answer_tokens
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     def finish_reason(self, completion_tokens: int) -> str:
@@ -546,51 +505,27 @@ class _Answer:
         return "length" if limit is not None and completion_tokens >= limit else "stop"
 
 
-def _source_abs(prepared: PreparedQuestion, source: dict[str, Any]) -> str:
-    for passage in prepared.packed.passages:
-        if passage.n == source.get("n"):
-            return passage.source_abs
-    return str(source.get("source") or "")
-
-
-class _TokenCount:
-    """Counts an answer's tokens with the model's own tokenizer (read on first use: the vocabulary, not weights)."""
-
-    def __init__(self, components: Components) -> None:
-        self.components = components
-        self._tokenizer: Any = None
-
-    def __call__(self, text: str) -> int:
-        if self._tokenizer is None:
-            from rag.llm.tokenizer import MixtralTokenizer
-
-            model = self.components.llm()
-            self._tokenizer = getattr(model, "tokenizer", None) or MixtralTokenizer()
-        return int(self._tokenizer.count(text))
-
-
-async def _consume(answer: _Answer, pieces: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
-    """The answer's text pieces; what is not text (sources, usage) is kept on ``answer``."""
-    async for piece in pieces:
-        if "answer" in piece:
-            answer.text += piece["answer"]
-            yield piece["answer"]
-        if "usage" in piece:
-            answer.usage = dict(piece["usage"])
-        if "sources" in piece:
-            answer.final = dict(piece)
+async def _consume(answer: _Answer, events: AsyncIterator[AnswerEvent]) -> AsyncIterator[str]:
+    """The answer's text pieces; the final event is kept on ``answer``."""
+    async for event in events:
+        if event.kind == "delta":
+            answer.text += event.text
+            yield event.text
+        elif event.kind == "done":
+            answer.final = event
 
 
 async def _complete(
-    answer: _Answer, pieces: AsyncIterator[dict[str, Any]], include_sources: bool, base_url: str
+    answer: _Answer, events: AsyncGenerator[AnswerEvent, None], include_sources: bool, base_url: str
 ) -> dict[str, Any]:
     from openai.types.chat import ChatCompletion
 
-    async for _ in _consume(answer, pieces):
-        pass
+    async with contextlib.aclosing(events):  # cancelled (client gone): the service frees its slot
+        async for _ in _consume(answer, events):
+            pass
     usage = answer.completion_usage()
     message: dict[str, Any] = {"role": "assistant", "content": answer.text}
-    if include_sources and answer.prepared is not None:
+    if include_sources and answer.retrieval:
         sources = answer.sources(base_url, final=True)
         message["sources"] = sources
         message["annotations"] = answer.annotations(sources)
@@ -628,7 +563,7 @@ def _chunk(answer: _Answer, delta: dict[str, Any], finish: str | None = None, **
 
 
 async def _stream(
-    answer: _Answer, pieces: AsyncIterator[dict[str, Any]], *, include_sources: bool, base_url: str
+    answer: _Answer, events: AsyncGenerator[AnswerEvent, None], *, include_sources: bool, base_url: str
 ) -> AsyncIterator[str]:
     """Server-sent events: a first chunk with the role and the sources (once), the text, the finish reason, the
     usage when asked for, then ``[DONE]``; a failure sends one error event and ends the stream."""
@@ -638,16 +573,17 @@ async def _stream(
 
     try:
         first: dict[str, Any] = {"role": "assistant", "content": ""}
-        if include_sources and answer.prepared is not None:
+        if include_sources and answer.retrieval:
             sources = answer.sources(base_url, final=False)
             first["sources"] = sources
             first["annotations"] = answer.annotations(sources)
         yield _chunk(answer, first)
-        async for text in _consume(answer, pieces):
+        async for text in _consume(answer, events):
             yield _chunk(answer, {"content": text})
         usage = answer.completion_usage()
-        cited = [source["n"] for source in answer.final.get("sources", []) if source.get("cited")]
-        extra: dict[str, Any] = {"cited": cited} if include_sources and answer.prepared is not None else {}
+        final = answer.final.sources if answer.final is not None else []
+        cited = [source["n"] for source in final if source.get("cited")]
+        extra: dict[str, Any] = {"cited": cited} if include_sources and answer.retrieval else {}
         yield _chunk(answer, {}, answer.finish_reason(usage["completion_tokens"]), **extra)
         options = answer.body.stream_options
         if options is not None and options.include_usage:
@@ -659,18 +595,8 @@ async def _stream(
         yield "data: [DONE]\n\n"
     except Exception as error:  # the stream has started: an error event (ours, or a generic one), then the end
         yield stream_error_event(error)
-
-
-async def _released(stream: AsyncIterator[str], release: Callable[[], None]) -> AsyncIterator[str]:
-    """``stream``, with the admission slot given back however it ends (done, failed, client gone)."""
-    try:
-        async for event in stream:
-            yield event
-    finally:
-        release()
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+    finally:  # done, failed or the client gone: the service frees its slot
+        await events.aclose()
 
 
 async def _until_disconnected(request: Request, work: Awaitable[dict[str, Any]]) -> dict[str, Any]:

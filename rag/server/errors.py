@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rag.errors import (
+    BusyError,
     ConfigError,
     ContextOverflowError,
     EmptyStoreError,
@@ -63,6 +64,8 @@ def error_body(status: int, message: str, *, code: str | None = None, param: str
 
 def from_rag_error(error: RagError) -> ApiError:
     """The HTTP answer for one of our errors (their messages are written for users)."""
+    if isinstance(error, BusyError):
+        return ApiError(503, str(error), code="server_busy", headers={"Retry-After": str(error.retry_after_s)})
     if isinstance(error, ContextOverflowError):
         return ApiError(400, str(error), code="context_length_exceeded", param="messages")
     if isinstance(error, EmptyStoreError):

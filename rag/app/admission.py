@@ -1,0 +1,101 @@
+"""Admission: as many answers at once as the model has slots, a bounded queue, and a clear refusal past it.
+
+One admission per answer service, whatever asks: the browser UI and ``rag ask`` (each question in its own thread
+and event loop), ``rag serve`` (one event loop), the MCP server. In-process llama.cpp has one slot (it is not
+thread-safe: a rewrite, a tokenisation and a generation all run inside the slot); a llama.cpp server started with
+``--parallel N`` (or vLLM) has N. Waiters are served first come, first served, each on its own event loop: a freed
+slot is handed to the next waiter directly, so nobody overtakes the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+
+from rag.errors import BusyError
+
+__all__ = ["Admission"]
+
+
+class Admission:
+    """``slots`` answers at once, ``queue`` more waiting (None: no limit); :meth:`enter` raises :class:`BusyError`
+    when both are full. Every :meth:`enter` that returns is paired with one :meth:`leave`."""
+
+    def __init__(self, slots: int, queue: int | None = None, *, retry_after_s: int = 2) -> None:
+        if slots < 1:
+            raise ValueError(f"slots must be at least 1, got {slots}")
+        self.slots = slots
+        self.queue = queue
+        self.retry_after_s = retry_after_s
+        self._lock = threading.Lock()
+        self._running = 0
+        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def enter(self) -> None:
+        """Take a slot, waiting in the queue (cancelling the wait gives up the place)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._running < self.slots and not self._waiters:
+                self._running += 1
+                return
+            if self.queue is not None and len(self._waiters) >= self.queue:
+                raise BusyError(
+                    f"the server is busy ({self._running} answers running, {len(self._waiters)} waiting): "
+                    "retry shortly",
+                    retry_after_s=self.retry_after_s,
+                )
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append((loop, waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            with self._lock:
+                if (loop, waiter) in self._waiters:
+                    self._waiters.remove((loop, waiter))
+                    raise
+            if waiter.done() and not waiter.cancelled():  # granted just before the cancellation reached us
+                self.leave()
+            # else the slot is on its way: _grant sees the cancelled waiter and passes the slot on
+            raise
+
+    def leave(self) -> None:
+        """Give the slot back: to the next waiter (on its own loop), else free it."""
+        with self._lock:
+            if self._waiters:
+                loop, waiter = self._waiters.popleft()
+                try:
+                    loop.call_soon_threadsafe(self._grant, waiter)
+                    return
+                except RuntimeError:  # its loop is closed: nobody waits there any more
+                    pass
+                self._running -= 1
+                self._pass_on_locked()
+                return
+            self._running -= 1
+
+    def _pass_on_locked(self) -> None:
+        """A slot is free and waiters may be queued (their loop closed under them): hand it on."""
+        while self._waiters and self._running < self.slots:
+            loop, waiter = self._waiters.popleft()
+            try:
+                loop.call_soon_threadsafe(self._grant, waiter)
+                self._running += 1
+                return
+            except RuntimeError:
+                continue
+
+    def _grant(self, waiter: asyncio.Future[None]) -> None:
+        """On the waiter's loop: the slot is its own now, unless it gave up meanwhile (then the next one's)."""
+        if waiter.done():  # cancelled while the slot was on its way
+            self.leave()
+        else:
+            waiter.set_result(None)
