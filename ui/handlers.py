@@ -16,8 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rag.answer.notes import Note
-from rag.app.assistant import AnswerStats, AskOptions, Assistant
+from rag.app.assistant import AnswerStats, AskOptions, Assistant, Note
 from rag.app.library import DocumentLibrary
 from rag.app.uploads import UploadResult
 from rag.errors import ModelNotFoundError, RagError

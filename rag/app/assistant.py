@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from queue import Queue
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
+from rag.answer.notes import Note
 from rag.app.admission import Admission
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from rag.app.root import Components
     from rag.settings import Settings
 
-__all__ = ["AnswerEvent", "AnswerStats", "AskOptions", "Assistant"]
+__all__ = ["AnswerEvent", "AnswerStats", "AskOptions", "Assistant", "Note"]
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,8 @@ class AnswerEvent:
     standalone_question: str = ""
     retrieval_only: bool = False
     notes: list[str] = field(default_factory=list)
+    """What the user should know of this answer (a :class:`Note`: English text, a ``code`` to translate it by and
+    its ``figures``)."""
     passages: list[Passage] = field(default_factory=list)
     """``passages`` and ``done``: the passages given to the model as records (their files' paths included, which
     the ``sources`` dicts leave out), numbered as the sources are."""

@@ -24,7 +24,7 @@ from rag.app.root import Components
 from rag.app.uploads import UPLOADS_FOLDER, UploadResult, is_inside, save_uploads
 from rag.errors import ConfigError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # what an ingest reports; the edges name them through this module
     from ingest.pipeline import FileProblem, IngestProgress, IngestReport
     from rag.settings import Settings
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rag.errors import ConfigError
@@ -83,6 +84,7 @@ class Components:
         self._chains: dict[tuple[str, bool], RagChain] = {}
         self._ocr: OcrEngine | None = None
         self._reranker: Reranker | None = None
+        self._collections: dict[str, _CollectionHandles] = {}
         self._lock = threading.RLock()
 
     def settings_for(self, collection: str | None = None) -> Settings:
@@ -97,19 +99,31 @@ class Components:
         return connect_chroma(path=self.settings.chroma_path, url=self.settings.chroma_url)
 
     def store(self, collection: str | None = None) -> ChunkStore:
-        from rag.retrieval.store import ChunkStore
-
-        return ChunkStore(self.chroma_client(), self.settings_for(collection).collection)
+        """The collection's Chroma store: one per collection for the process (ingest, questions and the document
+        list share it, so a rebuild by one is seen by the others)."""
+        return self._handles(collection).store
 
     def lexical_index(self, collection: str | None = None) -> LexicalIndex:
         """The BM25 index and local rows beside the store (local even when the store is a Chroma server; it
-        resyncs by id). Rows keep their Mixtral token counts, so packing a question's context need not recount."""
-        from rag.llm.tokenizer import mixtral_token_counts
-        from rag.retrieval.lexical import LexicalIndex
+        resyncs by id), one per collection for the process. Rows keep their Mixtral token counts, so packing a
+        question's context need not recount."""
+        return self._handles(collection).lexical
 
+    def _handles(self, collection: str | None) -> _CollectionHandles:
         settings = self.settings_for(collection)
-        path = settings.data_dir / "lexical" / f"{settings.collection}.sqlite3"
-        return LexicalIndex(path, count_tokens=mixtral_token_counts)
+        with self._lock:
+            handles = self._collections.get(settings.collection)
+            if handles is None:
+                from rag.llm.tokenizer import mixtral_token_counts
+                from rag.retrieval.lexical import LexicalIndex
+                from rag.retrieval.store import ChunkStore
+
+                path = settings.data_dir / "lexical" / f"{settings.collection}.sqlite3"
+                handles = self._collections[settings.collection] = _CollectionHandles(
+                    ChunkStore(self.chroma_client(), settings.collection),
+                    LexicalIndex(path, count_tokens=mixtral_token_counts),
+                )
+            return handles
 
     # -- models ----------------------------------------------------------------------------------------------
     def embedder(
@@ -233,15 +247,23 @@ class Components:
 
     # -- retrieval and answering -----------------------------------------------------------------------------
     def retriever(self, collection: str | None = None, **fields: Any) -> HybridRetriever:
-        """The hybrid retriever over a collection; ``fields`` set its options (k, mode, ...). Instant: the
-        embedder loads and the local index is reconciled with the store on the first query."""
+        """The hybrid retriever over a collection, one per collection for the process; ``fields`` (k, mode, ...)
+        make another one over the same store and index. Instant: the embedder loads and the local index is
+        reconciled with the store on the first query (once, not per request)."""
         from rag.retrieval.retriever import HybridRetriever
 
-        store = self.store(collection)
+        handles = self._handles(collection)
+        if not fields and handles.retriever is not None:
+            return handles.retriever
         # questions are embedded with the model the collection's vectors came from, whatever is configured for
         # new collections: MiniLM and multilingual-e5-small both make 384-dim vectors, and Chroma would not notice
-        embedder = self.embedder(collection, store, prefer_recorded=True)
-        return HybridRetriever(store=store, embedder=embedder, lexical=self.lexical_index(collection), **fields)
+        embedder = self.embedder(collection, handles.store, prefer_recorded=True)
+        retriever = HybridRetriever(store=handles.store, embedder=embedder, lexical=handles.lexical, **fields)
+        if not fields:
+            with self._lock:
+                handles.retriever = handles.retriever or retriever
+                return handles.retriever
+        return retriever
 
     def new_chain(
         self,
@@ -333,6 +355,16 @@ class Components:
             on_problem=on_problem,
             on_notice=on_notice,
         )
+
+
+@dataclass
+class _CollectionHandles:
+    """What the process holds open per collection."""
+
+    store: ChunkStore
+    lexical: LexicalIndex
+    retriever: HybridRetriever | None = None
+    """The default retriever, built at its first use (it reads the collection's recorded embedder)."""
 
 
 class _LazyReader:

@@ -7,13 +7,15 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ingest.pipeline import FileProblem, IngestProgress, IngestReport
 from rag.cli.common import quiet_third_party, settings_from_flags
 from rag.errors import ConfigError, RagError
+
+if TYPE_CHECKING:
+    from rag.app.library import FileProblem, IngestProgress, IngestReport
 
 __all__ = ["ingest_command", "main"]
 

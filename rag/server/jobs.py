@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ingest.pipeline import IngestProgress
-    from rag.app.library import DocumentLibrary
+    from rag.app.library import DocumentLibrary, IngestProgress
     from rag.app.uploads import UploadResult
 
 __all__ = ["IngestJob", "IngestJobs"]
