@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeAlias
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -21,7 +21,6 @@ from pydantic_settings import (
 from rag.errors import ConfigError
 
 __all__ = [
-    "BACKEND_NAMES",
     "DEFAULT_EMBEDDING_MODEL",
     "DEFAULT_LLM_MODEL",
     "BackendName",
@@ -29,10 +28,9 @@ __all__ = [
     "Settings",
 ]
 
-BackendName = Literal["auto", "llama_cpp", "openai", "transformers"]
-"""How the language model runs: ``auto`` (inferred from the model name and URL) or one backend by name."""
-BACKEND_NAMES: tuple[str, ...] = get_args(BackendName)[1:]
-"""The backends themselves (without ``auto``)."""
+BackendName: TypeAlias = str
+"""How the language model runs: ``auto`` (inferred from the model name and URL) or a backend registered by name
+(``llama_cpp``, ``openai``, ``transformers``, or one added to :data:`rag.llm.factory.LLM_BACKENDS`)."""
 PromptFormatName = Literal["auto", "mixtral", "native"]
 """The prompt format setting: ``mixtral`` (the [INST] template), ``native`` (the model's own) or ``auto``."""
 
@@ -123,7 +121,7 @@ class Settings(BaseSettings):
     llm_backend: BackendName = Field(
         default="auto",
         description="auto (inferred: base_url -> openai, .gguf -> llama_cpp, folder -> transformers), "
-        "llama_cpp, openai or transformers.",
+        "llama_cpp, openai, transformers, or a backend registered in rag.llm.factory.LLM_BACKENDS.",
     )
     llm_prompt_format: PromptFormatName = Field(
         default="auto",

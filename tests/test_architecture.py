@@ -17,7 +17,7 @@ PACKAGES = ("rag", "ingest", "ui")
 #: its own layer or of a higher one. A component is a package or a module, named by its dotted prefix.
 LAYERS: list[set[str]] = [
     {"rag.errors", "rag.chunks"},  # what everything shares
-    {"rag.settings", "rag.models"},  # configuration; model name -> files
+    {"rag.settings", "rag.models", "rag.registry"},  # configuration; model name -> files; backends by name
     {"rag.llm", "rag.retrieval"},  # the model; retrieval (siblings: neither knows the other)
     {"rag.answer", "ingest", "rag.eval"},  # answering a question; filling the store; measuring
     {"rag.app"},  # the composition root and the services the edges call

@@ -107,7 +107,7 @@ def test_the_identity_stage_and_the_registry() -> None:
     assert isinstance(identity, IdentityReranker) and not identity.reorders
     assert identity.rerank([QUERY], documents(), top_n=3) == documents()[:3]
     assert isinstance(make_reranker(RerankerSpec(model="m", base_url="http://127.0.0.1:1/v1")), RerankServerReranker)
-    with pytest.raises(ConfigError, match=r"RAG_RERANK_BACKEND='nope'.*cross-encoder"):
+    with pytest.raises(ConfigError, match=r"RAG_RERANK_BACKEND='nope' is not a rerank backend.*cross-encoder"):
         make_reranker(RerankerSpec(), "nope")
     with pytest.raises(ConfigError, match="RAG_RERANK_MODEL"):
         make_reranker(RerankerSpec(), "cross-encoder")
@@ -119,7 +119,7 @@ def test_the_identity_stage_and_the_registry() -> None:
         reranker = make_reranker(RerankerSpec(), "reversed-test")
         assert [d.id for d in reranker.rerank([QUERY], documents())] == ["c4", "c3", "c2", "c1", "c0"]
     finally:
-        del RERANKERS["reversed-test"]
+        RERANKERS.unregister("reversed-test")
 
 
 class _Reversed(Reranker):

@@ -1,6 +1,8 @@
 """The backend factory (txtai style): a model name, a server URL or an injected client -> the backend that runs it.
 
-Building a backend is instant: nothing loads until :meth:`rag.llm.backends.base.Backend.warm_up`.
+Building a backend is instant: nothing loads until :meth:`rag.llm.backends.base.Backend.warm_up`. The backends are
+registered in :data:`LLM_BACKENDS` (one line each); a new one is a ``Backend`` subclass and one registration, and
+``RAG_LLM_BACKEND`` names it like the built-ins.
 """
 
 from __future__ import annotations
@@ -11,9 +13,20 @@ from typing import Any
 from rag.errors import ConfigError
 from rag.llm.backends.base import Backend, BackendConfig
 from rag.models import SPLIT_BUNDLED_MODELS, bundled_model_path
-from rag.settings import BACKEND_NAMES
+from rag.registry import Registry
 
-__all__ = ["infer_backend", "make_backend"]
+__all__ = ["LLM_BACKENDS", "infer_backend", "make_backend"]
+
+LLM_BACKENDS: Registry[type[Backend]] = Registry(
+    "LLM backend",
+    "RAG_LLM_BACKEND",
+    {
+        "llama_cpp": "rag.llm.backends.llama_cpp:LlamaCppBackend",
+        "openai": "rag.llm.backends.openai:OpenAIBackend",
+        "transformers": "rag.llm.backends.transformers:TransformersBackend",
+    },
+)
+"""Backend name -> its ``Backend`` class (imported at its first use)."""
 
 
 def infer_backend(model: str, base_url: str | None = None, backend: str = "auto", client: Any = None) -> str:
@@ -21,8 +34,10 @@ def infer_backend(model: str, base_url: str | None = None, backend: str = "auto"
     ``openai``; an injected ``llama_cpp.Llama``, a ``.gguf`` name or a bundled GGUF mean ``llama_cpp``; a
     folder or a hub id (``owner/name``) means ``transformers``."""
     if backend != "auto":
-        if backend not in BACKEND_NAMES:
-            raise ConfigError(f"RAG_LLM_BACKEND={backend!r} is not a backend: use auto, {', '.join(BACKEND_NAMES)}")
+        if backend not in LLM_BACKENDS:
+            raise ConfigError(
+                f"RAG_LLM_BACKEND={backend!r} is not a backend: use auto, {', '.join(LLM_BACKENDS.names())}"
+            )
         return backend
     if base_url:
         return "openai"
@@ -48,16 +63,4 @@ def infer_backend(model: str, base_url: str | None = None, backend: str = "auto"
 
 def make_backend(name: str, config: BackendConfig) -> Backend:
     """Build a backend by name (instant: nothing loads)."""
-    if name == "llama_cpp":
-        from rag.llm.backends.llama_cpp import LlamaCppBackend
-
-        return LlamaCppBackend(config)
-    if name == "openai":
-        from rag.llm.backends.openai import OpenAIBackend
-
-        return OpenAIBackend(config)
-    if name == "transformers":
-        from rag.llm.backends.transformers import TransformersBackend
-
-        return TransformersBackend(config)
-    raise ConfigError(f"unknown LLM backend {name!r}: use {', '.join(BACKEND_NAMES)}")
+    return LLM_BACKENDS.get(name)(config)

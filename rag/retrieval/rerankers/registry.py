@@ -7,11 +7,11 @@ instant; nothing loads until the reranker's ``warm_up`` or first score.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from rag.errors import ConfigError
+from rag.registry import Registry
 from rag.retrieval.rerankers.base import IdentityReranker, Reranker
 
 __all__ = ["RERANKERS", "RerankerSpec", "make_reranker", "register_reranker"]
@@ -55,26 +55,18 @@ def _server(spec: RerankerSpec) -> Reranker:
     )
 
 
-RERANKERS: dict[str, Callable[[RerankerSpec], Reranker]] = {
-    "identity": _identity,
-    "cross-encoder": _cross_encoder,
-    "server": _server,
-}
-"""Backend name -> builder. Each builder imports its module only when called (construction stays instant)."""
+RERANKERS: Registry[Callable[[RerankerSpec], Reranker]] = Registry(
+    "rerank backend",
+    "RAG_RERANK_BACKEND",
+    {"identity": _identity, "cross-encoder": _cross_encoder, "server": _server},
+)
+"""Backend name -> builder (each imports its module only when called: construction stays instant). Add one with
+``RERANKERS.register("name", "module:builder")`` or :func:`register_reranker`."""
 
 
 def register_reranker(name: str, builder: Callable[[RerankerSpec], Reranker] | str) -> None:
-    """Add (or replace) a backend: a builder, or ``"module:function"`` imported at its first use."""
-    if isinstance(builder, str):
-        module, _, attribute = builder.partition(":")
-
-        def imported(spec: RerankerSpec) -> Reranker:
-            built: Reranker = getattr(importlib.import_module(module), attribute)(spec)
-            return built
-
-        RERANKERS[name] = imported
-    else:
-        RERANKERS[name] = builder
+    """Add (or replace) a backend: a builder, or ``"module:builder"`` imported at its first use."""
+    RERANKERS.register(name, builder)
 
 
 def infer_backend(spec: RerankerSpec) -> str:
@@ -86,8 +78,4 @@ def infer_backend(spec: RerankerSpec) -> str:
 
 def make_reranker(spec: RerankerSpec, backend: str | None = None) -> Reranker:
     """The reranker ``spec`` configures (``backend``: one of :data:`RERANKERS`; None: inferred)."""
-    name = backend or infer_backend(spec)
-    builder = RERANKERS.get(name)
-    if builder is None:
-        raise ConfigError(f"RAG_RERANK_BACKEND={name!r}: choose among {', '.join(sorted(RERANKERS))}")
-    return builder(spec)
+    return RERANKERS.get(backend or infer_backend(spec))(spec)
