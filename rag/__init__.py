@@ -15,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from rag.errors import (
+    BusyError,
     ConfigError,
     ContextOverflowError,
     EmptyStoreError,
@@ -44,6 +45,7 @@ __all__ = [
     "AnswerStats",
     "AskOptions",
     "Assistant",
+    "BusyError",
     "ChatMessage",
     "ChatMixtralInstruct",
     "ChunkStore",

@@ -165,6 +165,7 @@ def test_the_public_api() -> None:
         "AnswerStats",
         "AskOptions",
         "Assistant",
+        "BusyError",
         "ChatMessage",
         "ChatMixtralInstruct",
         "ChunkStore",
