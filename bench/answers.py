@@ -123,6 +123,12 @@ def main() -> None:
     parser.add_argument("--n-ctx", default="4096", help="The model's window (RAG_LLM_N_CTX, default 4096).")
     parser.add_argument("--max-tokens", default="128", help="Tokens per answer (RAG_LLM_MAX_TOKENS, default 128).")
     parser.add_argument("--threads", default="2", help="llama.cpp threads (RAG_LLM_N_THREADS, default 2).")
+    parser.add_argument(
+        "--prompt-tokens-per-s",
+        default="45",
+        help="The prompt speed the wait cap assumes (RAG_PROMPT_TOKENS_PER_S; default 45, Qwen's idle speed on 2 "
+        "cores; 0: measured while running). Pinned, the evidence a question gets does not depend on the load.",
+    )
     args = parser.parse_args()
     models = [name.strip() for name in args.models.split(",") if name.strip()]
     unknown = [name for name in models if name not in MODELS]
@@ -132,6 +138,10 @@ def main() -> None:
     if unknown_runs := [run for run in runs if run not in RUNS]:
         parser.error(f"unknown run {unknown_runs[0]!r}: choose among {', '.join(RUNS)}")
     settings = {"RAG_LLM_N_CTX": args.n_ctx, "RAG_LLM_MAX_TOKENS": args.max_tokens, "RAG_LLM_N_THREADS": args.threads}
+    if float(args.prompt_tokens_per_s):
+        # measured, the speed drops under load and the wait cap cuts the evidence: the same question got 597 prompt
+        # tokens on a busy machine and 1,154 idle (session 16), which changed the answer
+        settings["RAG_PROMPT_TOKENS_PER_S"] = args.prompt_tokens_per_s
     rows: list[tuple[str, str, dict[str, Any]]] = []
     for model in models:
         for run in runs:
