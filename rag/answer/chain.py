@@ -406,10 +406,7 @@ class RagChain:
         sources: list[str] | None = None,
         exclude: frozenset[str] = frozenset(),
     ) -> PackedContext:
-        return self._pack_documents(self._retrieve(queries, budget, k, sources), budget, k, exclude)
-
-    def _retrieve(self, queries: Sequence[str], budget: int, k: int, sources: list[str] | None) -> list[Any]:
-        return self.retrieve(queries, budget=budget, k=k, sources=sources)
+        return self._pack_documents(self.retrieve(queries, budget=budget, k=k, sources=sources), budget, k, exclude)
 
     def retrieve(
         self, queries: Sequence[str], *, budget: int, k: int, sources: list[str] | None = None
@@ -420,8 +417,7 @@ class RagChain:
         filters: dict[str, Any] = {"sources": sources} if sources else {}  # only our retriever takes sources
         rankings = [list(self.retriever.invoke(query, k=depth, **filters)) for query in queries]
         found = rankings[0] if len(rankings) == 1 else self.follow_up_ranking(rankings)[:depth]
-        reranked = self.reranker.reorders and bool(found)
-        if reranked:
+        if self.reranker.reorders and found:
             head = self.reranker.rerank(queries, found[: self.rerank_candidates], top_n=self.rerank_top_n)
             # the deeper hits, never scored, follow in retrieval's order; a floor or top-n keeps only scored ones
             keep_tail = self.rerank_top_n is None and not self.relevance_floor
@@ -532,7 +528,8 @@ class RagChain:
         most = self._follow_up_room(start, widest, reserve)
         if most < needed:
             return None  # the conversation so far leaves too little room
-        documents = self._retrieve(start.queries, most if limit is None else min(most, limit), start.k, start.sources)
+        budget = most if limit is None else min(most, limit)
+        documents = self.retrieve(start.queries, budget=budget, k=start.k, sources=start.sources)
         # its own best passages: the best hit of each query it is retrieved with (follow_up_ranking puts them first),
         # at least two
         best = documents[: min(start.k, max(2, len(start.queries)))]

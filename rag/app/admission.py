@@ -12,10 +12,20 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from typing import TYPE_CHECKING
 
 from rag.errors import BusyError
 
-__all__ = ["Admission"]
+if TYPE_CHECKING:
+    from rag.settings import Settings
+
+__all__ = ["Admission", "default_slots"]
+
+
+def default_slots(settings: Settings) -> int:
+    """Answers generated at once: ``serve_slots``, else 1 for a model in this process (llama.cpp is not
+    thread-safe), 4 for a model server."""
+    return settings.serve_slots or (1 if settings.llm_base_url is None else 4)
 
 
 class Admission:
@@ -70,28 +80,15 @@ class Admission:
     def leave(self) -> None:
         """Give the slot back: to the next waiter (on its own loop), else free it."""
         with self._lock:
-            if self._waiters:
+            self._running -= 1
+            while self._waiters:
                 loop, waiter = self._waiters.popleft()
                 try:
                     loop.call_soon_threadsafe(self._grant, waiter)
-                    return
                 except RuntimeError:  # its loop is closed: nobody waits there any more
-                    pass
-                self._running -= 1
-                self._pass_on_locked()
+                    continue
+                self._running += 1  # the slot goes to that waiter, not back to the pool
                 return
-            self._running -= 1
-
-    def _pass_on_locked(self) -> None:
-        """A slot is free and waiters may be queued (their loop closed under them): hand it on."""
-        while self._waiters and self._running < self.slots:
-            loop, waiter = self._waiters.popleft()
-            try:
-                loop.call_soon_threadsafe(self._grant, waiter)
-                self._running += 1
-                return
-            except RuntimeError:
-                continue
 
     def _grant(self, waiter: asyncio.Future[None]) -> None:
         """On the waiter's loop: the slot is its own now, unless it gave up meanwhile (then the next one's)."""

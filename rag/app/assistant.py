@@ -34,7 +34,7 @@ from queue import Queue
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from rag.answer.notes import Note
-from rag.app.admission import Admission
+from rag.app.admission import Admission, default_slots
 
 if TYPE_CHECKING:
     from rag.answer.chain import AnswerModel, PreparedQuestion, RagChain
@@ -211,9 +211,7 @@ class Assistant:
 
     def __init__(self, components: Components, *, slots: int | None = None, queue: int | None = None) -> None:
         self.components = components
-        settings = components.settings
-        in_process = settings.llm_base_url is None
-        self.admission = Admission(slots or settings.serve_slots or (1 if in_process else 4), queue)
+        self.admission = Admission(slots or default_slots(components.settings), queue)
 
     @property
     def settings(self) -> Settings:

@@ -71,11 +71,12 @@ class ServeOptions:
 
     @classmethod
     def from_components(cls, components: Components, *, warm_up: bool = True) -> ServeOptions:
+        from rag.app.admission import default_slots
+
         settings = components.settings
-        in_process = settings.llm_base_url is None
         return cls(
             api_key=settings.server_api_key(),
-            slots=settings.serve_slots or (1 if in_process else 4),
+            slots=default_slots(settings),
             queue=settings.serve_queue,
             max_body_bytes=int(settings.serve_max_body_mb * 2**20),
             max_upload_bytes=int(settings.ui_max_upload_mb * 2**20),
