@@ -90,7 +90,7 @@ class Grant:
 
 # -- the file ------------------------------------------------------------------------------------------------
 class _KeyTable(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # write = "yes" is a mistake, not true
 
     key: SecretStr | None = None
     key_sha256: str | None = None
@@ -251,7 +251,7 @@ class AccessPolicy:
             signature = _signature(path)
         except OSError as error:
             signature = (-1, -1, -1)
-            reason: str | None = f"cannot read it: {error.strerror or error}"
+            reason: str | None = f"cannot read the API keys file {path}: {error.strerror or error}"
         else:
             reason = None
         if signature == self._signature:
@@ -261,7 +261,7 @@ class AccessPolicy:
                 return
             self._signature = signature  # a broken version is reported once, not on every request
             if reason is not None:
-                logger.error("the API keys file %s %s; keeping the keys read before (%s)", path, reason,
+                logger.error("%s; keeping the keys read before (%s)", reason,
                              ", ".join(e.grant.holder for e in self._entries))  # fmt: skip
                 return
             try:
