@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from rag.app.access import AccessPolicy, Grant, hash_key
 from rag.app.root import Components
@@ -75,7 +76,12 @@ def data_dir(embedder: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_app(data_dir: Path, embedder: Any, keys_file: Path, *, api_key: str | None = None) -> Any:
-    settings = Settings(data_dir=data_dir, embedding_model=BUNDLED_EMBEDDER, api_keys_file=keys_file, api_key=api_key)
+    settings = Settings(
+        data_dir=data_dir,
+        embedding_model=BUNDLED_EMBEDDER,
+        api_keys_file=keys_file,
+        api_key=SecretStr(api_key) if api_key else None,
+    )
     components = Components(settings, llm=scripted_llm())
     components.share_embedder(embedder)
     return create_app(components, ServeOptions.from_components(components, warm_up=False))
@@ -95,7 +101,7 @@ def documents_of(http: TestClient, key: str) -> dict[str, dict[str, Any]]:
     return {item["file_name"]: item for item in response.json()["data"]}
 
 
-def assert_not_found(response: httpx.Response, *hidden: str) -> None:
+def assert_not_found(response: Any, *hidden: str) -> None:
     """A 404 that does not say the hidden collection exists."""
     assert response.status_code == 404, response.text
     assert response.json()["error"]["type"] == "not_found_error"
@@ -252,11 +258,11 @@ def test_documents_are_listed_read_and_deleted_only_within_the_keys_collections(
 
 def test_uploads_jobs_and_deletes_need_a_key_that_may_write(http: TestClient) -> None:
     upload = [("files", ("holidays.txt", b"The office closes on 24 December.\n", "text/plain"))]
-    for key, model, status in ((HR_KEY, f"rag-{FINANCE}", 404), (FINANCE_KEY, f"rag-{HR}", 404),
+    for key, model, expected in ((HR_KEY, f"rag-{FINANCE}", 404), (FINANCE_KEY, f"rag-{HR}", 404),
                                (FINANCE_KEY, f"rag-{FINANCE}", 403), (FINANCE_KEY, "new", 404),
                                (HR_KEY, "new", 404), ("wrong", f"rag-{HR}", 401)):  # fmt: skip
         response = http.post("/v1/ingest", files=upload, data={"model": model}, headers=bearer(key))
-        assert response.status_code == status, (key, model, response.text)
+        assert response.status_code == expected, (key, model, response.text)
     assert "holidays.txt" not in documents_of(http, FINANCE_KEY)
 
     job = http.post("/v1/ingest", files=upload, data={"model": f"rag-{HR}"}, headers=bearer(HR_KEY))
