@@ -6,9 +6,11 @@ Endpoints: ``GET /v1/models`` (``rag-COLLECTION`` per collection, plus the bare 
 (streamed or not; sources in ``message.sources`` and ``url_citation`` annotations, in the first chunk of a stream),
 ``POST /v1/chunks`` (retrieval only), ``POST /v1/embeddings``, ``GET|DELETE /v1/documents[/{id}]``,
 ``POST /v1/ingest`` + ``GET /v1/ingest/{job}``, ``GET /health``. Responses are the ``openai`` package's types;
-errors use OpenAI's envelope (:mod:`rag.server.errors`). Answers come from the answer service every surface uses
-(:class:`rag.app.assistant.Assistant`: admitted before retrieval, a full queue is a 503); this module only maps its
-events to OpenAI's wire format. A client that disconnects cancels its generation.
+errors use OpenAI's envelope (:mod:`rag.server.errors`). Every endpoint but ``/health`` takes the caller's
+:class:`~rag.app.access.Grant` from one dependency (:func:`request_grant`); a collection the grant cannot read is
+answered as if it did not exist (404), a write it may not make is a 403. Answers come from the answer service every
+surface uses (:class:`rag.app.assistant.Assistant`: admitted before retrieval, a full queue is a 503); this module
+only maps its events to OpenAI's wire format. A client that disconnects cancels its generation.
 """
 
 from __future__ import annotations
@@ -217,7 +219,8 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
             return None
         if model.startswith(COLLECTION_PREFIX):
             name = model[len(COLLECTION_PREFIX) :]
-            if grant.can_read(name) and name in {info.name for info in library.collections()}:
+            exists = name in {info.name for info in library.collections()}  # asked either way: the same work
+            if exists and grant.can_read(name):
                 return name
         raise model_not_found(model, grant)
 
