@@ -222,6 +222,11 @@ class Settings(BaseSettings):
     api_key_file: Path | None = Field(
         default=None, description="A file holding the API key (its first line), instead of api_key."
     )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="A TOML file of API keys, each scoped to collections ([keys.NAME] with key or key_sha256, "
+        "collections, write); read again when it changes. Accepted beside api_key, which keeps every collection.",
+    )
     serve_cors_origins: list[str] = Field(
         default_factory=list,
         description="Browser origins allowed to call `rag serve` (e.g. http://localhost:3000); empty: CORS off.",
