@@ -397,6 +397,9 @@ class _LazyReader:
     def chunks_of_files(self, sources: Any) -> Any:
         return self._retriever.reader.chunks_of_files(sources)
 
+    def sources(self) -> list[str]:
+        return self._retriever.reader.sources()
+
 
 # -- one-off builders ----------------------------------------------------------------------------------------------
 def build_store(settings: Settings) -> ChunkStore:

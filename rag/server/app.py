@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import logging
 import os
 import tempfile
@@ -36,6 +35,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rag.app.access import AccessPolicy, Grant
+from rag.app.library import document_id
 from rag.server.errors import ApiError, install_error_handlers, stream_error_event
 from rag.server.jobs import IngestJobs
 from rag.server.protocol import ChatCompletionRequest, ChatMessageIn, ChunksRequest, EmbeddingsRequest
@@ -89,11 +89,6 @@ class ServeOptions:
             cors_origins=tuple(settings.serve_cors_origins),
             warm_up=warm_up,
         )
-
-
-def document_id(path: str) -> str:
-    """A document's id in the API: stable, opaque, the same in every worker."""
-    return "doc-" + hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:24]
 
 
 def bare_model_id(components: Components) -> str:
@@ -334,12 +329,10 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
 
     # -- documents and ingest ----------------------------------------------------------------------------
     def find_document(doc_id: str, collection: str | None, grant: Grant) -> tuple[str, str]:
-        for info in library.collections():
-            if (collection is not None and info.name != collection) or not grant.can_read(info.name):
-                continue
-            for document in library.documents(info.name):
-                if document_id(document.path) == doc_id:
-                    return info.name, document.path
+        names = [info.name for info in library.collections() if collection in (None, info.name)]
+        found = library.find_document(doc_id, grant.readable(names))
+        if found is not None:
+            return found
         raise ApiError(404, f"no document '{doc_id}': list them with GET /v1/documents", code="document_not_found")
 
     def collection_param(model: str | None, grant: Grant) -> str | None:
