@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ingest.load import LoadedDocument
-from rag.chunks import with_heading
+from rag.chunks import PageBox, with_heading
 
 __all__ = ["CHUNKER_VERSION", "Chunk", "EmbedderTokenCounter", "chunk_document", "split_sentences"]
 
@@ -58,6 +58,8 @@ class Chunk:
     table_header: str = ""
     """The header row of the table this chunk continues (it starts below that row), repeated for the embedder and
     the reader; empty when the chunk does not start inside a table."""
+    boxes: tuple[PageBox, ...] = ()
+    """Where its text lies on its page(s): a few rectangles per line (empty for formats without pages)."""
 
     @property
     def content_hash(self) -> str:
@@ -151,7 +153,15 @@ def chunk_document(
             header = next((headers[t][0] for t in headers if t[0] < begin < t[1]), "")
             drafts.append(_Draft(heading, embedded_heading, page, begin, end, header))
 
-    return _with_ocr_confidence(_finalise(drafts, text, counter, max_tokens), document)
+    return _with_boxes(_with_ocr_confidence(_finalise(drafts, text, counter, max_tokens), document), document)
+
+
+def _with_boxes(chunks: list[Chunk], document: LoadedDocument) -> list[Chunk]:
+    """Each chunk with the rectangles its text covers on its page(s) (unchanged for formats without pages)."""
+    if document.boxes is None or not len(document.boxes):
+        return chunks
+    located = document.boxes
+    return [replace(chunk, boxes=located.locate(chunk.start, chunk.end)) for chunk in chunks]
 
 
 def _table_headers(

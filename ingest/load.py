@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ingest._offline import install_offline_nlp
+from ingest.boxes import Span, TextBoxes, pdf_char_boxes
 from ingest.ocr import OcrTimeout
 from ingest.pdf_tables import layout_blocks, looks_tabular
 
@@ -54,6 +55,9 @@ class Element:
     page: int | None = None
     ocr_confidence: float | None = None
     """Read by OCR: the recogniser's lowest confidence among its lines (None: not from OCR)."""
+    lines: tuple[tuple[int, int, float, float, float, float], ...] = ()
+    """Read by OCR: where each line lies in :attr:`text` and on the page, (start, end, left, top, right,
+    bottom) in page units (:class:`rag.chunks.PageBox`)."""
 
 
 @dataclass
@@ -69,6 +73,8 @@ class LoadedDocument:
     """Pages (image frames) whose text came from OCR."""
     ocr_timeouts: list[int] = field(default_factory=list)
     """Pages (image frames) given up at the OCR time limit per page; they keep what their text layer had."""
+    boxes: TextBoxes | None = None
+    """Where the text lies on its pages (PDFs and images; None for formats without pages)."""
 
     def __post_init__(self) -> None:
         position = 0
@@ -309,7 +315,34 @@ def _load_pdf(
                     on_page(number, pages, bool(found))
     except PdfReadError as error:
         raise LoadError(f"corrupt or unreadable PDF ({error})") from None
-    return LoadedDocument(elements, "pdf", ocr_pages=scanned, ocr_timeouts=timeouts)
+    document = LoadedDocument(elements, "pdf", ocr_pages=scanned, ocr_timeouts=timeouts)
+    document.boxes = _pdf_boxes(path, document)
+    return document
+
+
+def _pdf_boxes(path: Path, document: LoadedDocument) -> TextBoxes | None:
+    """Where the text of each page lies: its characters' boxes from pdfium on text pages, the OCR lines' on
+    scanned pages (read at :data:`OCR_DPI`, kept in points). A page whose boxes cannot be read just has none."""
+    text_pages: dict[int, list[tuple[int, int]]] = {}
+    scanned = set(document.ocr_pages)
+    for element, offset in zip(document.elements, document.offsets, strict=True):
+        if element.page is not None and element.page not in scanned:
+            text_pages.setdefault(element.page, []).append((offset, offset + len(element.text)))
+    try:
+        characters = pdf_char_boxes(path, document.text, text_pages) if text_pages else TextBoxes.empty()
+    except Exception:  # a page pdfium cannot read costs its highlights, never the document
+        characters = TextBoxes.empty()
+    return TextBoxes.joined([characters, _ocr_boxes(document, 72 / OCR_DPI)])
+
+
+def _ocr_boxes(document: LoadedDocument, scale: float) -> TextBoxes:
+    """The OCR lines of ``document`` as boxes, pixels times ``scale``."""
+    spans: list[Span] = []
+    for element, offset in zip(document.elements, document.offsets, strict=True):
+        for start, end, left, top, right, bottom in element.lines:
+            edges = (left * scale, top * scale, right * scale, bottom * scale)
+            spans.append((offset + start, offset + end, element.page or 1, *edges))
+    return TextBoxes.from_spans(spans)
 
 
 def _text_page(page: Any, text: str, number: int) -> list[Element]:
@@ -395,7 +428,15 @@ def _read_page(ocr: OcrEngine, image: Any, page: int) -> list[Element]:
     """The paragraphs OCR finds on one page (or image frame)."""
     from ingest.ocr import paragraphs
 
-    return [Element(block.text, page=page, ocr_confidence=block.confidence) for block in paragraphs(ocr.read(image))]
+    return [
+        Element(
+            block.text,
+            page=page,
+            ocr_confidence=block.confidence,
+            lines=tuple((start, end, line.left, line.top, line.right, line.bottom) for start, end, line in block.lines),
+        )
+        for block in paragraphs(ocr.read(image))
+    ]
 
 
 def _load_image(path: Path, ocr: OcrEngine | None, on_page: PageProgress | None = None) -> LoadedDocument:
@@ -422,7 +463,9 @@ def _load_image(path: Path, ocr: OcrEngine | None, on_page: PageProgress | None 
                     on_page(index, count, bool(found))
     except (UnidentifiedImageError, OSError) as error:
         raise LoadError(f"not a readable image ({type(error).__name__}: {error})") from None
-    return LoadedDocument(elements, "image", ocr_pages=frames, ocr_timeouts=timeouts)
+    document = LoadedDocument(elements, "image", ocr_pages=frames, ocr_timeouts=timeouts)
+    document.boxes = _ocr_boxes(document, 1.0)
+    return document
 
 
 def _pages(numbers: list[int]) -> str:

@@ -42,6 +42,7 @@ class OcrLine:
     left: float
     top: float
     bottom: float
+    right: float = 0.0
 
     @property
     def height(self) -> float:
@@ -54,6 +55,8 @@ class OcrParagraph:
 
     text: str
     confidence: float
+    lines: tuple[tuple[int, int, OcrLine], ...] = ()
+    """Where each of its lines lies in :attr:`text`: (start, end, line)."""
 
     @property
     def low_confidence(self) -> bool:
@@ -132,20 +135,22 @@ class OcrEngine:
             started = time.monotonic()
             if self.page_time_limit_s is not None:
                 self._deadline = started + self.page_time_limit_s
+            size = max(image.size)
             try:
-                if max(image.size) > MAX_SIDE:
+                if size > MAX_SIDE:
                     image = image.copy()
                     image.thumbnail((MAX_SIDE, MAX_SIDE))
                 pixels = np.asarray(image.convert("RGB"))
                 result, _ = self._engine(pixels)
             finally:
                 self._deadline = None
+        back = size / max(image.size)  # boxes of a scaled-down page, in the pixels of the page as given
         lines = []
         for box, text, confidence in result or []:
-            ys = [float(point[1]) for point in box]
-            xs = [float(point[0]) for point in box]
+            ys = [float(point[1]) * back for point in box]
+            xs = [float(point[0]) * back for point in box]
             if str(text).strip():
-                lines.append(OcrLine(str(text).strip(), float(confidence), min(xs), min(ys), max(ys)))
+                lines.append(OcrLine(str(text).strip(), float(confidence), min(xs), min(ys), max(ys), max(xs)))
         return lines
 
 
@@ -157,6 +162,13 @@ def _joined(left: str, right: str) -> str:
     if _CJK_END.search(left) and _CJK_START.search(right):
         return left + right
     return f"{left} {right}"
+
+
+def _extended(paragraph: OcrParagraph, line: OcrLine) -> OcrParagraph:
+    """``paragraph`` with ``line`` joined to its end, and where that line lies in the joined text."""
+    text = _joined(paragraph.text, line.text)
+    start = len(text) - len(line.text)
+    return OcrParagraph(text, min(paragraph.confidence, line.confidence), (*paragraph.lines, (start, len(text), line)))
 
 
 def paragraphs(lines: list[OcrLine]) -> list[OcrParagraph]:
@@ -173,9 +185,8 @@ def paragraphs(lines: list[OcrLine]) -> list[OcrParagraph]:
     previous: OcrLine | None = None
     for line in ordered:
         if previous is not None and line.top - previous.bottom < 0.5 * max(line.height, previous.height):
-            last = blocks[-1]
-            blocks[-1] = OcrParagraph(_joined(last.text, line.text), min(last.confidence, line.confidence))
+            blocks[-1] = _extended(blocks[-1], line)
         else:
-            blocks.append(OcrParagraph(line.text, line.confidence))
+            blocks.append(OcrParagraph(line.text, line.confidence, ((0, len(line.text), line),)))
         previous = line
     return blocks

@@ -26,6 +26,7 @@ from ingest.chunk import CHUNKER_VERSION, Chunk, chunk_document
 from ingest.discover import DiscoveredFile, discover, file_sha256, printable_path
 from ingest.load import SUPPORTED_EXTENSIONS, LoadError, load_document
 from ingest.ocr import LOW_CONFIDENCE, OcrEngine
+from rag.chunks import BOXES_KEY, encode_boxes
 from rag.errors import RagError, StoreError
 from rag.retrieval.embedders.base import Embedder
 from rag.retrieval.lexical import LexicalIndex
@@ -558,6 +559,8 @@ class IngestPipeline:
             metadata["page"] = chunk.page
         if chunk.table_header:
             metadata["table_header"] = chunk.table_header
+        if chunk.boxes:
+            metadata[BOXES_KEY] = encode_boxes(chunk.boxes)
         if chunk.ocr_confidence is not None:
             metadata["ocr"] = True
             metadata["ocr_confidence"] = round(chunk.ocr_confidence, 3)

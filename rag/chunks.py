@@ -6,13 +6,25 @@ heading). The store and the local rows table write and read it, the assembler pa
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from langchain_core.documents import Document
 
-__all__ = ["LOW_OCR_CONFIDENCE", "ChunkReader", "ChunkRow", "ContextChunk", "TokenCounter", "with_heading"]
+__all__ = [
+    "BOXES_KEY",
+    "LOW_OCR_CONFIDENCE",
+    "ChunkReader",
+    "ChunkRow",
+    "ContextChunk",
+    "PageBox",
+    "TokenCounter",
+    "decode_boxes",
+    "encode_boxes",
+    "with_heading",
+]
 
 #: OCR text the recogniser is less sure of than this is kept (a wrong character beats a lost sentence) but marked
 #: ``low_confidence`` in the chunk's metadata and its sources.
@@ -119,3 +131,47 @@ class ChunkReader(Protocol):
 def with_heading(heading: str, text: str) -> str:
     """A chunk as the retrievers read it: its heading path on the first line, then its text."""
     return f"{heading}\n{text}" if heading else text
+
+
+class PageBox(NamedTuple):
+    """One rectangle a chunk's text covers on its page: the page number (1-based; an image's frame) and the edges,
+    from the page's top-left corner as it is shown (a PDF page's /Rotate applied), in page units: PDF points (1/72
+    inch) for PDF pages, text layers and OCR'd scans alike; pixels for images."""
+
+    page: int
+    left: float
+    top: float
+    right: float
+    bottom: float
+
+
+#: The chunk metadata key that holds its boxes (:func:`encode_boxes`); absent in stores built before boxes existed.
+BOXES_KEY = "boxes"
+
+
+def encode_boxes(boxes: Iterable[PageBox]) -> str:
+    """Boxes as the compact JSON string a chunk's metadata keeps (Chroma takes scalars only):
+    ``[[page, left, top, right, bottom], ...]``, edges to a tenth of a unit."""
+    rows = [[box.page, *(round(float(edge), 1) for edge in box[1:])] for box in boxes]
+    return json.dumps(rows, separators=(",", ":"))
+
+
+def decode_boxes(value: object) -> tuple[PageBox, ...]:
+    """The boxes of a chunk's metadata value (:func:`encode_boxes`); none for a missing or malformed one (a store
+    built before boxes existed, or a hand-edited row)."""
+    if not isinstance(value, str) or not value:
+        return ()
+    try:
+        rows = json.loads(value)
+    except ValueError:
+        return ()
+    boxes = []
+    for row in rows if isinstance(rows, list) else ():
+        if (
+            isinstance(row, list)
+            and len(row) == 5
+            and isinstance(row[0], int)
+            and all(isinstance(edge, int | float) for edge in row[1:])
+        ):
+            boxes.append(PageBox(row[0], float(row[1]), float(row[2]), float(row[3]), float(row[4])))
+    return tuple(boxes)
