@@ -19,7 +19,9 @@ __all__ = [
     "ModelIntegrityError",
     "ModelMismatchError",
     "ModelNotFoundError",
+    "NotFoundError",
     "RagError",
+    "RequestError",
     "StoreDamagedError",
     "StoreError",
     "disk_full_reason",
@@ -33,6 +35,24 @@ class RagError(Exception):
 
 class ConfigError(RagError, ValueError):
     """A setting, a flag or a config file is wrong."""
+
+
+class RequestError(ConfigError):
+    """An argument of a request is wrong (a page number past the end, a chunk id of another document);
+    :attr:`param` names it."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class NotFoundError(RagError, LookupError):
+    """What a request names does not exist, or not for this caller (a document of a collection it cannot read);
+    :attr:`param` names the argument."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ModelNotFoundError(RagError):

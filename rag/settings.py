@@ -210,6 +210,19 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest file (or zip, and everything in it) one upload to the browser UI may hold.",
     )
+    page_view_width: int = Field(
+        default=1000,
+        ge=200,
+        le=4000,
+        description="Width in pixels of a cited page rendered as an image (the browser UI and GET "
+        "/v1/documents/{id}/pages/{n}).",
+    )
+    page_cache_mb: float = Field(
+        default=200.0,
+        ge=0,
+        description="Disk kept for rendered page images under data_dir/page-cache (least recently used go first; "
+        "0: render every time).",
+    )
     serve_host: str = Field(
         default="127.0.0.1",
         description="Address `rag serve` binds to; anything but loopback needs an API key (api_key).",

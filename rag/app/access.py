@@ -27,6 +27,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,8 @@ ALL_COLLECTIONS = "*"
 #: The holder name of the single key (``RAG_API_KEY`` / ``--api-key-file``), and of everyone when no key is set.
 SINGLE_KEY_HOLDER = "api-key"
 OPEN_HOLDER = "anyone"
+#: How long a signed page-view link (:meth:`AccessPolicy.sign_link`) opens without the key: a day.
+LINK_TTL_S = 24 * 3600
 
 _COLLECTION_NAME = re.compile(r"[A-Za-z0-9._-]{1,512}")  # the characters Chroma allows in a name
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -243,6 +246,37 @@ class AccessPolicy:
                 found = entry.grant
         return found
 
+    def sign_link(self, grant: Grant, path: str, *, ttl_s: int = LINK_TTL_S) -> str:
+        """A token that lets a browser open the URL ``path`` (a page view, whose link an answer carries) as
+        ``grant``'s holder without sending the key, for ``ttl_s`` seconds: ``holder.expires.signature``, an
+        HMAC-SHA256 of the path and expiry keyed by the holder's key digest, so every worker with the same keys
+        signs and checks the same links and a changed key voids its links. Empty when no key is needed."""
+        if not self.requires_key:
+            return ""
+        expires = int(time.time()) + ttl_s
+        digest = self._digest_of_holder(grant.holder)
+        if digest is None:
+            return ""
+        return f"{grant.holder}.{expires}.{_link_mac(digest, path, expires)}"
+
+    def grant_for_link(self, token: str, path: str) -> Grant | None:
+        """The grant a link token (:meth:`sign_link`) carries for ``path``; None when it is forged, expired, for
+        another path, or its holder is gone."""
+        holder, _, rest = token.rpartition(".")
+        holder, _, expires_text = holder.rpartition(".")
+        if not holder or not expires_text.isdigit() or int(expires_text) < time.time():
+            return None
+        self._reload_if_changed()
+        for entry in self._entries:
+            if entry.grant.holder == holder:
+                expected = _link_mac(entry.digest, path, int(expires_text))
+                return entry.grant if hmac.compare_digest(expected, rest) else None
+        return None
+
+    def _digest_of_holder(self, holder: str) -> bytes | None:
+        self._reload_if_changed()
+        return next((entry.digest for entry in self._entries if entry.grant.holder == holder), None)
+
     def _reload_if_changed(self) -> None:
         path = self.keys_file
         if path is None:
@@ -273,6 +307,11 @@ class AccessPolicy:
             self._entries = [*self._single, *entries]
             holders = ", ".join(entry.grant.holder for entry in entries)
             logger.warning("reloaded the API keys file %s: holders %s", path, holders)
+
+
+def _link_mac(digest: bytes, path: str, expires: int) -> str:
+    mac = hmac.new(digest, f"page-link\0{path}\0{expires}".encode("utf-8", "surrogateescape"), hashlib.sha256)
+    return mac.hexdigest()[:32]
 
 
 def _signature(path: Path) -> tuple[int, int, int]:

@@ -13,7 +13,6 @@ they are saved safely (plain names, size limits, zip members checked) is :mod:`r
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rag.app.ids import document_id, find_document
 from rag.app.root import Components
 from rag.app.uploads import UPLOADS_FOLDER, UploadResult, is_inside, save_uploads
 from rag.errors import ConfigError
@@ -35,12 +35,6 @@ __all__ = [
     "DocumentLibrary",
     "document_id",
 ]
-
-
-def document_id(path: str) -> str:
-    """A document's id on every surface (HTTP, MCP, page views): stable, opaque (no path in a URL), the same in
-    every worker."""
-    return "doc-" + hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:24]
 
 
 @dataclass(frozen=True)
@@ -124,11 +118,7 @@ class DocumentLibrary:
     def find_document(self, doc_id: str, collections: Iterable[str]) -> tuple[str, str] | None:
         """(collection, path) of the document ``doc_id`` among ``collections`` (those a caller may read); None when
         none holds it. Read from each collection's local index (its files in one indexed query), not the store."""
-        for name in collections:
-            for path in self.components.retriever(name).reader.sources():
-                if document_id(path) == doc_id:
-                    return name, path
-        return None
+        return find_document(doc_id, collections, self.components.reader)
 
     def delete_document(self, collection: str | None, path: str) -> int:
         """Remove one file's chunks from the store and the BM25 index (and the file, when it was uploaded).

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from ingest.pipeline import FileProblem, IngestPipeline, IngestProgress
     from rag.answer.chain import AnswerModel, RagChain
     from rag.app.access import AccessPolicy
+    from rag.app.pages import PageViews
+    from rag.chunks import ChunkReader
     from rag.llm.speed import PromptSpeed
     from rag.retrieval.embedders.base import Embedder
     from rag.retrieval.lexical import LexicalIndex
@@ -87,6 +89,7 @@ class Components:
         self._reranker: Reranker | None = None
         self._collections: dict[str, _CollectionHandles] = {}
         self._access: AccessPolicy | None = None
+        self._page_views: PageViews | None = None
         self._lock = threading.RLock()
 
     def settings_for(self, collection: str | None = None) -> Settings:
@@ -188,6 +191,28 @@ class Components:
         key = f"{embedder.name} @ {base_url}" if base_url else embedder.name
         with self._lock:
             return self._embedders.setdefault(key, embedder)
+
+    def reader(self, collection: str | None = None) -> ChunkReader:
+        """Where a collection's chunks are read by id and by file (its local index, reconciled with the store)."""
+        return self.retriever(collection).reader
+
+    def page_views(self) -> PageViews:
+        """**One** :class:`PageViews` for the process: pages rendered with highlights, cached under
+        ``data_dir/page-cache`` (``page_cache_mb``), ``page_view_width`` pixels wide."""
+        from pathlib import Path
+
+        from rag.app.pages import PageViews
+
+        with self._lock:
+            if self._page_views is None:
+                settings = self.settings
+                self._page_views = PageViews(
+                    self.reader,
+                    cache_dir=Path(settings.data_dir) / "page-cache",
+                    cache_bytes=int(settings.page_cache_mb * 2**20),
+                    width=settings.page_view_width,
+                )
+            return self._page_views
 
     def ocr(self) -> OcrEngine:
         """The OCR engine of the process (loaded on the first scan; images fail with a reason without the extra)."""

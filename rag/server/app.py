@@ -20,22 +20,24 @@ import base64
 import contextlib
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rag.app.access import AccessPolicy, Grant
 from rag.app.library import document_id
+from rag.app.pages import view_path
 from rag.server.errors import ApiError, install_error_handlers, stream_error_event
 from rag.server.jobs import IngestJobs
 from rag.server.protocol import ChatCompletionRequest, ChatMessageIn, ChunksRequest, EmbeddingsRequest
@@ -49,6 +51,10 @@ __all__ = ["ServeOptions", "create_app"]
 logger = logging.getLogger("rag.server")
 
 COLLECTION_PREFIX = "rag-"
+#: A passage view runs no script but its own scroll and loads nothing (its text is escaped besides).
+_PASSAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+#: The page views a signed link (``?access=``, :meth:`AccessPolicy.sign_link`) opens without the key.
+_PAGE_VIEW = re.compile(r"/v1/documents/[^/]+/(?:pages|passages)/[^/]+")
 #: The headers the official OpenAI clients send, allowed by CORS when origins are configured.
 _CLIENT_HEADERS = [
     "Authorization", "Content-Type", "OpenAI-Organization", "OpenAI-Project", "x-stainless-arch",
@@ -148,6 +154,9 @@ async def request_grant(request: Request) -> Grant:
     policy: AccessPolicy = request.app.state.access_policy
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     grant = policy.grant_for(key.strip() if scheme.lower() == "bearer" else None)
+    token = request.query_params.get("access")
+    if grant is None and token and request.method == "GET" and _PAGE_VIEW.fullmatch(request.url.path):
+        grant = policy.grant_for_link(token, request.url.path)  # a page view's link, opened by a browser
     if grant is None:
         raise ApiError(
             401,
@@ -224,6 +233,13 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
         return ApiError(404, f"the model '{model}' does not exist: use one of {known}", code="model_not_found",
                         param="model")  # fmt: skip
 
+    def signed_link(base_url: str, path: str, grant: Grant) -> str:
+        """``path`` as a URL a browser opens without the key (a page view's link, signed for ``grant``)."""
+        token = app.state.access_policy.sign_link(grant, path.split("?", 1)[0])
+        if not token:
+            return base_url + path
+        return f"{base_url}{path}{'&' if '?' in path else '?'}access={token}"
+
     def may_write(grant: Grant, collection: str) -> None:
         if not grant.can_write(collection):
             raise ApiError(
@@ -265,7 +281,7 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
         except BaseException:
             await events.aclose()
             raise
-        answer = _Answer(body, first, retrieval=use_retrieval)
+        answer = _Answer(body, first, retrieval=use_retrieval, link=lambda base, path: signed_link(base, path, grant))
         include_sources = extra is None or extra.include_sources
         base = str(request.base_url).rstrip("/")
         if body.stream:
@@ -277,7 +293,7 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
         return await _until_disconnected(request, _complete(answer, events, include_sources, base))
 
     @app.post("/v1/chunks")
-    async def chunks(body: ChunksRequest, grant: Granted) -> dict[str, Any]:
+    async def chunks(body: ChunksRequest, request: Request, grant: Granted) -> dict[str, Any]:
         collection = await asyncio.to_thread(collection_of, body.model, grant)
         if collection is None:
             raise ApiError(400, "retrieval needs a collection: use a rag-... model id", code="invalid_value",
@@ -285,20 +301,28 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
         retriever = components.retriever(collection)
         filters: dict[str, Any] = {"sources": body.sources} if body.sources else {}
         found = await retriever.ainvoke(body.query, k=body.k, **filters)
-        data = [
-            {
-                "object": "chunk",
-                "id": document.id,
-                "document_id": document_id(str(document.metadata.get("source_abs") or "")),
-                "file_name": document.metadata.get("file_name"),
-                "source": document.metadata.get("source"),
-                "page": document.metadata.get("page"),
-                "heading": document.metadata.get("heading") or "",
-                "score": document.metadata.get("score"),
-                "text": document.page_content,
-            }
-            for document in found
-        ]
+        base = str(request.base_url).rstrip("/")
+        data = []
+        for document in found:
+            doc_id = document_id(str(document.metadata.get("source_abs") or ""))
+            file_name = str(document.metadata.get("file_name") or "")
+            page = document.metadata.get("page")
+            data.append(
+                {
+                    "object": "chunk",
+                    "id": document.id,
+                    "document_id": doc_id,
+                    "file_name": file_name,
+                    "source": document.metadata.get("source"),
+                    "page": page,
+                    "heading": document.metadata.get("heading") or "",
+                    "score": document.metadata.get("score"),
+                    "text": document.page_content,
+                    "page_image_url": signed_link(
+                        base, view_path(doc_id, file_name, page, [str(document.id or "")]), grant
+                    ),
+                }
+            )
         return {"object": "list", "model": body.model, "data": data}
 
     @app.post("/v1/embeddings")
@@ -382,6 +406,38 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
 
         return await asyncio.to_thread(read)
 
+    @app.get("/v1/documents/{doc_id}/pages/{page}", response_class=Response)
+    async def document_page(doc_id: str, page: str, grant: Granted, highlight: str = "") -> Response:
+        """Page ``page`` of a PDF or image document as a PNG, the chunks ``highlight`` (ids, comma-separated)
+        marked on it."""
+        number = _page_number(page)
+        chunk_ids = [part.strip() for part in highlight.split(",") if part.strip()]
+
+        def render() -> Any:
+            names = [info.name for info in library.collections()]
+            return components.page_views().page_image(doc_id, number, chunk_ids, grant.readable(names))
+
+        image = await asyncio.to_thread(render)
+        return Response(
+            image.png,
+            media_type="image/png",
+            headers={"Cache-Control": "private, max-age=600", "X-Page": str(image.page), "X-Pages": str(image.pages)},
+        )
+
+    @app.get("/v1/documents/{doc_id}/passages/{chunk_id}", response_class=HTMLResponse)
+    async def document_passage(doc_id: str, chunk_id: str, grant: Granted) -> HTMLResponse:
+        """A passage of a document without pages in its surrounding text: an HTML page, scrolled to it."""
+
+        def view() -> Any:
+            names = [info.name for info in library.collections()]
+            return components.page_views().passage_html(doc_id, chunk_id, grant.readable(names))
+
+        passage = await asyncio.to_thread(view)
+        return HTMLResponse(
+            _passage_page(passage.file_name, passage.html),
+            headers={"Content-Security-Policy": _PASSAGE_CSP, "Cache-Control": "private, max-age=600"},
+        )
+
     @app.delete("/v1/documents/{doc_id}")
     async def delete_document(doc_id: str, grant: Granted, model: str | None = None) -> dict[str, Any]:
         def delete() -> dict[str, Any]:
@@ -421,6 +477,24 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
         return job.to_dict()
 
     return app
+
+
+def _page_number(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ApiError(400, f"page: '{text}' is not a page number (1, 2, ...)", code="invalid_value", param="page")
+    return int(text)
+
+
+def _passage_page(file_name: str, fragment: str) -> str:
+    """A passage view as a page a browser opens: the fragment (escaped text), scrolled to the passage."""
+    import html
+
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(file_name)}</title></head>'
+        f'<body style="max-width: 48em; margin: 2em auto; font-family: sans-serif">'
+        f"<h3>{html.escape(file_name)}</h3>{fragment}"
+        "<script>document.getElementById('rag-passage')?.scrollIntoView({block: 'center'})</script></body></html>"
+    )
 
 
 # -- answering ------------------------------------------------------------------------------------------------
@@ -479,8 +553,17 @@ def _ask_options(body: ChatCompletionRequest, collection: str | None, use_retrie
 class _Answer:
     """One answer's identity and what is known of it: the same ``id`` in every chunk."""
 
-    def __init__(self, body: ChatCompletionRequest, first: AnswerEvent, *, retrieval: bool) -> None:
+    def __init__(
+        self,
+        body: ChatCompletionRequest,
+        first: AnswerEvent,
+        *,
+        retrieval: bool,
+        link: Callable[[str, str], str] = lambda base, path: base + path,
+    ) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.link = link
+        """(base URL, path) -> the page view's URL a browser opens (signed for the caller when keys are on)."""
         self.model = body.model
         self.created = int(time.time())
         self.body = body
@@ -500,6 +583,11 @@ class _Answer:
         for source in chosen:
             source["document_id"] = document_id(files.get(int(source.get("n") or 0), str(source.get("source") or "")))
             source["url"] = f"{base_url}/v1/documents/{source['document_id']}"
+            path = view_path(
+                source["document_id"], str(source.get("file_name") or ""), source.get("page"),
+                list(source.get("chunk_ids") or [source.get("chunk_id") or ""]),
+            )  # fmt: skip
+            source["page_image_url"] = self.link(base_url, path)
         return chosen
 
     def annotations(self, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -512,7 +600,7 @@ class _Answer:
                 {
                     "type": "url_citation",
                     "url_citation": {
-                        "url": source["url"],
+                        "url": source.get("page_image_url") or source["url"],
                         "title": source.get("file_name") or source.get("source") or "",
                         "start_index": max(start, 0),
                         "end_index": max(start, 0) + (len(marker) if start >= 0 else 0),

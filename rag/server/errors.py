@@ -19,7 +19,9 @@ from rag.errors import (
     EmptyStoreError,
     ModelMismatchError,
     ModelNotFoundError,
+    NotFoundError,
     RagError,
+    RequestError,
     StoreError,
 )
 
@@ -77,6 +79,10 @@ def from_rag_error(error: RagError) -> ApiError:
         return ApiError(503, str(error), code="model_unavailable")
     if isinstance(error, StoreError):
         return ApiError(503, str(error), code="store_unavailable", headers={"Retry-After": "5"})
+    if isinstance(error, NotFoundError):
+        return ApiError(404, str(error), code="not_found", param=error.param)
+    if isinstance(error, RequestError):
+        return ApiError(400, str(error), code="invalid_value", param=error.param)
     if isinstance(error, ConfigError):
         return ApiError(400, str(error), code="invalid_value")
     return ApiError(500, str(error), code="rag_error")
