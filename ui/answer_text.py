@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["inert_links"]
+__all__ = ["inert_links", "linked_markers"]
 
 #: Code the answer already quotes: ```blocks``` and `spans` (the longest first).
 _CODE = re.compile(r"(```.*?```|`[^`\n]+`)", re.DOTALL)
@@ -59,3 +59,23 @@ def inert_links(answer: str) -> str:
     """``answer`` with every link shown as code text (see the module docstring)."""
     parts = _CODE.split(answer)
     return "".join(part if i % 2 else _inert(part) for i, part in enumerate(parts))
+
+
+#: An answer's citation marker, ``[n]`` (not a Markdown link's text: that is followed by ``(``).
+_MARKER = re.compile(r"\[(\d{1,3})\](?!\()")
+
+
+def linked_markers(answer: str, numbers: set[int]) -> str:
+    """``answer`` (already made inert) with each ``[n]`` of a source shown linked to that source's card
+    (``#rag-source-n`` in the sources panel); markers inside code and numbers of no source stay text."""
+    parts = _CODE.split(answer)
+    for i in range(0, len(parts), 2):
+        parts[i] = _MARKER.sub(
+            lambda m: (
+                f'<a href="#rag-source-{m.group(1)}" class="rag-cite">[{m.group(1)}]</a>'
+                if int(m.group(1)) in numbers
+                else m.group(0)
+            ),
+            parts[i],
+        )
+    return "".join(parts)

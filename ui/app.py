@@ -18,7 +18,7 @@ from rag.app.assistant import Assistant
 from rag.app.library import DocumentLibrary
 from rag.app.root import Components
 from rag.settings import Settings
-from ui.handlers import ChatTurn, SessionSettings, UiHandlers
+from ui.handlers import ChatTurn, PageView, PageViewShown, SessionSettings, UiHandlers
 from ui.i18n import LANGUAGES, text
 
 __all__ = ["build_ui", "create_handlers", "launch"]
@@ -31,6 +31,19 @@ _CSS = """
   padding: 4px 8px; }
 .rag-sources summary { cursor: pointer; }
 .rag-passage { margin-top: 6px; font-size: 0.92em; }
+.rag-open { margin-left: 8px; padding: 0 8px; border: 1px solid var(--border-color-primary); border-radius: 4px;
+  font-size: 0.85em; cursor: pointer; }
+.rag-passage-view mark { background: #ffe066; }
+"""
+#: A source card's "Open page" button opens its page view: the sources panel reports which card, as a select event.
+_OPEN_SOURCE_JS = """
+element.addEventListener('click', (event) => {
+  const opener = event.target.closest('[data-source-n]');
+  if (!opener) return;
+  event.preventDefault();
+  event.stopPropagation();
+  trigger('select', {index: Number(opener.dataset.sourceN), value: opener.dataset.sourceN, selected: true});
+});
 """
 
 
@@ -98,7 +111,24 @@ def build_ui(handlers: UiHandlers) -> gr.Blocks:
                     stop = labelled(gr.Button(t("stop"), variant="stop", elem_id="stop"), value="stop")
                     clear = labelled(gr.Button(t("clear"), elem_id="clear"), value="clear")
                 figures = gr.Markdown(elem_id="figures")
-                sources = gr.HTML(elem_id="sources")
+                sources = gr.HTML(elem_id="sources", js_on_load=_OPEN_SOURCE_JS)
+                openable = gr.State([])  # this session's sources, as the page view opens them
+                page_view = gr.State(None)  # the page this session looks at
+                with gr.Group(elem_id="page-view"):
+                    page_caption = labelled(gr.Markdown(t("page_view_hint"), elem_id="page-caption"),
+                                            value="page_view_hint")  # fmt: skip
+                    page_image = gr.Image(
+                        type="pil", interactive=False, show_label=False, elem_id="page-image", visible=False
+                    )
+                    passage_view = gr.HTML(elem_id="passage-view", visible=False)
+                    with gr.Row():
+                        previous_page = labelled(
+                            gr.Button(t("previous_page"), size="sm", elem_id="page-previous", visible=False),
+                            value="previous_page",
+                        )
+                        next_page = labelled(
+                            gr.Button(t("next_page"), size="sm", elem_id="page-next", visible=False), value="next_page"
+                        )
 
             with gr.Tab(t("tab_documents"), id="documents", elem_id="tab-documents") as documents_tab:
                 labelled(documents_tab, label="tab_documents")
@@ -167,20 +197,50 @@ def build_ui(handlers: UiHandlers) -> gr.Blocks:
         # -- chat: one generation at a time across all sessions (llama.cpp is not thread-safe); others queue
         def respond(
             message: str, history: list[ChatTurn], state: SessionSettings
-        ) -> Iterator[tuple[Any, list[ChatTurn], str, str, str]]:
+        ) -> Iterator[tuple[Any, list[ChatTurn], str, str, str, list[dict[str, Any]]]]:
             # closing() hands a stop (Gradio closes this generator) on to the model at once
-            with contextlib.closing(handlers.respond(message, history, state)) as events:
-                for shown, kept, sources_html, figures_md in events:
-                    yield shown, kept, sources_html, figures_md, ""
+            with contextlib.closing(handlers.respond_with_sources(message, history, state)) as events:
+                for shown, kept, sources_html, figures_md, opened in events:
+                    yield shown, kept, sources_html, figures_md, "", opened
 
         chat_inputs = [question, conversation, session]
-        chat_outputs = [chatbot, conversation, sources, figures, question]
+        chat_outputs = [chatbot, conversation, sources, figures, question, openable]
         asked = question.submit(respond, chat_inputs, chat_outputs, concurrency_limit=1, concurrency_id="model")
         clicked = send.click(respond, chat_inputs, chat_outputs, concurrency_limit=1, concurrency_id="model")
         stop.click(None, None, None, cancels=[asked, clicked])
         cleared = [chatbot, conversation, sources, figures, question]
         clear.click(handlers.clear, None, cleared, cancels=[asked, clicked])
         chatbot.clear(handlers.clear, None, cleared, cancels=[asked, clicked])  # the chat's own trash button
+
+        # -- page views: a source card's button opens its page; previous and next turn it
+        page_outputs = [page_view, page_caption, page_image, passage_view, previous_page, next_page]
+
+        def shown_page(shown: PageViewShown) -> list[Any]:
+            paged = shown.image is not None
+            return [
+                shown.view,
+                shown.caption,
+                gr.update(value=shown.image, visible=paged),
+                gr.update(value=shown.passage_html, visible=bool(shown.passage_html)),
+                gr.update(visible=paged, interactive=paged and shown.view is not None and shown.view.page > 1),
+                gr.update(
+                    visible=paged,
+                    interactive=paged and shown.view is not None and shown.view.page < shown.view.pages,
+                ),
+            ]
+
+        def open_source(opened: list[dict[str, Any]], state: SessionSettings, event: gr.SelectData) -> list[Any]:
+            return shown_page(handlers.open_source(int(event.index), opened, state))
+
+        def turn(step: int) -> Any:
+            def turned(view: PageView | None, state: SessionSettings) -> list[Any]:
+                return shown_page(handlers.show_page(view, step, state))
+
+            return turned
+
+        sources.select(open_source, [openable, session], page_outputs, concurrency_id="io")
+        previous_page.click(turn(-1), [page_view, session], page_outputs, concurrency_id="io")
+        next_page.click(turn(1), [page_view, session], page_outputs, concurrency_id="io")
 
         # -- documents
         def documents_view(state: SessionSettings) -> tuple[Any, ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import io
 import logging
 import os
 from collections.abc import Callable, Generator, Sequence
@@ -17,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from rag.app.assistant import AnswerStats, AskOptions, Assistant, Note
+from rag.app.ids import document_id
 from rag.app.library import DocumentLibrary
 from rag.app.uploads import UploadResult
 from rag.errors import ModelNotFoundError, RagError
-from ui.answer_text import inert_links
+from ui.answer_text import inert_links, linked_markers
 from ui.i18n import Language, has_text, language_from_header, text
 
-__all__ = ["ChatTurn", "DocumentsView", "SessionSettings", "UiHandlers"]
+__all__ = ["ChatTurn", "DocumentsView", "PageView", "PageViewShown", "SessionSettings", "UiHandlers"]
 
 logger = logging.getLogger("ui")
 
@@ -56,6 +58,31 @@ class DocumentsView:
     """(label, path) for the delete dropdown."""
     folder_choices: list[str]
     collection_names: list[str]
+
+
+@dataclass(frozen=True)
+class PageView:
+    """The source page a session is looking at (``gr.State``): which document, page and highlighted chunks."""
+
+    n: int
+    doc_id: str
+    collection: str
+    file_name: str
+    page: int
+    pages: int
+    """0: a document without pages (its passage is shown in its text)."""
+    chunk_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PageViewShown:
+    """What the page view shows: the view (None: nothing open), the page image (PIL, or None), the passage HTML of a
+    document without pages, and its caption ("[2] manual.pdf · page 3 of 12")."""
+
+    view: PageView | None
+    image: Any
+    passage_html: str
+    caption: str
 
 
 class UiHandlers:
@@ -114,15 +141,25 @@ class UiHandlers:
 
         The conversation gains the turn only when an answer was written (not in retrieval-only mode, not on error).
         """
+        with contextlib.closing(self.respond_with_sources(message, history, session)) as events:
+            for shown, kept, sources_html, figures, _ in events:
+                yield shown, kept, sources_html, figures
+
+    def respond_with_sources(
+        self, message: str, history: Sequence[ChatTurn], session: SessionSettings
+    ) -> Generator[tuple[list[dict[str, str]], list[ChatTurn], str, str, list[dict[str, Any]]], None, None]:
+        """:meth:`respond`, each step also with the sources shown, as the page view opens them (``[n]``, document
+        id, page, chunk ids): kept in the session's ``gr.State``."""
         language = session.language
         shown = _as_messages(history)
         question = (message or "").strip()
         if not question:
-            yield list(shown), list(history), "", ""
+            yield list(shown), list(history), "", "", []
             return
         shown.append({"role": "user", "content": question})
         shown.append({"role": "assistant", "content": "…"})
-        yield list(shown), list(history), "", ""
+        yield list(shown), list(history), "", "", []
+        openable: list[dict[str, Any]] = []
         options = AskOptions(
             collection=session.collection,
             k=session.k,
@@ -136,6 +173,8 @@ class UiHandlers:
         with contextlib.closing(self.assistant.ask(question, history, options)) as events:
             try:
                 for event in events:
+                    if event.sources:
+                        openable = _openable(event, session.collection)
                     if event.kind == "passages":
                         sources_html = render_sources(event.sources, language, final=False)
                         figures = with_notes(render_figures(event.stats, language, final=False), event.notes, language)
@@ -155,25 +194,73 @@ class UiHandlers:
                             list(history),
                             render_sources(event.sources, language, final=False, retrieval_only=True),
                             with_notes(render_figures(event.stats, language), event.notes, language),
+                            openable,
                         )
                         return
                     else:
-                        shown[-1] = {"role": "assistant", "content": inert_links(event.text)}
+                        numbers = {int(source.get("n") or 0) for source in event.sources}
+                        shown[-1] = {"role": "assistant", "content": linked_markers(inert_links(event.text), numbers)}
                         kept = [*history, ("user", question), ("assistant", event.text)]
                         yield (
                             shown,
                             kept,
                             render_sources(event.sources, language, final=True),
                             with_notes(render_figures(event.stats, language), event.notes, language),
+                            openable,
                         )
                         return
-                    yield list(shown), list(history), sources_html, figures
+                    yield list(shown), list(history), sources_html, figures, openable
             except RagError as error:
                 message_text = text(language, "error", message=str(error))
                 if isinstance(error, ModelNotFoundError):
                     message_text += "\n\n" + text(language, "model_hint")
                 shown[-1] = {"role": "assistant", "content": message_text}
-                yield list(shown), list(history), sources_html, figures
+                yield list(shown), list(history), sources_html, figures, openable
+
+    # -- page views ----------------------------------------------------------------------------------------
+    def open_source(self, n: int, openable: Sequence[dict[str, Any]], session: SessionSettings) -> PageViewShown:
+        """The page view of source ``[n]`` of the answer shown: its page with the passage highlighted, or (a
+        document without pages) the passage in its text."""
+        source = next((item for item in openable if int(item.get("n") or 0) == n), None)
+        if source is None:
+            return PageViewShown(None, None, "", "")
+        views = self.library.components.page_views()
+        collection = str(source["collection"])
+        try:
+            document = views.document(str(source["doc_id"]), [collection])
+        except RagError as error:
+            return PageViewShown(None, None, "", text(session.language, "error", message=str(error)))
+        chunk_ids = tuple(str(chunk_id) for chunk_id in source.get("chunk_ids") or ())
+        view = PageView(n, document.doc_id, collection, document.file_name, 0, document.pages, chunk_ids)
+        if document.pages:
+            page = source.get("page")
+            if not isinstance(page, int) or not 1 <= page <= document.pages:
+                page = views.first_page(document.doc_id, chunk_ids, [collection]) if chunk_ids else 1
+            view = replace(view, page=page)
+        return self.show_page(view, 0, session)
+
+    def show_page(self, view: PageView | None, step: int, session: SessionSettings) -> PageViewShown:
+        """The view moved ``step`` pages (0: as it is), kept within the document; unchanged without a view."""
+        if view is None:
+            return PageViewShown(None, None, "", "")
+        language = session.language
+        views = self.library.components.page_views()
+        try:
+            if not view.pages:
+                passage = views.passage_html(
+                    view.doc_id, view.chunk_ids[0] if view.chunk_ids else "", [view.collection]
+                )
+                caption = text(language, "passage_in_text", n=view.n, file=view.file_name)
+                return PageViewShown(view, None, passage.html, caption)
+            view = replace(view, page=min(max(1, view.page + step), view.pages))
+            image = views.page_image(view.doc_id, view.page, view.chunk_ids, [view.collection])
+        except RagError as error:
+            return PageViewShown(view, None, "", text(language, "error", message=str(error)))
+        from PIL import Image
+
+        picture = Image.open(io.BytesIO(image.png))
+        caption = text(language, "page_of", n=view.n, file=view.file_name, page=view.page, pages=view.pages)
+        return PageViewShown(view, picture, "", caption)
 
     @staticmethod
     def clear() -> tuple[list[dict[str, str]], list[ChatTurn], str, str, str]:
@@ -302,6 +389,28 @@ def _where(path: str, uploads: Path) -> str:
         return path
 
 
+def _openable(event: Any, collection: str) -> list[dict[str, Any]]:
+    """The sources of an answer event as the page view opens them: ``[n]``, the document's id (from the passage's
+    file), its collection, page and chunk ids; never a path (the view looks the id up among the collection's
+    documents)."""
+    files = {passage.n: passage.source_abs for passage in event.passages}
+    found = []
+    for source in event.sources:
+        n = int(source.get("n") or 0)
+        if n not in files:
+            continue
+        found.append(
+            {
+                "n": n,
+                "doc_id": document_id(files[n]),
+                "collection": collection,
+                "page": source.get("page"),
+                "chunk_ids": list(source.get("chunk_ids") or [source.get("chunk_id") or ""]),
+            }
+        )
+    return found
+
+
 def _as_messages(history: Sequence[ChatTurn]) -> list[dict[str, str]]:
     return [{"role": role, "content": content} for role, content in history]
 
@@ -339,8 +448,14 @@ def render_sources(
         if final and source.get("cited") is False and any(s.get("cited") for s in sources):
             where.append(f"<i>{html.escape(text(language, 'not_cited'))}</i>")
         body = html.escape(str(source.get("text", "")))
+        n = int(source.get("n", 0))
+        has_pages = source.get("page") is not None
+        opener = (
+            f"<button type='button' class='rag-open' data-source-n='{n}'>"
+            f"{html.escape(text(language, 'open_page' if has_pages else 'open_passage'))}</button>"
+        )
         parts.append(
-            f"<details class='rag-source'><summary>{' · '.join(where)}</summary>"
+            f"<details class='rag-source' id='rag-source-{n}'><summary>{' · '.join(where)} {opener}</summary>"
             f"<div class='rag-passage' style='white-space: pre-wrap'>{body}</div></details>"
         )
     parts.append("</div>")
