@@ -7,7 +7,7 @@
 2. ``render``: :class:`rag.app.pages.PageViews` rendering a cited page at the UI's width with its chunk's
    rectangles highlighted, cache off (every call renders): the first pages of each SEC filing with the first
    chunk of each page, and OCR'd scans (SEC pages rendered to PNG, ingested as images by RapidOCR). Median and
-   worst milliseconds; the target is 300 ms on the 2 cores here.
+   p90 and worst milliseconds (after one warm-up render); the target is 300 ms on the 2 cores here.
 
 Usage (from the repository root)::
 
@@ -123,6 +123,8 @@ def bench_render(files: list[Path], pages: int, scans: int) -> None:
         index = components.lexical_index("bench")
         from rag.app.library import document_id
 
+        first = index.sources()[0]
+        views.page_image(document_id(first), 1, [], ["bench"])  # imports and pdfium's start: not a page's cost
         for kind, wanted in (("SEC text pages", [str(p.resolve()) for p in files]), ("OCR'd scans", None)):
             timings = []
             sources = [s for s in index.sources() if (s in wanted if wanted else s.startswith(str(scan_dir)))]
@@ -134,9 +136,11 @@ def bench_render(files: list[Path], pages: int, scans: int) -> None:
                     started = time.perf_counter()
                     image = views.page_image(document_id(source), page, [chunk_id], ["bench"])
                     timings.append((time.perf_counter() - started) * 1000)
+            timings.sort()
             print(
                 f"{kind}: {len(timings)} renders at width {views.width}px, median {statistics.median(timings):.0f} ms, "
-                f"worst {max(timings):.0f} ms, {len(image.png) / 1024:.0f} KiB last PNG"
+                f"p90 {timings[int(0.9 * (len(timings) - 1))]:.0f} ms, worst {timings[-1]:.0f} ms, "
+                f"{len(image.png) / 1024:.0f} KiB last PNG"
             )
 
 

@@ -34,6 +34,9 @@ _VISIBLE = re.compile(r"\S")
 # again after a difference (long enough that a table's repeated numbers rarely match by chance).
 _RUN = 64
 _PROBE = 8
+#: Characters read as one box at most (their first and last asked of pdfium): pdfium's per-character calls are
+#: most of what boxes cost at ingest; a chunk cut inside a run is cut in proportion.
+_GROUP = 8
 
 
 @dataclass(frozen=True)
@@ -181,7 +184,11 @@ def pdf_char_boxes(path: Path, text: str, pages: dict[int, list[tuple[int, int]]
 
 
 def _page_spans(page: Any, number: int, text: str, ours: list[int]) -> TextBoxes:
-    """The boxes of the characters at offsets ``ours`` of ``text``, all from page ``number``."""
+    """The boxes of the characters at offsets ``ours`` of ``text``, all from page ``number``.
+
+    Asking pdfium for a character's box is most of the cost, so characters are taken in runs of up to
+    :data:`_GROUP` that are consecutive in both texts (a word, a number, a few CJK characters): a run is one span,
+    the box of its first and last characters together when those two share a line, else a span per character."""
     import pypdfium2.raw as pdfium
 
     textpage = page.get_textpage()
@@ -192,30 +199,76 @@ def _page_spans(page: Any, number: int, text: str, ours: list[int]) -> TextBoxes
             theirs_text = "".join(chr(pdfium.FPDFText_GetUnicode(textpage.raw, i) or 32) for i in range(count))
         theirs = [m.start() for m in _VISIBLE.finditer(theirs_text)]
         matched = align_text("".join(text[i] for i in ours), "".join(theirs_text[i] for i in theirs))
+        handle = textpage.raw
+        get_box = pdfium.FPDFText_GetCharBox
         left, right, bottom, top = (ctypes.c_double() for _ in range(4))
         refs = (ctypes.byref(left), ctypes.byref(right), ctypes.byref(bottom), ctypes.byref(top))
-        offsets: list[int] = []
+
+        def box(index: int) -> tuple[float, float, float, float] | None:
+            if not get_box(handle, index, *refs):
+                return None
+            return left.value, bottom.value, right.value, top.value
+
+        spans: list[tuple[int, int]] = []
         boxes: list[tuple[float, float, float, float]] = []
-        for offset, index in zip(ours, matched, strict=True):
-            if index < 0:
+        for first, last in _runs(np.asarray(ours, dtype=np.int64), np.asarray(matched, dtype=np.int64)):
+            head = box(theirs[matched[first]])
+            if first == last:
+                if head is not None:
+                    spans.append((ours[first], ours[first] + 1))
+                    boxes.append(head)
                 continue
-            if pdfium.FPDFText_GetCharBox(textpage.raw, theirs[index], *refs):
-                offsets.append(offset)
-                boxes.append((left.value, bottom.value, right.value, top.value))
+            tail = box(theirs[matched[last]])
+            if head is not None and tail is not None and _one_line(head, tail):
+                spans.append((ours[first], ours[last] + 1))
+                boxes.append((min(head[0], tail[0]), min(head[1], tail[1]), max(head[2], tail[2]),
+                              max(head[3], tail[3])))  # fmt: skip
+                continue
+            for k in range(first, last + 1):  # a run over a line break: a span per character
+                found = box(theirs[matched[k]])
+                if found is not None:
+                    spans.append((ours[k], ours[k] + 1))
+                    boxes.append(found)
     finally:
         textpage.close()
-    if not offsets:
+    if not spans:
         return TextBoxes.empty()
-    corners = np.asarray(boxes, dtype=np.float64)
-    shown = _to_shown(page, corners)
-    starts = np.asarray(offsets, dtype=np.int64)
+    shown = _to_shown(page, np.asarray(boxes, dtype=np.float64))
+    bounds = np.asarray(spans, dtype=np.int64)
     keep = (shown[:, 2] > shown[:, 0]) & (shown[:, 3] > shown[:, 1])
     return TextBoxes(
-        starts=starts[keep],
-        ends=starts[keep] + 1,
+        starts=bounds[keep, 0],
+        ends=bounds[keep, 1],
         pages=np.full(int(keep.sum()), number, dtype=np.int32),
         edges=shown[keep].astype(np.float32),
     )
+
+
+def _runs(ours: np.ndarray, matched: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) positions of the runs: matched characters consecutive in our text and in pdfium's, at most
+    :data:`_GROUP` long."""
+    found = np.flatnonzero(matched >= 0)
+    if not len(found):
+        return []
+    ours, theirs = ours[found], matched[found]
+    heads = np.ones(len(found), dtype=bool)
+    heads[1:] = (np.diff(ours) != 1) | (np.diff(theirs) != 1)
+    starts = np.flatnonzero(heads)
+    # position inside its run, to cut runs every _GROUP characters
+    position = np.arange(len(found)) - np.repeat(starts, np.diff(np.append(starts, len(found))))
+    heads |= position % _GROUP == 0
+    starts = np.flatnonzero(heads)
+    ends = np.append(starts[1:], len(found)) - 1
+    return list(zip(found[starts].tolist(), found[ends].tolist(), strict=True))
+
+
+def _one_line(head: tuple[float, float, float, float], tail: tuple[float, float, float, float]) -> bool:
+    """Whether two character boxes (left, bottom, right, top) lie on one line of horizontal or vertical text."""
+    shared_height = min(head[3], tail[3]) - max(head[1], tail[1])
+    shared_width = min(head[2], tail[2]) - max(head[0], tail[0])
+    height = min(head[3] - head[1], tail[3] - tail[1])
+    width = min(head[2] - head[0], tail[2] - tail[0])
+    return shared_height >= 0.5 * height or shared_width >= 0.5 * width
 
 
 def _to_shown(page: Any, corners: np.ndarray) -> np.ndarray:
