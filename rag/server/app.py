@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
-import hmac
 import logging
 import os
 import tempfile
@@ -32,15 +30,20 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rag.app.library import document_id
+from rag.server.access import Access, caller_access
 from rag.server.errors import ApiError, install_error_handlers, stream_error_event
 from rag.server.jobs import IngestJobs
 from rag.server.protocol import ChatCompletionRequest, ChatMessageIn, ChunksRequest, EmbeddingsRequest
 
 if TYPE_CHECKING:
-    from rag.app.assistant import AnswerEvent, AskOptions
+    from rag.app.assistant import AnswerEvent, AskOptions, Assistant
+    from rag.app.library import DocumentLibrary
     from rag.app.root import Components
+    from rag.server.mcp import GuardedMcpEndpoint
 
 __all__ = ["ServeOptions", "create_app"]
 
@@ -66,6 +69,8 @@ class ServeOptions:
     max_body_bytes: int = 4 * 2**20
     max_upload_bytes: int = 50 * 2**20
     cors_origins: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    """Where the server listens: on loopback, MCP requests must also name a loopback Host (DNS rebinding)."""
     warm_up: bool = True
     """Load the model when the server starts (``/health`` says 503 until it has)."""
 
@@ -81,13 +86,9 @@ class ServeOptions:
             max_body_bytes=int(settings.serve_max_body_mb * 2**20),
             max_upload_bytes=int(settings.ui_max_upload_mb * 2**20),
             cors_origins=tuple(settings.serve_cors_origins),
+            host=settings.serve_host,
             warm_up=warm_up,
         )
-
-
-def document_id(path: str) -> str:
-    """A document's id in the API: stable, opaque, the same in every worker."""
-    return "doc-" + hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:24]
 
 
 def bare_model_id(components: Components) -> str:
@@ -161,13 +162,16 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
     health = _Health()
     assistant = Assistant(components, slots=options.slots, queue=options.queue)
 
+    mcp = _mcp_endpoint(assistant, library, options)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if components.use_llm and options.warm_up:
             threading.Thread(target=_warm_up, args=(components, health), name="warm-up", daemon=True).start()
         else:
             health.ready.set()
-        yield
+        async with mcp.lifespan():
+            yield
 
     app = FastAPI(
         title="chinese-mixtral-rag",
@@ -175,6 +179,7 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.router.routes.append(Route("/mcp", endpoint=mcp))  # MCP over streamable HTTP, the same key rule
     app.add_middleware(_BodyLimit, max_bytes=options.max_body_bytes, upload_bytes=options.max_upload_bytes)
     if options.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -186,17 +191,8 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
             allow_headers=_CLIENT_HEADERS,
         )
 
-    async def authorized(request: Request) -> None:
-        if options.api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        scheme, _, key = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), options.api_key.encode()):
-            raise ApiError(
-                401,
-                "missing or wrong API key: send `Authorization: Bearer KEY` (the server's RAG_API_KEY)",
-                code="invalid_api_key",
-            )
+    async def authorized(request: Request) -> Access:
+        return caller_access(request.headers.get("authorization"), options.api_key)
 
     guarded = [Depends(authorized)]
 
@@ -396,6 +392,14 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
         return job.to_dict()
 
     return app
+
+
+def _mcp_endpoint(assistant: Assistant, library: DocumentLibrary, options: ServeOptions) -> GuardedMcpEndpoint:
+    """The MCP server over the same answer service (one admission for both APIs) and library, at ``/mcp``."""
+    from rag.server.mcp import GuardedMcpEndpoint, create_mcp_server
+
+    server = create_mcp_server(assistant, library)
+    return GuardedMcpEndpoint(server, api_key=options.api_key, host=options.host)
 
 
 # -- answering ------------------------------------------------------------------------------------------------
