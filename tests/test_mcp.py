@@ -52,7 +52,9 @@ def data_dir(embedder: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_pdf(docs / "rivers.pdf", PDF_PAGES)
     (work / "plan.txt").write_text("The launch is planned for the second week of March.\n", encoding="utf-8")
     for collection, folder, count in (("docs", docs, 4), ("work", work, 1)):
-        components = Components(Settings(data_dir=root / "data", embedding_model=BUNDLED_EMBEDDER, collection=collection))
+        components = Components(
+            Settings(data_dir=root / "data", embedding_model=BUNDLED_EMBEDDER, collection=collection)
+        )
         components.share_embedder(embedder)
         report = components.ingest_pipeline().run([folder])
         assert report.files_added == count and not report.files_failed
@@ -81,7 +83,7 @@ class Session:
                 self.client = client
                 self._ready.set()
                 await self._stop.wait()
-        except BaseException as error:  # noqa: BLE001 (reported by the constructor)
+        except BaseException as error:  # reported by the constructor
             self._error = error
             self._ready.set()
 
@@ -102,8 +104,16 @@ def _stdio_params(data_dir: Path, smollm2_gguf: Path) -> Any:
 
     return StdioServerParameters(
         command=sys.executable,
-        args=["-c", "from rag.cli.main import main; main()", "mcp", "--data-dir", str(data_dir),
-              "--llm-model", str(smollm2_gguf), *MODEL_FLAGS],  # fmt: skip
+        args=[
+            "-c",
+            "from rag.cli.main import main; main()",
+            "mcp",
+            "--data-dir",
+            str(data_dir),
+            "--llm-model",
+            str(smollm2_gguf),
+            *MODEL_FLAGS,
+        ],
         env={**os.environ, "RAG_LLM_PROMPT_FORMAT": "native"},
     )
 
@@ -366,6 +376,7 @@ def test_http_cancel_stops_generation_and_frees_the_shared_slot(http: Session, s
     assert seen["running"] == 1  # the MCP answer took the slot the OpenAI API also uses: one admission
     # 400 tokens at ~100 tokens/s would hold the slot for seconds more: it is free almost at once
     assert _wait_idle(server, within_s=3) < 3
-    reply = httpx.post(f"{server}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=120,
-                       json={"model": "rag-docs", "messages": [{"role": "user", "content": "Password rules?"}]})  # fmt: skip
+    question = {"model": "rag-docs", "messages": [{"role": "user", "content": "Password rules?"}]}
+    reply = httpx.post(f"{server}/v1/chat/completions", json=question, headers={"Authorization": f"Bearer {KEY}"},
+                       timeout=120)  # fmt: skip
     assert reply.status_code == 200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -67,13 +68,11 @@ def mcp_command(
     from rag.app.assistant import Assistant
     from rag.app.library import DocumentLibrary
     from rag.app.root import Components
-    from rag.server.mcp import create_mcp_server
+    from rag.server.mcp import create_mcp_server, local_access
 
     components = Components(settings, use_llm=not no_llm)
-    server = create_mcp_server(Assistant(components), DocumentLibrary(components))
+    server = create_mcp_server(Assistant(components), DocumentLibrary(components), access_of=local_access)
     mode = "search only (no language model)" if no_llm else f"model {settings.llm_model}"
     click.echo(f"rag mcp: stdio · collection '{settings.collection}' in {settings.data_dir} · {mode}", err=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # the host closing stdin ends it; Ctrl-C too, quietly
         anyio.run(server.run_stdio_async)
-    except KeyboardInterrupt:
-        pass

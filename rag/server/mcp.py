@@ -35,7 +35,14 @@ if TYPE_CHECKING:
     from rag.app.assistant import AnswerEvent, Assistant
     from rag.app.library import DocumentInfo, DocumentLibrary
 
-__all__ = ["ACCESS_SCOPE_KEY", "DOCUMENT_URI", "GuardedMcpEndpoint", "create_mcp_server"]
+__all__ = [
+    "ACCESS_SCOPE_KEY",
+    "DOCUMENT_URI",
+    "GuardedMcpEndpoint",
+    "access_from_request",
+    "create_mcp_server",
+    "local_access",
+]
 
 logger = logging.getLogger("rag.server.mcp")
 
@@ -156,29 +163,33 @@ def _as_tool_error() -> Iterator[None]:
         raise ToolError(str(error)) from error
 
 
+AccessOf = Callable[["Context[Any, Any] | ServerRequestContext[Any, Any]"], Access]
+"""Which collections the caller of one MCP request may read."""
+
+
 def access_from_request(ctx: Context[Any, Any] | ServerRequestContext[Any, Any]) -> Access:
-    """The caller's access: what the HTTP guard decided for this request; a process without HTTP (stdio) is the
-    user's own and reads everything."""
+    """What :class:`GuardedMcpEndpoint` decided for the HTTP request that carried this message; nothing for a
+    message that did not come through it."""
     request_context = ctx.request_context if isinstance(ctx, Context) else ctx
-    request = request_context.request
-    if request is None:
-        return EVERYTHING
-    access = getattr(request, "scope", {}).get(ACCESS_SCOPE_KEY)
-    if not isinstance(access, Access):  # an HTTP request that did not pass the guard: nothing
-        return Access(frozenset())
-    return access
+    access = getattr(request_context.request, "scope", {}).get(ACCESS_SCOPE_KEY)
+    return access if isinstance(access, Access) else Access(frozenset())
+
+
+def local_access(ctx: Context[Any, Any] | ServerRequestContext[Any, Any]) -> Access:
+    """A server on stdio: its only caller is the user's own assistant, which started it; it reads everything."""
+    return EVERYTHING
 
 
 def create_mcp_server(
     assistant: Assistant,
     library: DocumentLibrary,
     *,
-    access_of: Callable[[Context[Any, Any] | ServerRequestContext[Any, Any]], Access] = access_from_request,
+    access_of: AccessOf = access_from_request,
 ) -> MCPServer[Any]:
     """The MCP server over ``assistant`` (answers, with its admission) and ``library`` (collections, documents).
 
-    ``access_of``: which collections the caller of a request may read (default: what the HTTP guard put in the
-    request's scope; everything on stdio).
+    ``access_of``: which collections the caller of a request may read: by default what the HTTP guard decided
+    (:class:`GuardedMcpEndpoint`), nothing without it; :func:`local_access` on stdio.
     """
     from rag.app.assistant import AskOptions
     from rag.app.library import document_id
@@ -251,7 +262,9 @@ def create_mcp_server(
         conversation: Annotated[
             list[Turn], Field(description="Earlier turns, oldest first, for a follow-up question.")
         ] = [],  # noqa: B006
-        collection: Annotated[str | None, Field(description="Collection to answer from (default: the server's).")] = None,
+        collection: Annotated[
+            str | None, Field(description="Collection to answer from (default: the server's).")
+        ] = None,
         k: Annotated[int, Field(ge=1, le=50, description="Top passages expanded first.")] = 5,
         max_tokens: Annotated[int | None, Field(ge=1, le=8192, description="Most tokens in the answer.")] = None,
         temperature: Annotated[float | None, Field(ge=0.0, le=2.0, description="Sampling temperature.")] = None,
