@@ -37,6 +37,8 @@ DOCUMENTS = {
     "规章制度.md": "# 规章制度\n\n## 年假\n\n员工每年享有带薪年假十五天，请假须提前三天申请。\n",
 }
 PDF_PAGES = ["长江是中国第一长河，全长约六千三百公里。", "黄河是中国第二长河，被称为中华民族的母亲河。"]
+#: Long enough for several chunks that share their overlaps: read back, each sentence comes once, in order.
+LONG_TEXT = " ".join(f"Item {n} of the minutes records decision number {n} on the budget." for n in range(1, 121))
 MODEL_FLAGS = ["--llm-n-ctx", "4096", "--max-tokens", "24"]
 
 
@@ -51,7 +53,8 @@ def data_dir(embedder: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
         (docs / name).write_text(text, encoding="utf-8")
     write_pdf(docs / "rivers.pdf", PDF_PAGES)
     (work / "plan.txt").write_text("The launch is planned for the second week of March.\n", encoding="utf-8")
-    for collection, folder, count in (("docs", docs, 4), ("work", work, 1)):
+    (work / "minutes.txt").write_text(LONG_TEXT, encoding="utf-8")
+    for collection, folder, count in (("docs", docs, 4), ("work", work, 2)):
         components = Components(
             Settings(data_dir=root / "data", embedding_model=BUNDLED_EMBEDDER, collection=collection)
         )
@@ -220,14 +223,16 @@ def test_collections_documents_and_reading_by_id(stdio: Session) -> None:
     assert second["pages"] == [2] and "黄河" in second["text"] and "长江是" not in second["text"]
     cut = _structured(stdio.call("read_document", {"document_id": pdf, "max_chars": 5}))
     assert len(cut["text"]) == 5 and cut["truncated"] and cut["total_chars"] == len(whole["text"])
-    work = _structured(stdio.call("list_documents", {"collection": "work"}))
-    assert [d["file_name"] for d in work["documents"]] == ["plan.txt"]
+    work = {d["file_name"]: d for d in _structured(stdio.call("list_documents", {"collection": "work"}))["documents"]}
+    assert set(work) == {"plan.txt", "minutes.txt"} and work["minutes.txt"]["chunks"] > 2
+    minutes = _structured(stdio.call("read_document", {"document_id": work["minutes.txt"]["id"]}))["text"]
+    assert minutes.split() == LONG_TEXT.split()  # the chunks joined, their overlaps once
 
 
 def test_documents_are_resources(stdio: Session) -> None:
     resources = stdio.run(lambda client: client.list_resources()).resources
     by_name = {resource.name: resource for resource in resources}
-    assert {*DOCUMENTS, "rivers.pdf", "plan.txt"} <= set(by_name)
+    assert {*DOCUMENTS, "rivers.pdf", "plan.txt", "minutes.txt"} <= set(by_name)
     templates = stdio.run(lambda client: client.list_resource_templates()).resource_templates
     assert [template.uri_template for template in templates] == ["rag://documents/{document_id}"]
     uri = str(by_name["security.md"].uri)

@@ -15,8 +15,8 @@ file. Errors are tool errors (``isError``) carrying the product's message.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -43,8 +43,6 @@ __all__ = [
     "create_mcp_server",
     "local_access",
 ]
-
-logger = logging.getLogger("rag.server.mcp")
 
 DOCUMENT_URI = "rag://documents/{document_id}"
 #: Where the HTTP guard leaves the caller's :class:`Access` in the ASGI scope, for the tools to read.
@@ -231,8 +229,6 @@ def create_mcp_server(
     ) -> SearchResult:
         """Search the user's documents: the passages that best match the query (hybrid dense + BM25 retrieval),
         with their file, page, heading, score and document id. Loads no language model; fast."""
-        import asyncio
-
         name = await asyncio.to_thread(collection_for, ctx, collection)
         if not query.strip():
             raise ToolError("query is empty: say what to look for")
@@ -274,8 +270,6 @@ def create_mcp_server(
         answer, its sources (file, page, document id) and figures. Slow on a CPU (seconds to minutes): with a
         progress token, progress notifications carry the search and reading status, then the answer's text
         piece by piece. Cancelling the request stops the generation."""
-        import asyncio
-
         name = await asyncio.to_thread(collection_for, ctx, collection)
         if not components.use_llm:
             raise ToolError("this server runs without a language model (--no-llm): use the search tool")
@@ -344,8 +338,6 @@ def create_mcp_server(
     @server.tool(annotations=read_only)
     async def list_collections(ctx: Context[Any, Any]) -> CollectionList:
         """The collections of documents (each a separate index), with their sizes; one is the default."""
-        import asyncio
-
         access = access_of(ctx)
         with _as_tool_error():
             infos = await asyncio.to_thread(library.collections)
@@ -368,7 +360,6 @@ def create_mcp_server(
         collection: Annotated[str | None, Field(description="Collection to list (default: the server's).")] = None,
     ) -> DocumentList:
         """The documents of a collection: id (for read_document), file name, chunks."""
-        import asyncio
 
         def listing() -> DocumentList:
             name = collection_for(ctx, collection)
@@ -389,7 +380,6 @@ def create_mcp_server(
         ),
     ) -> DocumentContent:
         """A document's text as ingested (whole, or pages first_page..last_page), by its id."""
-        import asyncio
 
         def read() -> DocumentContent:
             name, document = document_in(ctx, document_id)
@@ -417,8 +407,6 @@ def create_mcp_server(
         mime_type="text/plain",
     )
     async def document_resource(document_id: str, ctx: Context[Any, Any]) -> str:
-        import asyncio
-
         def read() -> str:
             try:
                 name, document = library.find_document(document_id, readable(ctx))
@@ -432,7 +420,6 @@ def create_mcp_server(
         ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams | None
     ) -> ListResourcesResult:
         """Every document the caller may read, as a resource (the template reads one by id)."""
-        import asyncio
 
         def listing() -> list[Resource]:
             return [
