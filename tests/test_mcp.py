@@ -319,6 +319,22 @@ def test_a_cancelled_ask_stops_and_frees_its_slot(stdio: Session) -> None:
     assert not again.is_error and isinstance(again.structured_content["answer"], str)
 
 
+def test_stdio_with_the_initialize_handshake_desktop_hosts_use(data_dir: Path, smollm2_gguf: Path) -> None:
+    from mcp.client import Client
+
+    session = Session(lambda: Client(_stdio_params(data_dir, smollm2_gguf), mode="legacy"))
+    try:
+        assert session.client.protocol_version == "2025-11-25"
+        assert {tool.name for tool in session.run(lambda client: client.list_tools()).tools} == TOOLS
+        found = _structured(session.call("search", {"query": "paid leave per year", "k": 1}))
+        assert found["passages"][0]["file_name"] == "handbook.md"
+        assert _cancel_first_ask(session)  # notifications/cancelled, on this protocol
+        again = session.run(lambda client: asyncio.wait_for(client.call_tool("ask", {"question": "Leave?"}), 120))
+        assert not again.is_error and again.structured_content["sources"]
+    finally:
+        session.close()
+
+
 # -- streamable HTTP in `rag serve` -------------------------------------------------------------------------------
 def test_http_refuses_a_missing_or_wrong_key(server: str) -> None:
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}

@@ -74,5 +74,11 @@ def mcp_command(
     server = create_mcp_server(Assistant(components), DocumentLibrary(components), access_of=local_access)
     mode = "search only (no language model)" if no_llm else f"model {settings.llm_model}"
     click.echo(f"rag mcp: stdio · collection '{settings.collection}' in {settings.data_dir} · {mode}", err=True)
+    if settings.chroma_url is None and not settings.chroma_path.exists():
+        click.echo(
+            f"rag mcp: nothing is stored in {settings.data_dir.resolve()} yet: ingest documents first "
+            f"(`ingest ./docs --data-dir {settings.data_dir}`), or point --data-dir at your data",
+            err=True,
+        )
     with contextlib.suppress(KeyboardInterrupt):  # the host closing stdin ends it; Ctrl-C too, quietly
         anyio.run(server.run_stdio_async)
