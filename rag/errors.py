@@ -15,6 +15,7 @@ __all__ = [
     "ConfigError",
     "ContextOverflowError",
     "DiskFullError",
+    "DocumentNotFoundError",
     "EmptyStoreError",
     "ModelIntegrityError",
     "ModelMismatchError",
@@ -33,6 +34,10 @@ class RagError(Exception):
 
 class ConfigError(RagError, ValueError):
     """A setting, a flag or a config file is wrong."""
+
+
+class DocumentNotFoundError(RagError, LookupError):
+    """No document with that id in the collections the caller may read (deleted, or an id from elsewhere)."""
 
 
 class ModelNotFoundError(RagError):

@@ -12,6 +12,7 @@ import click
 from rag.cli.common import quiet_third_party, settings_from_flags
 from rag.cli.eval import eval_command
 from rag.cli.ingest import ingest_command
+from rag.cli.mcp import mcp_command
 from rag.cli.serve import serve_command
 from rag.errors import ConfigError, RagError
 
@@ -29,12 +30,14 @@ def cli() -> None:
       rag ingest ./docs --collection work --json
       rag ask "年假有几天？"
       rag ui                                   # the browser UI on http://127.0.0.1:7860
+      rag mcp --data-dir ~/rag/data            # your documents as tools of an MCP assistant (stdio)
     """
 
 
 cli.add_command(ingest_command)
 cli.add_command(eval_command)
 cli.add_command(serve_command)
+cli.add_command(mcp_command)
 
 
 def _source_line(source: dict[str, Any]) -> str:

@@ -32,17 +32,22 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rag.app.access import AccessPolicy, Grant
 from rag.app.library import document_id
+from rag.errors import DocumentNotFoundError
+from rag.server.access import caller_grant
 from rag.server.errors import ApiError, install_error_handlers, stream_error_event
 from rag.server.jobs import IngestJobs
 from rag.server.protocol import ChatCompletionRequest, ChatMessageIn, ChunksRequest, EmbeddingsRequest
 
 if TYPE_CHECKING:
-    from rag.app.assistant import AnswerEvent, AskOptions
+    from rag.app.assistant import AnswerEvent, AskOptions, Assistant
+    from rag.app.library import DocumentLibrary
     from rag.app.root import Components
+    from rag.server.mcp import GuardedMcpEndpoint
 
 __all__ = ["ServeOptions", "create_app"]
 
@@ -71,6 +76,8 @@ class ServeOptions:
     max_body_bytes: int = 4 * 2**20
     max_upload_bytes: int = 50 * 2**20
     cors_origins: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    """Where the server listens: on loopback, MCP requests must also name a loopback Host (DNS rebinding)."""
     warm_up: bool = True
     """Load the model when the server starts (``/health`` says 503 until it has)."""
 
@@ -87,6 +94,7 @@ class ServeOptions:
             max_body_bytes=int(settings.serve_max_body_mb * 2**20),
             max_upload_bytes=int(settings.ui_max_upload_mb * 2**20),
             cors_origins=tuple(settings.serve_cors_origins),
+            host=settings.serve_host,
             warm_up=warm_up,
         )
 
@@ -146,16 +154,7 @@ def _too_large(limit: int) -> str:
 async def request_grant(request: Request) -> Grant:
     """What the request's key may do (the one dependency every guarded endpoint has); 401 without a known key."""
     policy: AccessPolicy = request.app.state.access_policy
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    grant = policy.grant_for(key.strip() if scheme.lower() == "bearer" else None)
-    if grant is None:
-        raise ApiError(
-            401,
-            "missing or wrong API key: send `Authorization: Bearer KEY` (the server's RAG_API_KEY or a key of its "
-            "API keys file)",
-            code="invalid_api_key",
-        )
-    return grant
+    return caller_grant(policy, request.headers.get("authorization"))
 
 
 #: A guarded endpoint's argument: the caller's grant. What it cannot read does not exist for it (404).
@@ -181,21 +180,26 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
     health = _Health()
     assistant = Assistant(components, slots=options.slots, queue=options.queue)
 
+    policy = options.access or AccessPolicy(api_key=options.api_key)
+    mcp = _mcp_endpoint(assistant, library, options, policy)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if components.use_llm and options.warm_up:
             threading.Thread(target=_warm_up, args=(components, health), name="warm-up", daemon=True).start()
         else:
             health.ready.set()
-        yield
+        async with mcp.lifespan():
+            yield
 
     app = FastAPI(
         title="chinese-mixtral-rag",
         summary="OpenAI-compatible question answering over your own documents, with sources.",
         lifespan=lifespan,
     )
-    app.state.access_policy = options.access or AccessPolicy(api_key=options.api_key)
+    app.state.access_policy = policy
     install_error_handlers(app)
+    app.router.routes.append(Route("/mcp", endpoint=mcp))  # MCP over streamable HTTP, the same key rule
     app.add_middleware(_BodyLimit, max_bytes=options.max_body_bytes, upload_bytes=options.max_upload_bytes)
     if options.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -330,9 +334,8 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
     # -- documents and ingest ----------------------------------------------------------------------------
     def find_document(doc_id: str, collection: str | None, grant: Grant) -> tuple[str, str]:
         names = [info.name for info in library.collections() if collection in (None, info.name)]
-        found = library.find_document(doc_id, grant.readable(names))
-        if found is not None:
-            return found
+        with contextlib.suppress(DocumentNotFoundError):
+            return library.find_document(doc_id, grant.readable(names))
         raise ApiError(404, f"no document '{doc_id}': list them with GET /v1/documents", code="document_not_found")
 
     def collection_param(model: str | None, grant: Grant) -> str | None:
@@ -421,6 +424,16 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
         return job.to_dict()
 
     return app
+
+
+def _mcp_endpoint(
+    assistant: Assistant, library: DocumentLibrary, options: ServeOptions, policy: AccessPolicy
+) -> GuardedMcpEndpoint:
+    """The MCP server over the same answer service (one admission for both APIs) and library, at ``/mcp``."""
+    from rag.server.mcp import GuardedMcpEndpoint, create_mcp_server
+
+    server = create_mcp_server(assistant, library)
+    return GuardedMcpEndpoint(server, policy=policy, host=options.host)
 
 
 # -- answering ------------------------------------------------------------------------------------------------
