@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Literal
 
 from ingest.discover import is_ignored_name, printable_path
 from ingest.load import SUPPORTED_EXTENSIONS
-from rag.errors import ConfigError, RagError
+from rag.errors import ConfigError, ModelMismatchError, ModelNotFoundError, RagError
 
 if TYPE_CHECKING:
     from ingest.pipeline import IngestReport
@@ -36,6 +36,13 @@ _log = logging.getLogger("rag.watch")
 
 IngestRun = Callable[[Sequence[str], Sequence[str]], "IngestReport"]
 """One incremental ingest run: ``(paths, gone)`` → its report (``IngestPipeline.run(paths, gone=gone)``)."""
+
+_LASTING = (ConfigError, ModelNotFoundError, ModelMismatchError)
+"""Errors that no retry mends (a wrong setting, a missing model, another collection's model): the first sync
+raises them instead of watching on."""
+
+_RETRY_S = 30.0
+"""A failed run (the store or a model server unreachable, say) is retried as a full sync this much later."""
 
 _TICK_MS = 200
 """How often the watching loop wakes without events: to see a quiet period end, a file settle, a rescan fall due."""
@@ -66,7 +73,7 @@ class SyncRun:
         else:
             what = ("full sync" if self.reason == "start" else "full rescan") + f" of {shown}"
         if self.error is not None:
-            return f"{what}: failed after {self.seconds:.1f} s: {self.error}; tried again later"
+            return f"{what}: failed after {self.seconds:.1f} s: {self.error}; tried again in {_RETRY_S:.0f} s"
         report = self.report
         assert report is not None
         done = (
@@ -173,13 +180,15 @@ class FolderWatcher:
     def _run_logged(self) -> None:
         try:
             self.run()
-        except Exception:  # a background thread has no caller to raise to
+        except _LASTING as error:  # a background thread has no caller to raise to
+            _log.error("watching %s stopped: %s", ", ".join(self.folders), error)
+        except Exception:
             _log.exception("watching %s stopped", ", ".join(self.folders))
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Watch in this thread until ``stop`` (or :meth:`stop`) is set: one full sync first, then a run per
-        burst of changes and a full rescan every ``rescan_s``. An error of the first sync is raised (the
-        configuration is wrong); later ones are reported with the run and tried again."""
+        burst of changes and a full rescan every ``rescan_s``. A lasting error of the first sync (a wrong
+        setting, a missing model) is raised; any other failed run is reported and tried again."""
         from watchfiles import watch
 
         stop_event = _Either(self._stop, stop) if stop is not None else self._stop
@@ -207,9 +216,9 @@ class FolderWatcher:
                 last_event = now
                 pending[path] = _Pending(now, _signature(path), now)
             if not synced:  # watching has begun: what changes from now on is seen, so the full sync misses nothing
-                run = self._sync("start", tuple(root.given for root in self._roots), ())
+                run = self._sync("start", tuple(root.given for root in self._roots), (), raise_lasting=True)
                 if run.error is not None:
-                    raise RagError(run.error)
+                    retry_at = time.monotonic() + _RETRY_S
                 synced = True
                 self.ready.set()
                 next_rescan = time.monotonic() + self.rescan_s if self.rescan_s > 0 else float("inf")
@@ -223,12 +232,12 @@ class FolderWatcher:
                 if paths or gone:
                     run = self._sync("changes", paths, gone)
                     if run.error is not None:
-                        retry_at = time.monotonic() + min(max(self.debounce_s, 5.0), 60.0)
+                        retry_at = time.monotonic() + _RETRY_S
                 if pending:
                     first_event = min(p.last_event for p in pending.values())
             if time.monotonic() >= next_rescan or (retry_at is not None and time.monotonic() >= retry_at):
                 run = self._sync("rescan", tuple(root.given for root in self._roots), ())
-                retry_at = None if run.error is None else time.monotonic() + 60.0
+                retry_at = None if run.error is None else time.monotonic() + _RETRY_S
                 next_rescan = time.monotonic() + self.rescan_s if self.rescan_s > 0 else float("inf")
 
     # -- what a burst hands the pipeline ----------------------------------------------------------------------
@@ -316,7 +325,12 @@ class FolderWatcher:
         return paths, tuple(self._given(p) for p in sorted(set(gone)))
 
     def _sync(
-        self, reason: Literal["start", "changes", "rescan"], paths: tuple[str, ...], gone: tuple[str, ...]
+        self,
+        reason: Literal["start", "changes", "rescan"],
+        paths: tuple[str, ...],
+        gone: tuple[str, ...],
+        *,
+        raise_lasting: bool = False,
     ) -> SyncRun:
         started = time.monotonic()
         run = SyncRun(reason, paths, gone)
@@ -326,6 +340,10 @@ class FolderWatcher:
         error = None
         try:
             report = self._ingest(list(paths), list(gone))
+        except _LASTING as problem:
+            if raise_lasting:
+                raise
+            error = str(problem)
         except RagError as problem:
             error = str(problem)
         except Exception as problem:  # Chroma, SQLite and the disk raise anything; the watcher goes on

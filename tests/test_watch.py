@@ -22,6 +22,7 @@ from ingest.discover import is_ignored_name
 from ingest.watch import FolderWatcher, SyncRun
 from rag.app.library import DocumentLibrary
 from rag.app.root import Components
+from rag.errors import ConfigError
 from rag.retrieval.store import connect_chroma
 from rag.settings import Settings
 from tests.conftest import BUNDLED_EMBEDDER
@@ -215,8 +216,6 @@ def test_watcher_stops_between_runs_and_refuses_a_missing_folder(tmp_path: Path)
 
         return IngestReport()
 
-    from rag.errors import ConfigError
-
     with pytest.raises(ConfigError, match="no-such-folder"):
         FolderWatcher([tmp_path / "no-such-folder"], ingest)
     stop = threading.Event()
@@ -234,7 +233,7 @@ def test_watcher_stops_between_runs_and_refuses_a_missing_folder(tmp_path: Path)
 def _watch_process(folder: Path, data: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "rag", "ingest", str(folder), "--watch", "--json", "--data-dir", str(data),
-         "--embedding-model", BUNDLED_EMBEDDER, "--chunk-size", "64", "--chunk-overlap", "8", "--no-ocr"],
+         "--embedding-model", BUNDLED_EMBEDDER, "--chunk-size", "24", "--chunk-overlap", "4", "--no-ocr"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -263,7 +262,7 @@ def _snapshot(data: Path) -> dict[str, tuple[str, str, str]]:
     }
 
 
-def test_kill_9_of_ingest_watch_mid_run_is_repaired_by_the_restart(tmp_path: Path) -> None:
+def test_kill_9_of_ingest_watch_mid_run_is_repaired_by_the_restart(tmp_path: Path, embedder: Any) -> None:
     folder = tmp_path / "docs"
     folder.mkdir()
     (folder / "seed.txt").write_text("Loaded before the burst, so the model is warm when it comes.", encoding="utf-8")
@@ -272,8 +271,8 @@ def test_kill_9_of_ingest_watch_mid_run_is_repaired_by_the_restart(tmp_path: Pat
     try:
         events = _events(process)
         assert next(e for e in events if e["event"] == "sync")["reason"] == "start"
-        for i in range(40):
-            sentences = " ".join(f"File {i} sentence {j} tells its own small story." for j in range(30))
+        for i in range(32):  # about 320 small chunks: more than the first two batches (64, 128) the run writes
+            sentences = " ".join(f"File {i} sentence {j} tells its own small story." for j in range(20))
             (folder / f"doc{i:02d}.txt").write_text(sentences, encoding="utf-8")
         for event in events:
             assert event["event"] != "sync", "the run ended before it could be killed: make the files bigger"
@@ -293,12 +292,48 @@ def test_kill_9_of_ingest_watch_mid_run_is_repaired_by_the_restart(tmp_path: Pat
         assert restarted.wait(timeout=30) == 0
     finally:
         restarted.kill()
-    clean = subprocess.run(
-        [sys.executable, "-m", "rag", "ingest", str(folder), "--data-dir", str(tmp_path / "clean"),
-         "--embedding-model", BUNDLED_EMBEDDER, "--chunk-size", "64", "--chunk-overlap", "8", "--no-ocr", "-q"],
-        capture_output=True, text=True, env=dict(os.environ), timeout=300,
-    )  # fmt: skip
-    assert clean.returncode == 0, clean.stderr
+    # one clean run of the folder, with the same settings (in this process: the model is loaded already)
+    clean = Components(Settings(data_dir=tmp_path / "clean", embedding_model=BUNDLED_EMBEDDER, chunk_size=24,
+                                chunk_overlap=4, ocr=False))  # fmt: skip
+    clean.share_embedder(embedder)
+    assert not clean.ingest_pipeline().run([str(folder)]).files_failed
     clean_store, recovered = _snapshot(tmp_path / "clean"), _snapshot(crashed)
     assert 0 < len(interrupted) < len(clean_store)  # the kill really came in the middle of the run
     assert recovered == clean_store  # same ids (file, hash, index), texts, file hashes and sources
+
+
+def test_rag_serve_watch_keeps_the_served_collection_in_sync(tmp_path: Path, embedder: Any, docs: Path) -> None:
+    """The server's watcher starts with the app and stops with it; what it writes, the API lists at once."""
+    from fastapi.testclient import TestClient
+
+    from rag.server.app import ServeOptions, create_app
+
+    components = Components(Settings(data_dir=tmp_path / "data", embedding_model=BUNDLED_EMBEDDER, ocr=False,
+                                     watch_debounce_s=0.4), use_llm=False)  # fmt: skip
+    components.share_embedder(embedder)
+    app = create_app(components, ServeOptions.from_components(components, watch_folders=[str(docs)]))
+
+    def listed() -> set[str]:
+        return {document["file_name"] for document in http.get("/v1/documents").json()["data"]}
+
+    def within(seconds: float, wanted: set[str]) -> bool:
+        deadline = time.monotonic() + seconds
+        while listed() != wanted and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return listed() == wanted
+
+    with TestClient(app) as http:
+        assert within(60, {"start.txt"})  # the first full sync
+        (docs / "added.md").write_text("# Added\n\nWhile the server runs.", encoding="utf-8")
+        assert within(REACH_S, {"start.txt", "added.md"})
+        (docs / "start.txt").unlink()
+        assert within(REACH_S, {"added.md"})
+        watchers = [thread for thread in threading.enumerate() if thread.name == "folder-watch"]
+        assert len(watchers) == 1
+    watchers[0].join(5)
+    assert not watchers[0].is_alive()  # stopped at shutdown
+
+    with pytest.raises(ConfigError, match="no-such-folder"):
+        create_app(
+            components, ServeOptions.from_components(components, watch_folders=[str(tmp_path / "no-such-folder")])
+        )

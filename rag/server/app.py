@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,9 +68,13 @@ class ServeOptions:
     cors_origins: tuple[str, ...] = ()
     warm_up: bool = True
     """Load the model when the server starts (``/health`` says 503 until it has)."""
+    watch_folders: tuple[str, ...] = ()
+    """Folders kept in sync with the default collection while the server runs (``rag serve --watch DIR``)."""
 
     @classmethod
-    def from_components(cls, components: Components, *, warm_up: bool = True) -> ServeOptions:
+    def from_components(
+        cls, components: Components, *, warm_up: bool = True, watch_folders: Sequence[str] = ()
+    ) -> ServeOptions:
         from rag.app.admission import default_slots
 
         settings = components.settings
@@ -82,6 +86,7 @@ class ServeOptions:
             max_upload_bytes=int(settings.ui_max_upload_mb * 2**20),
             cors_origins=tuple(settings.serve_cors_origins),
             warm_up=warm_up,
+            watch_folders=tuple(watch_folders),
         )
 
 
@@ -160,6 +165,9 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
     jobs = IngestJobs(library)
     health = _Health()
     assistant = Assistant(components, slots=options.slots, queue=options.queue)
+    # built now, so a folder that does not exist stops the server before it serves; its runs share the library's
+    # write lock with upload jobs
+    watcher = library.watch(None, options.watch_folders) if options.watch_folders else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -167,7 +175,13 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
             threading.Thread(target=_warm_up, args=(components, health), name="warm-up", daemon=True).start()
         else:
             health.ready.set()
-        yield
+        if watcher is not None:
+            watcher.start()
+        try:
+            yield
+        finally:
+            if watcher is not None:  # a sync in progress ends first: each file it writes is complete or not begun
+                await asyncio.to_thread(watcher.stop)
 
     app = FastAPI(
         title="chinese-mixtral-rag",
