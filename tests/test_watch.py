@@ -131,6 +131,7 @@ def test_every_kind_of_change_reaches_the_store(tmp_path: Path, embedder: Any, d
         (docs / "start.txt").unlink()
         took["delete"] = synced.reaches()
         assert all(seconds < REACH_S for seconds in took.values()), took
+        print("seconds from the change to the store:", {kind: round(seconds, 2) for kind, seconds in took.items()})
 
         # one bad file is named with its reason; the watcher goes on with the next change
         (docs / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a PDF")
@@ -152,6 +153,9 @@ def test_editor_temporary_files_start_no_run(tmp_path: Path, embedder: Any, docs
         (docs / ".git" / "note.txt").write_text("inside a hidden folder", encoding="utf-8")
         time.sleep(3 * synced.settings.watch_debounce_s + 1.5)
         assert len(synced.runs) == runs_before
+        from ingest.discover import discover
+
+        assert [Path(f.absolute).name for f in discover([docs]).files] == ["start.txt"]  # a full run skips them too
         # an editor's save: write a temporary file, rename it over the document: one run, the document only
         (docs / "start.txt.tmp").write_text("Saved by an editor through a temporary file.", encoding="utf-8")
         os.replace(docs / "start.txt.tmp", docs / "start.txt")
@@ -227,6 +231,14 @@ def test_watcher_stops_between_runs_and_refuses_a_missing_folder(tmp_path: Path)
     watcher.stop()  # its own stop ends a run() given another event
     thread.join(5)
     assert not thread.is_alive()
+
+
+def test_ingest_watch_names_a_missing_folder(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "rag", "ingest", str(tmp_path / "nowhere"), "--watch", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, env=dict(os.environ), timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and "nowhere: no such file or folder to watch" in result.stderr
 
 
 # -- `ingest --watch`, killed with SIGKILL in the middle of a run ----------------------------------------------------
