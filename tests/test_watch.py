@@ -165,8 +165,16 @@ def test_editor_temporary_files_start_no_run(tmp_path: Path, embedder: Any, docs
         assert len(synced.runs) == runs_before + 1 and synced.runs[-1].paths == (str(docs / "start.txt"),)
 
 
-def test_a_file_written_slowly_is_taken_once_complete(tmp_path: Path, embedder: Any, docs: Path) -> None:
-    with Synced(tmp_path, embedder, docs) as synced:
+@pytest.mark.parametrize("max_wait_s", [60.0, 0.5], ids=["burst-ends-after-the-writer", "size-and-mtime-hold-it"])
+def test_a_file_written_slowly_is_taken_once_complete(
+    tmp_path: Path, embedder: Any, docs: Path, max_wait_s: float
+) -> None:
+    """Written in pieces closer together than the debounce: the burst ends only after the last piece. With the
+    burst cut short (``max_wait_s``, as for a folder that never falls quiet), the file's changing size and mtime
+    hold it back."""
+    synced = Synced(tmp_path, embedder, docs)
+    synced.watcher.max_wait_s = max_wait_s
+    with synced:
         runs_before = len(synced.runs)
         slow = docs / "slow.txt"
         with slow.open("w", encoding="utf-8") as handle:  # pieces closer together than the debounce
