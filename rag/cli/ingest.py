@@ -231,6 +231,7 @@ def ingest_command(
 def _watch(settings: Settings, paths: list[Path], *, reset: bool, as_json: bool, quiet: bool) -> None:
     """``ingest --watch``: one full sync, then a run per burst of changes, until Ctrl-C or SIGTERM. With
     ``--json``, one JSON object a line: ``sync`` (each run's report) and ``progress`` (chunks written)."""
+    import logging
     import signal
 
     from rag.app.root import Components
@@ -238,6 +239,8 @@ def _watch(settings: Settings, paths: list[Path], *, reset: bool, as_json: bool,
     components = Components(settings)
     show_progress = not quiet and not as_json and sys.stderr.isatty()
     first = True
+    # every run and bad file is printed below; the watcher's log lines would say it twice
+    logging.getLogger("rag.watch").addHandler(logging.NullHandler())
 
     def emit(payload: dict[str, Any]) -> None:
         click.echo(json.dumps(payload, ensure_ascii=False))

@@ -316,8 +316,8 @@ def ui_command(
     try:
         launch(build_ui(handlers), settings, quiet=True)
     finally:
-        if watcher is not None:
-            watcher.stop()
+        if watcher is not None:  # a sync in progress gets a few seconds; an interrupted one is completed next time
+            watcher.stop(5.0)
 
 
 def main() -> None:

@@ -180,8 +180,10 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
         try:
             yield
         finally:
-            if watcher is not None:  # a sync in progress ends first: each file it writes is complete or not begun
-                await asyncio.to_thread(watcher.stop)
+            if watcher is not None:
+                # a sync in progress gets a few seconds to end; past them the process exits under it, which is
+                # safe (each file it writes is complete or not begun) and the next start completes it
+                await asyncio.to_thread(watcher.stop, 5.0)
 
     app = FastAPI(
         title="chinese-mixtral-rag",
