@@ -87,6 +87,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from rag.answer.chain import RagChain
+    from rag.answer.planning import history_queries, join_rankings
     from rag.app.root import Components
     from rag.eval.metrics import EvalSet, add_distractors, write_passages
     from rag.llm.adapter import MixtralInstructLLM
@@ -125,7 +126,7 @@ def main() -> None:
 
         def ranked(queries: list[str], chain: RagChain) -> list[str]:
             rankings = [list(retriever.invoke(query, k=20)) for query in queries]
-            documents = rankings[0] if len(rankings) == 1 else chain.follow_up_ranking(rankings)
+            documents = join_rankings(rankings)
             order: list[str] = []
             for document in documents:
                 pid = Path(str(document.metadata.get("source", ""))).stem
@@ -146,7 +147,7 @@ def main() -> None:
                 print(f"  {done}/{len(follow_ups)} follow-ups", file=sys.stderr, flush=True)
             previous = follow_up.history[0][1]
             joined = f"{previous}\n{follow_up.question}"
-            both = history_chain.history_queries(follow_up.question, _messages(follow_up.history))
+            both = history_queries(follow_up.question, _messages(follow_up.history))
             modes: dict[str, Mode] = {
                 "follow-up alone": ([follow_up.question], follow_up.question, [], history_chain),
                 "previous + follow-up, one query": ([joined], joined, [], history_chain),

@@ -111,6 +111,10 @@ class ChunkReader(Protocol):
         """Every chunk of the files ``sources`` (``source_abs``)."""
         ...
 
+    def sources(self) -> list[str]:
+        """Every file (``source_abs``) that has chunks."""
+        ...
+
 
 def with_heading(heading: str, text: str) -> str:
     """A chunk as the retrievers read it: its heading path on the first line, then its text."""

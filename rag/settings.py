@@ -67,12 +67,13 @@ class Settings(BaseSettings):
         description="int8: a sentence-transformers model's linear layers run as int8 on the CPU (faster; the "
         "collection records MODEL#int8).",
     )
-    embedding_backend: Literal["torch", "onnx", "openvino"] | None = Field(
+    embedding_backend: str | None = Field(
         default=None,
         description="What runs a sentence-transformers model: torch, onnx (ONNX Runtime) or openvino, exported once "
         "and cached under data_dir/cache (the onnx / openvino extras); with embedding_quantization=int8 their int8 "
         "forms. Unset: onnx when the model folder ships onnx/model.onnx, else torch. The collection records "
-        "MODEL#onnx, MODEL#openvino-int8, ...",
+        "MODEL#onnx, MODEL#openvino-int8, ... Or the name of a backend registered in "
+        "rag.retrieval.embedders.factory.EMBEDDERS.",
     )
     embedding_base_url: str | None = Field(
         default=None,
@@ -233,6 +234,11 @@ class Settings(BaseSettings):
     )
     api_key_file: Path | None = Field(
         default=None, description="A file holding the API key (its first line), instead of api_key."
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="A TOML file of API keys, each scoped to collections ([keys.NAME] with key or key_sha256, "
+        "collections, write); read again when it changes. Accepted beside api_key, which keeps every collection.",
     )
     serve_cors_origins: list[str] = Field(
         default_factory=list,

@@ -158,7 +158,7 @@ def test_follow_ups_are_retrieved_with_the_previous_question_without_a_model_cal
     retriever: HybridRetriever,
 ) -> None:
     """The default: the follow-up alone and after the previous question, fused; the model is not asked first."""
-    from rag.answer.chain import fuse_rankings
+    from rag.answer.planning import fuse_rankings, join_rankings
 
     rewriter = FakeListLLM(responses=["must not be called"])
     spy = _Spy(inner=retriever, queries=[])
@@ -184,7 +184,7 @@ def test_follow_ups_are_retrieved_with_the_previous_question_without_a_model_cal
     assert [d.id for d in fuse_rankings([[a], [c]], [1.0, 2.0])] == ["c", "a"]
     # a follow-up's ranking: each query's best first (its own, then the history's), then the rest fused
     d, e = Document("d", id="d"), Document("e", id="e")
-    assert [x.id for x in rag.follow_up_ranking([[a, b, d], [c, d, e]])] == ["a", "c", "d", "b", "e"]
+    assert [x.id for x in join_rankings([[a, b, d], [c, d, e]])] == ["a", "c", "d", "b", "e"]
 
 
 def test_clean_rewrite_falls_back_on_garbage() -> None:

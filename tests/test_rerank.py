@@ -226,12 +226,12 @@ def test_the_chain_packs_evidence_in_the_rerankers_order(
     reranking.share_embedder(embedder)
     retrieved = plain.chain().retrieve([QUERY], budget=4000, k=5)
     chain = reranking.chain()
-    assert isinstance(chain.reranker, CrossEncoderReranker) and chain.rerank_candidates == 6
+    assert isinstance(chain.evidence.reranker, CrossEncoderReranker) and chain.evidence.rerank_candidates == 6
     ranked = chain.retrieve([QUERY], budget=4000, k=5)
     head = ranked[:6]
     # the head: retrieval's best six, ordered by the cross-encoder's scores; then the rest in retrieval's order
     assert {d.id for d in head} == {d.id for d in retrieved[:6]}
-    scores = chain.reranker.score(QUERY, [d.page_content for d in head])
+    scores = chain.evidence.reranker.score(QUERY, [d.page_content for d in head])
     assert scores == sorted(scores, reverse=True) and [d.metadata["rerank_score"] for d in head] == pytest.approx(
         scores, abs=1e-5
     )
@@ -241,5 +241,5 @@ def test_the_chain_packs_evidence_in_the_rerankers_order(
     best = max(prepared.packed.passages, key=lambda p: p.score)
     assert best.chunk_id == head[0].id and best.score == pytest.approx(head[0].metadata["rerank_score"], abs=1e-5)
     # top-n keeps only the scored hits
-    chain.rerank_top_n = 2
+    chain.evidence.rerank_top_n = 2
     assert [d.id for d in chain.retrieve([QUERY], budget=4000, k=5)] == [d.id for d in head[:2]]

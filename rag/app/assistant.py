@@ -303,7 +303,7 @@ class Assistant:
             yield replace(passages, kind="done")
             return
         stats.to_read_tokens = prepared.prompt_tokens - prepared.reused_tokens
-        speed = chain.prompt_speed.tokens_per_s() if chain.prompt_speed is not None else None
+        speed = chain.budget.prompt_speed.tokens_per_s() if chain.budget.prompt_speed is not None else None
         pieces = chain.agenerate(prepared, **options.sampling(chain.tokens.max_tokens))
         answer, first, sources = "", 0.0, prepared.passages
         reading_started = time.perf_counter()

@@ -13,9 +13,10 @@ they are saved safely (plain names, size limits, zip members checked) is :mod:`r
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +34,14 @@ __all__ = [
     "CollectionInfo",
     "DocumentInfo",
     "DocumentLibrary",
+    "document_id",
 ]
+
+
+def document_id(path: str) -> str:
+    """A document's id on every surface (HTTP, MCP, page views): stable, opaque (no path in a URL), the same in
+    every worker."""
+    return "doc-" + hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:24]
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,10 @@ class DocumentInfo:
     """False while an interrupted update left a partial version (the next ingest repairs it)."""
     uploaded: bool
     """The file lives in the collection's uploads folder (deleting it removes the file too)."""
+
+    @property
+    def id(self) -> str:
+        return document_id(self.path)
 
 
 class DocumentLibrary:
@@ -109,6 +121,15 @@ class DocumentLibrary:
                 )
             )
         return sorted(found, key=lambda document: (document.file_name.lower(), document.path))
+
+    def find_document(self, doc_id: str, collections: Iterable[str]) -> tuple[str, str] | None:
+        """(collection, path) of the document ``doc_id`` among ``collections`` (those a caller may read); None when
+        none holds it. Read from each collection's local index (its files in one indexed query), not the store."""
+        for name in collections:
+            for path in self.components.retriever(name).reader.sources():
+                if document_id(path) == doc_id:
+                    return name, path
+        return None
 
     def delete_document(self, collection: str | None, path: str) -> int:
         """Remove one file's chunks from the store and the BM25 index (and the file, when it was uploaded).

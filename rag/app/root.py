@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ingest.pipeline import FileProblem, IngestPipeline, IngestProgress
     from ingest.watch import FolderWatcher, IngestRun, SyncRun
     from rag.answer.chain import AnswerModel, RagChain
+    from rag.app.access import AccessPolicy
     from rag.llm.speed import PromptSpeed
     from rag.retrieval.embedders.base import Embedder
     from rag.retrieval.lexical import LexicalIndex
@@ -87,11 +88,24 @@ class Components:
         self._ocr: OcrEngine | None = None
         self._reranker: Reranker | None = None
         self._collections: dict[str, _CollectionHandles] = {}
+        self._access: AccessPolicy | None = None
         self._lock = threading.RLock()
 
     def settings_for(self, collection: str | None = None) -> Settings:
         """The settings with another collection (None: the configured one; a bad name is a ConfigError)."""
         return with_collection(self.settings, collection)
+
+    def access_policy(self) -> AccessPolicy:
+        """Which keys the servers accept and what each may read and write (``api_key``, ``api_keys_file``), one
+        for the process: it reads the keys file again when it changes. A bad file or key file is a ConfigError."""
+        with self._lock:
+            if self._access is None:
+                from rag.app.access import AccessPolicy
+
+                self._access = AccessPolicy(
+                    api_key=self.settings.server_api_key(), keys_file=self.settings.api_keys_file
+                )
+            return self._access
 
     # -- storage -------------------------------------------------------------------------------------------
     def chroma_client(self) -> ClientAPI:
@@ -408,6 +422,9 @@ class _LazyReader:
 
     def chunks_of_files(self, sources: Any) -> Any:
         return self._retriever.reader.chunks_of_files(sources)
+
+    def sources(self) -> list[str]:
+        return self._retriever.reader.sources()
 
 
 # -- one-off builders ----------------------------------------------------------------------------------------------

@@ -31,6 +31,11 @@ def is_loopback(host: str) -> bool:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="File whose first line is the key clients must send (or RAG_API_KEY).",
 )
+@click.option(
+    "--api-keys-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML file of API keys, each scoped to collections (RAG_API_KEYS_FILE); read again when it changes.",
+)
 @click.option("--cors-origin", "cors_origins", multiple=True, help="A browser origin allowed to call; repeatable.")
 @click.option("--slots", type=click.IntRange(min=1), help="Answers at once (RAG_SERVE_SLOTS; 1 in process).")
 @click.option("--queue", type=click.IntRange(min=0), help="Requests waiting for a slot before 503 (RAG_SERVE_QUEUE).")
@@ -54,6 +59,7 @@ def serve_command(
     host: str | None,
     port: int | None,
     api_key_file: Path | None,
+    api_keys_file: Path | None,
     cors_origins: tuple[str, ...],
     slots: int | None,
     queue: int | None,
@@ -75,6 +81,7 @@ def serve_command(
       rag serve                                   # http://127.0.0.1:8000/v1, model ids from GET /v1/models
       rag serve --llm-model HuggingFaceTB/SmolLM2-135M-Instruct --llm-n-ctx 8192   # the bundled small model
       RAG_API_KEY=s3cret rag serve --host 0.0.0.0 # on the network: a key is required
+      rag serve --host 0.0.0.0 --api-keys-file keys.toml   # keys that each see only their collections
       rag serve --llm-base-url http://gpu-box:8080/v1 --chroma-url http://db:8001 --slots 8
       rag serve --watch ./docs                    # and keep ./docs in sync with the collection
 
@@ -85,8 +92,10 @@ def serve_command(
       reply = client.chat.completions.create(model="rag-docs", messages=[{"role": "user", "content": "年假有几天？"}])
       print(reply.choices[0].message.content, reply.choices[0].message.model_extra["sources"])
 
-    Without an API key it binds only to loopback. Stop it with Ctrl-C or SIGTERM: running answers are cancelled
-    and it exits within a few seconds.
+    Keys in --api-keys-file each read only their collections (others answer 404) and upload or delete only with
+    write = true (else 403); the file is read again when it changes. RAG_API_KEY may be given too: it keeps every
+    collection. Without any API key it binds only to loopback. Stop it with Ctrl-C or SIGTERM: running answers are
+    cancelled and it exits within a few seconds.
     """
     quiet_third_party()
     settings = settings_from_flags(
@@ -101,25 +110,26 @@ def serve_command(
         serve_host=host,
         serve_port=port,
         api_key_file=api_key_file,
+        api_keys_file=api_keys_file,
         serve_cors_origins=list(cors_origins) or None,
         serve_slots=slots,
         serve_queue=queue,
     )
-    try:
-        key = settings.server_api_key()
-    except RagError as error:
-        raise click.UsageError(str(error)) from None
-    if key is None and not is_loopback(settings.serve_host):
-        raise click.UsageError(
-            f"refusing to serve on {settings.serve_host} without an API key: anyone on the network could read "
-            "your documents. Set RAG_API_KEY (or --api-key-file), or bind 127.0.0.1."
-        )
     import uvicorn
 
     from rag.app.root import Components
     from rag.server.app import ServeOptions, create_app
 
     components = Components(settings, use_llm=not no_llm)
+    try:
+        access = components.access_policy()  # a bad key file or keys file stops it here, named
+    except RagError as error:
+        raise click.UsageError(str(error)) from None
+    if not access.requires_key and not is_loopback(settings.serve_host):
+        raise click.UsageError(
+            f"refusing to serve on {settings.serve_host} without an API key: anyone on the network could read "
+            "your documents. Set RAG_API_KEY (or --api-key-file, or --api-keys-file), or bind 127.0.0.1."
+        )
     options = ServeOptions.from_components(components, watch_folders=[str(folder) for folder in watch_folders])
     if watch_folders:
         show_watch_runs()
@@ -129,7 +139,8 @@ def serve_command(
         raise click.UsageError(str(error)) from None
     where = f"http://{settings.serve_host}:{settings.serve_port}/v1"
     mode = "retrieval only (no language model)" if no_llm else f"model {settings.llm_model}"
-    click.echo(f"rag serve: {where} · {mode} · key {'required' if key else 'not required (loopback only)'}", err=True)
+    keys = f"keys required ({', '.join(access.holders())})" if access.requires_key else "no key (loopback only)"
+    click.echo(f"rag serve: {where} · {mode} · {keys}", err=True)
     uvicorn.run(
         app,
         host=settings.serve_host,

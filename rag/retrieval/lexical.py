@@ -556,6 +556,11 @@ class LexicalIndex:
         return found
 
     @_guarded
+    def sources(self) -> list[str]:
+        """Every file that has rows (the position index answers it without reading the rows)."""
+        return [row[0] for row in self._db.execute("SELECT DISTINCT source_abs FROM rows")]
+
+    @_guarded
     def chunks_of_files(self, sources: Iterable[str]) -> list[ContextChunk]:
         """Every chunk of the files ``sources`` (``source_abs``), in reading order per file."""
         names = sorted(set(sources))

@@ -6,9 +6,11 @@ Endpoints: ``GET /v1/models`` (``rag-COLLECTION`` per collection, plus the bare 
 (streamed or not; sources in ``message.sources`` and ``url_citation`` annotations, in the first chunk of a stream),
 ``POST /v1/chunks`` (retrieval only), ``POST /v1/embeddings``, ``GET|DELETE /v1/documents[/{id}]``,
 ``POST /v1/ingest`` + ``GET /v1/ingest/{job}``, ``GET /health``. Responses are the ``openai`` package's types;
-errors use OpenAI's envelope (:mod:`rag.server.errors`). Answers come from the answer service every surface uses
-(:class:`rag.app.assistant.Assistant`: admitted before retrieval, a full queue is a 503); this module only maps its
-events to OpenAI's wire format. A client that disconnects cancels its generation.
+errors use OpenAI's envelope (:mod:`rag.server.errors`). Every endpoint but ``/health`` takes the caller's
+:class:`~rag.app.access.Grant` from one dependency (:func:`request_grant`); a collection the grant cannot read is
+answered as if it did not exist (404), a write it may not make is a 403. Answers come from the answer service every
+surface uses (:class:`rag.app.assistant.Assistant`: admitted before retrieval, a full queue is a 503); this module
+only maps its events to OpenAI's wire format. A client that disconnects cancels its generation.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
-import hmac
 import logging
 import os
 import tempfile
@@ -34,6 +34,8 @@ from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rag.app.access import AccessPolicy, Grant
+from rag.app.library import document_id
 from rag.server.errors import ApiError, install_error_handlers, stream_error_event
 from rag.server.jobs import IngestJobs
 from rag.server.protocol import ChatCompletionRequest, ChatMessageIn, ChunksRequest, EmbeddingsRequest
@@ -58,9 +60,12 @@ _CLIENT_HEADERS = [
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """What the server needs besides the components: its key, slots and limits (from :class:`Settings`)."""
+    """What the server needs besides the components: its keys, slots and limits (from :class:`Settings`)."""
 
     api_key: str | None = None
+    """The single key (every collection, write allowed); ignored when ``access`` is given."""
+    access: AccessPolicy | None = None
+    """The keys and what each may read and write (the composition root's; it has ``api_key`` in it)."""
     slots: int = 1
     queue: int = 16
     max_body_bytes: int = 4 * 2**20
@@ -80,6 +85,7 @@ class ServeOptions:
         settings = components.settings
         return cls(
             api_key=settings.server_api_key(),
+            access=components.access_policy(),
             slots=default_slots(settings),
             queue=settings.serve_queue,
             max_body_bytes=int(settings.serve_max_body_mb * 2**20),
@@ -88,11 +94,6 @@ class ServeOptions:
             warm_up=warm_up,
             watch_folders=tuple(watch_folders),
         )
-
-
-def document_id(path: str) -> str:
-    """A document's id in the API: stable, opaque, the same in every worker."""
-    return "doc-" + hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:24]
 
 
 def bare_model_id(components: Components) -> str:
@@ -147,6 +148,25 @@ def _too_large(limit: int) -> str:
     return f"the request body is larger than {limit / 2**20:.1f} MB: send less (or raise RAG_SERVE_MAX_BODY_MB)"
 
 
+async def request_grant(request: Request) -> Grant:
+    """What the request's key may do (the one dependency every guarded endpoint has); 401 without a known key."""
+    policy: AccessPolicy = request.app.state.access_policy
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    grant = policy.grant_for(key.strip() if scheme.lower() == "bearer" else None)
+    if grant is None:
+        raise ApiError(
+            401,
+            "missing or wrong API key: send `Authorization: Bearer KEY` (the server's RAG_API_KEY or a key of its "
+            "API keys file)",
+            code="invalid_api_key",
+        )
+    return grant
+
+
+#: A guarded endpoint's argument: the caller's grant. What it cannot read does not exist for it (404).
+Granted = Annotated[Grant, Depends(request_grant)]
+
+
 class _Health:
     """Whether the model answers yet: loaded in a thread when the server starts."""
 
@@ -190,6 +210,7 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
         summary="OpenAI-compatible question answering over your own documents, with sources.",
         lifespan=lifespan,
     )
+    app.state.access_policy = options.access or AccessPolicy(api_key=options.api_key)
     install_error_handlers(app)
     app.add_middleware(_BodyLimit, max_bytes=options.max_body_bytes, upload_bytes=options.max_upload_bytes)
     if options.cors_origins:
@@ -202,31 +223,31 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
             allow_headers=_CLIENT_HEADERS,
         )
 
-    async def authorized(request: Request) -> None:
-        if options.api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        scheme, _, key = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), options.api_key.encode()):
-            raise ApiError(
-                401,
-                "missing or wrong API key: send `Authorization: Bearer KEY` (the server's RAG_API_KEY)",
-                code="invalid_api_key",
-            )
-
-    guarded = [Depends(authorized)]
-
-    def collection_of(model: str) -> str | None:
-        """The collection a model id names; None for the bare model; 404 for anything else."""
+    def collection_of(model: str, grant: Grant) -> str | None:
+        """The collection a model id names; None for the bare model; 404 for anything else, and for a collection
+        the grant cannot read (as if it did not exist)."""
         if model == bare_model_id(components):
             return None
         if model.startswith(COLLECTION_PREFIX):
             name = model[len(COLLECTION_PREFIX) :]
-            if name in {info.name for info in library.collections()}:
+            exists = name in {info.name for info in library.collections()}  # asked either way: the same work
+            if exists and grant.can_read(name):
                 return name
-        known = ", ".join(item["id"] for item in _models(components, library))
-        raise ApiError(404, f"the model '{model}' does not exist: use one of {known}", code="model_not_found",
-                       param="model")  # fmt: skip
+        raise model_not_found(model, grant)
+
+    def model_not_found(model: str, grant: Grant) -> ApiError:
+        known = ", ".join(item["id"] for item in _models(components, library, grant))
+        return ApiError(404, f"the model '{model}' does not exist: use one of {known}", code="model_not_found",
+                        param="model")  # fmt: skip
+
+    def may_write(grant: Grant, collection: str) -> None:
+        if not grant.can_write(collection):
+            raise ApiError(
+                403,
+                f"the key of '{grant.holder}' may read {COLLECTION_PREFIX}{collection} but not change it: uploads and "
+                "deletes need a key with write = true",
+                code="permission_denied",
+            )
 
     # -- health and models -------------------------------------------------------------------------------
     @app.get("/health")
@@ -238,14 +259,14 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
         admission = assistant.admission
         return JSONResponse({"status": "ok", "running": admission.running, "waiting": admission.waiting})
 
-    @app.get("/v1/models", dependencies=guarded)
-    async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": await asyncio.to_thread(_models, components, library)}
+    @app.get("/v1/models")
+    async def list_models(grant: Granted) -> dict[str, Any]:
+        return {"object": "list", "data": await asyncio.to_thread(_models, components, library, grant)}
 
     # -- answers -----------------------------------------------------------------------------------------
-    @app.post("/v1/chat/completions", dependencies=guarded)
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-        collection = await asyncio.to_thread(collection_of, body.model)
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request, grant: Granted) -> Any:
+        collection = await asyncio.to_thread(collection_of, body.model, grant)
         system, history, question = _conversation(body.messages)
         extra = body.rag
         use_retrieval = collection is not None and (extra is None or extra.retrieval)
@@ -271,9 +292,9 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
             )
         return await _until_disconnected(request, _complete(answer, events, include_sources, base))
 
-    @app.post("/v1/chunks", dependencies=guarded)
-    async def chunks(body: ChunksRequest) -> dict[str, Any]:
-        collection = await asyncio.to_thread(collection_of, body.model)
+    @app.post("/v1/chunks")
+    async def chunks(body: ChunksRequest, grant: Granted) -> dict[str, Any]:
+        collection = await asyncio.to_thread(collection_of, body.model, grant)
         if collection is None:
             raise ApiError(400, "retrieval needs a collection: use a rag-... model id", code="invalid_value",
                            param="model")  # fmt: skip
@@ -296,12 +317,12 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
         ]
         return {"object": "list", "model": body.model, "data": data}
 
-    @app.post("/v1/embeddings", dependencies=guarded)
-    async def embeddings(body: EmbeddingsRequest) -> dict[str, Any]:
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingsRequest, grant: Granted) -> dict[str, Any]:
         from openai.types import CreateEmbeddingResponse, Embedding
         from openai.types.create_embedding_response import Usage
 
-        collection = await asyncio.to_thread(collection_of, body.model)
+        collection = await asyncio.to_thread(collection_of, body.model, grant)
         texts = body.texts()
         if not texts or any(not isinstance(text, str) for text in texts):
             raise ApiError(400, "input must be a text or a list of texts", code="invalid_value", param="input")
@@ -323,27 +344,25 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
         return response.model_dump(mode="json")
 
     # -- documents and ingest ----------------------------------------------------------------------------
-    def find_document(doc_id: str, collection: str | None) -> tuple[str, str]:
-        for info in library.collections():
-            if collection is not None and info.name != collection:
-                continue
-            for document in library.documents(info.name):
-                if document_id(document.path) == doc_id:
-                    return info.name, document.path
+    def find_document(doc_id: str, collection: str | None, grant: Grant) -> tuple[str, str]:
+        names = [info.name for info in library.collections() if collection in (None, info.name)]
+        found = library.find_document(doc_id, grant.readable(names))
+        if found is not None:
+            return found
         raise ApiError(404, f"no document '{doc_id}': list them with GET /v1/documents", code="document_not_found")
 
-    def collection_param(model: str | None) -> str | None:
+    def collection_param(model: str | None, grant: Grant) -> str | None:
         if model is None:
             return None
-        name = collection_of(model)
+        name = collection_of(model, grant)
         if name is None:
             raise ApiError(400, "documents belong to a collection: use a rag-... model id", param="model")
         return name
 
-    @app.get("/v1/documents", dependencies=guarded)
-    async def list_documents(model: str | None = None) -> dict[str, Any]:
+    @app.get("/v1/documents")
+    async def list_documents(grant: Granted, model: str | None = None) -> dict[str, Any]:
         def listing() -> list[dict[str, Any]]:
-            wanted = collection_param(model)
+            wanted = collection_param(model, grant)
             return [
                 {
                     "object": "document",
@@ -355,16 +374,16 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
                     "uploaded": document.uploaded,
                 }
                 for info in library.collections()
-                if wanted is None or info.name == wanted
+                if (wanted is None or info.name == wanted) and grant.can_read(info.name)
                 for document in library.documents(info.name)
             ]
 
         return {"object": "list", "data": await asyncio.to_thread(listing)}
 
-    @app.get("/v1/documents/{doc_id}", dependencies=guarded)
-    async def get_document(doc_id: str, model: str | None = None) -> dict[str, Any]:
+    @app.get("/v1/documents/{doc_id}")
+    async def get_document(doc_id: str, grant: Granted, model: str | None = None) -> dict[str, Any]:
         def read() -> dict[str, Any]:
-            collection, path = find_document(doc_id, collection_param(model))
+            collection, path = find_document(doc_id, collection_param(model, grant), grant)
             parts = components.lexical_index(collection).chunks_of_files([path])
             return {
                 "object": "document",
@@ -379,19 +398,25 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
 
         return await asyncio.to_thread(read)
 
-    @app.delete("/v1/documents/{doc_id}", dependencies=guarded)
-    async def delete_document(doc_id: str, model: str | None = None) -> dict[str, Any]:
+    @app.delete("/v1/documents/{doc_id}")
+    async def delete_document(doc_id: str, grant: Granted, model: str | None = None) -> dict[str, Any]:
         def delete() -> dict[str, Any]:
-            collection, path = find_document(doc_id, collection_param(model))
+            collection, path = find_document(doc_id, collection_param(model, grant), grant)
+            may_write(grant, collection)
             removed = library.delete_document(collection, path)
             return {"object": "document.deleted", "id": doc_id, "deleted": True, "chunks_removed": removed}
 
         return await asyncio.to_thread(delete)
 
-    @app.post("/v1/ingest", dependencies=guarded, status_code=202)
-    async def ingest(files: Annotated[list[UploadFile], File()], model: Annotated[str, Form()]) -> dict[str, Any]:
-        collection = await asyncio.to_thread(collection_param, model) if model != "new" else None
+    @app.post("/v1/ingest", status_code=202)
+    async def ingest(
+        files: Annotated[list[UploadFile], File()], model: Annotated[str, Form()], grant: Granted
+    ) -> dict[str, Any]:
+        collection = await asyncio.to_thread(collection_param, model, grant) if model != "new" else None
         name = collection or components.settings.collection
+        if not grant.can_read(name):  # "new": the default collection, out of this key's sight
+            raise await asyncio.to_thread(model_not_found, model, grant)
+        may_write(grant, name)
         with tempfile.TemporaryDirectory(prefix="rag-upload-") as folder:
             saved: list[tuple[str, str]] = []
             for index, upload in enumerate(files):
@@ -404,10 +429,10 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
         job = jobs.start(name, result)
         return job.to_dict()
 
-    @app.get("/v1/ingest/{job_id}", dependencies=guarded)
-    async def ingest_status(job_id: str) -> dict[str, Any]:
+    @app.get("/v1/ingest/{job_id}")
+    async def ingest_status(job_id: str, grant: Granted) -> dict[str, Any]:
         job = jobs.get(job_id)
-        if job is None:
+        if job is None or not grant.can_read(job.collection):
             raise ApiError(404, f"no ingest job '{job_id}'", code="job_not_found")
         return job.to_dict()
 
@@ -426,13 +451,14 @@ def _warm_up(components: Components, health: _Health) -> None:
         health.error = str(error)
 
 
-def _models(components: Components, library: Any) -> list[dict[str, Any]]:
+def _models(components: Components, library: Any, grant: Grant) -> list[dict[str, Any]]:
+    """A model id per collection the grant reads, and the bare model (it reads no documents: every key has it)."""
     from openai.types import Model
 
     created = int(time.time())
     models = [
-        Model(id=COLLECTION_PREFIX + info.name, created=created, object="model", owned_by="chinese-mixtral-rag")
-        for info in library.collections()
+        Model(id=COLLECTION_PREFIX + name, created=created, object="model", owned_by="chinese-mixtral-rag")
+        for name in grant.readable(info.name for info in library.collections())
     ]
     models.append(Model(id=bare_model_id(components), created=created, object="model", owned_by="chinese-mixtral-rag"))
     return [model.model_dump(mode="json", exclude_none=True) for model in models]
