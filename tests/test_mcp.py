@@ -401,3 +401,46 @@ def test_http_cancel_stops_generation_and_frees_the_shared_slot(http: Session, s
     reply = httpx.post(f"{server}/v1/chat/completions", json=question, headers={"Authorization": f"Bearer {KEY}"},
                        timeout=120)  # fmt: skip
     assert reply.status_code == 200
+
+
+def test_http_tools_see_only_the_collections_of_the_key(data_dir: Path, tmp_path: Path) -> None:
+    """Scoped keys over MCP: each key's tools list, search and read only its collection; the other one does not
+    exist for it (the same rule as /v1)."""
+    keys = tmp_path / "keys.toml"
+    keys.write_text(
+        '[keys.docs-team]\nkey = "docs-key-0123"\ncollections = ["docs"]\n\n'
+        '[keys.work-team]\nkey = "work-key-0123"\ncollections = ["work"]\n',
+        encoding="utf-8",
+    )
+    process, base = start_server(data_dir, "--no-llm", "--api-keys-file", str(keys), model_args=[])
+    try:
+        documents: dict[str, set[str]] = {}
+        for key, mine, other in (("docs-key-0123", "docs", "work"), ("work-key-0123", "work", "docs")):
+            session = Session(lambda key=key: _http_client(base, key))  # type: ignore[misc]
+            try:
+                names = {c["name"] for c in _structured(session.call("list_collections"))["collections"]}
+                assert names == {mine}
+                listed = _structured(session.call("list_documents", {"collection": mine}))["documents"]
+                documents[mine] = {d["id"] for d in listed}
+                assert documents[mine]
+                for tool, arguments in (
+                    ("list_documents", {"collection": other}),
+                    ("search", {"query": "budget", "collection": other}),
+                ):
+                    assert f"collection '{other}' does not exist" in _error_text(session.call(tool, arguments))
+                mine_search: dict[str, Any] = {"query": "budget decision", "k": 3, "collection": mine}
+                found = _structured(session.call("search", mine_search))["passages"]
+                assert found and {p["collection"] for p in found} == {mine}
+            finally:
+                session.close()
+        for key, other in (("docs-key-0123", "work"), ("work-key-0123", "docs")):
+            session = Session(lambda key=key: _http_client(base, key))  # type: ignore[misc]
+            try:
+                for doc_id in documents[other]:  # another collection's document: as if it did not exist
+                    refused = _error_text(session.call("read_document", {"document_id": doc_id}))
+                    assert f"no document '{doc_id}'" in refused
+            finally:
+                session.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)

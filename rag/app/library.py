@@ -27,6 +27,7 @@ from rag.errors import ConfigError, DocumentNotFoundError
 
 if TYPE_CHECKING:  # what an ingest reports; the edges name them through this module
     from ingest.pipeline import FileProblem, IngestProgress, IngestReport
+    from ingest.watch import FolderWatcher, SyncRun
     from rag.settings import Settings
 
 __all__ = [
@@ -231,15 +232,34 @@ class DocumentLibrary:
         *,
         on_progress: Callable[[IngestProgress], None] | None = None,
         on_problem: Callable[[FileProblem, bool], None] | None = None,
+        gone: Sequence[str | os.PathLike[str]] = (),
     ) -> IngestReport:
-        """Ingest ``paths`` into the collection (what ``ingest PATH...`` does), one run at a time per process.
+        """Ingest ``paths`` into the collection (what ``ingest PATH...`` does), one run at a time per process;
+        stored files at or below a ``gone`` path that the run does not find are removed.
         Symbolic links inside the folders are never followed: a user of the UI or the API cannot reach outside a
         folder through one, whatever ``follow_links`` says for the command line."""
         with self._write_lock:
             pipeline = self.components.ingest_pipeline(
                 collection, on_progress=on_progress, on_problem=on_problem, follow_links=False
             )
-            return pipeline.run([os.fspath(path) for path in paths])
+            return pipeline.run([os.fspath(path) for path in paths], gone=gone)
+
+    def watch(
+        self,
+        collection: str | None,
+        folders: Sequence[str | os.PathLike[str]],
+        *,
+        on_start: Callable[[SyncRun], None] | None = None,
+        on_run: Callable[[SyncRun], None] | None = None,
+    ) -> FolderWatcher:
+        """A watcher keeping ``folders`` in sync with the collection (``rag ui --watch``, ``rag serve --watch``):
+        its runs take this library's write lock, so they and uploads never write at once. Not started: call its
+        ``start()``, and ``stop()`` at shutdown."""
+
+        def ingest(paths: Sequence[str], gone: Sequence[str]) -> IngestReport:
+            return self.ingest(collection, paths, gone=gone)
+
+        return self.components.folder_watcher(folders, ingest, follow_links=False, on_start=on_start, on_run=on_run)
 
     def ingest_uploads(
         self,

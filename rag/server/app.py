@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,9 +80,13 @@ class ServeOptions:
     """Where the server listens: on loopback, MCP requests must also name a loopback Host (DNS rebinding)."""
     warm_up: bool = True
     """Load the model when the server starts (``/health`` says 503 until it has)."""
+    watch_folders: tuple[str, ...] = ()
+    """Folders kept in sync with the default collection while the server runs (``rag serve --watch DIR``)."""
 
     @classmethod
-    def from_components(cls, components: Components, *, warm_up: bool = True) -> ServeOptions:
+    def from_components(
+        cls, components: Components, *, warm_up: bool = True, watch_folders: Sequence[str] = ()
+    ) -> ServeOptions:
         from rag.app.admission import default_slots
 
         settings = components.settings
@@ -96,6 +100,7 @@ class ServeOptions:
             cors_origins=tuple(settings.serve_cors_origins),
             host=settings.serve_host,
             warm_up=warm_up,
+            watch_folders=tuple(watch_folders),
         )
 
 
@@ -179,6 +184,9 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
     jobs = IngestJobs(library)
     health = _Health()
     assistant = Assistant(components, slots=options.slots, queue=options.queue)
+    # built now, so a folder that does not exist stops the server before it serves; its runs share the library's
+    # write lock with upload jobs
+    watcher = library.watch(None, options.watch_folders) if options.watch_folders else None
 
     policy = options.access or AccessPolicy(api_key=options.api_key)
     mcp = _mcp_endpoint(assistant, library, options, policy)
@@ -189,8 +197,16 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
             threading.Thread(target=_warm_up, args=(components, health), name="warm-up", daemon=True).start()
         else:
             health.ready.set()
-        async with mcp.lifespan():
-            yield
+        if watcher is not None:
+            watcher.start()
+        try:
+            async with mcp.lifespan():
+                yield
+        finally:
+            if watcher is not None:
+                # a sync in progress gets a few seconds to end; past them the process exits under it, which is
+                # safe (each file it writes is complete or not begun) and the next start completes it
+                await asyncio.to_thread(watcher.stop, 5.0)
 
     app = FastAPI(
         title="chinese-mixtral-rag",
