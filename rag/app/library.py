@@ -13,7 +13,6 @@ they are saved safely (plain names, size limits, zip members checked) is :mod:`r
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from rag.app.root import Components
 from rag.app.uploads import UPLOADS_FOLDER, UploadResult, is_inside, save_uploads
+from rag.chunks import document_id
 from rag.errors import ConfigError, DocumentNotFoundError
 
 if TYPE_CHECKING:  # what an ingest reports; the edges name them through this module
@@ -37,12 +37,6 @@ __all__ = [
     "DocumentText",
     "document_id",
 ]
-
-
-def document_id(path: str) -> str:
-    """A document's id on every surface (the HTTP API, the MCP server): stable, opaque, the same in every worker,
-    and no path a client could aim elsewhere (documents are found by id among a collection's files)."""
-    return "doc-" + hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:24]
 
 
 @dataclass(frozen=True)

@@ -525,9 +525,7 @@ class _Answer:
         if not self.retrieval:
             return []
         chosen = [dict(source) for source in (self.final if final and self.final else self.first).sources]
-        files = {passage.n: passage.source_abs for passage in self.first.passages}
         for source in chosen:
-            source["document_id"] = document_id(files.get(int(source.get("n") or 0), str(source.get("source") or "")))
             source["url"] = f"{base_url}/v1/documents/{source['document_id']}"
         return chosen
 

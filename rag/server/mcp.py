@@ -305,11 +305,10 @@ def create_mcp_server(
                         final = event
         if first is None or final is None:
             raise ToolError("the answer ended before it was complete: ask again")
-        files = {passage.n: passage.source_abs for passage in first.passages}
         sources_out = [
             Source(
                 n=int(source["n"]),
-                document_id=document_id(files.get(int(source["n"]), str(source.get("source") or ""))),
+                document_id=str(source["document_id"]),
                 file_name=str(source.get("file_name") or ""),
                 page=source.get("page"),
                 heading=str(source.get("heading") or ""),
