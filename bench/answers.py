@@ -40,6 +40,7 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "zh_refine-noise0.4": ("rgb/zh_refine.even.jsonl", ["--mode", "noise", "--noise-ratios", "0.4"]),
     "zh_refine-rejection": ("rgb/zh_refine.even.jsonl", ["--mode", "rejection"]),
     "zh_refine-injection": ("rgb/zh_refine.even.jsonl", ["--mode", "injection"]),
+    "zh_refine-injection-answering": ("rgb/zh_refine.even.jsonl", ["--mode", "injection-answering"]),
     "zh_refine-noise0,0.8": ("rgb/zh_refine.even.jsonl", ["--mode", "noise", "--noise-ratios", "0,0.8"]),
     "zh_int-noise0.4": ("rgb/zh_int.even.jsonl", ["--mode", "noise", "--noise-ratios", "0.4"]),
     "zh_fact-counterfactual": ("rgb/zh_fact.even.jsonl", ["--mode", "counterfactual"]),

@@ -8,7 +8,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["DiscoveredFile", "Discovery", "discover", "file_sha256", "printable_path"]
+__all__ = ["DiscoveredFile", "Discovery", "discover", "file_sha256", "is_ignored_name", "printable_path"]
+
+_TEMPORARY_SUFFIXES = (".swp", ".swo", ".swx", ".tmp", ".temp", ".crdownload", ".part", ".partial", ".download")
+"""Editors' swap files, half-written downloads and the files programs save to before renaming them over the real
+one: never a document of the user's, and gone again within seconds."""
 
 
 def printable_path(path: str) -> str:
@@ -45,8 +49,17 @@ class Discovery:
     """Symbolic links met inside a named folder and not followed (``follow_links`` off)."""
 
 
-def _hidden(name: str) -> bool:
-    return name.startswith(".")
+def is_ignored_name(name: str) -> bool:
+    """A file or folder name that is never a document: hidden (``.name``, also emacs' ``.#name`` locks and vim's
+    ``.name.swp``), a backup (``name~``), an Office owner file (``~$name.docx``, which has a document's extension
+    but only the name of whoever has it open), vim's write test ``4913``, or a temporary or half-downloaded file
+    (``.tmp``, ``.crdownload``, ``.part``, ...)."""
+    return (
+        name.startswith((".", "~$"))
+        or name.endswith("~")
+        or name == "4913"
+        or name.lower().endswith(_TEMPORARY_SUFFIXES)
+    )
 
 
 def discover(paths: Sequence[str | os.PathLike[str]], *, follow_links: bool = False) -> Discovery:
@@ -55,7 +68,8 @@ def discover(paths: Sequence[str | os.PathLike[str]], *, follow_links: bool = Fa
     Folders are walked recursively. A symbolic link inside a folder is not followed (it is listed in
     :attr:`Discovery.links`) unless ``follow_links``, so a folder never reaches outside itself by a link; with
     ``follow_links`` no folder is visited twice (loops end). A path named explicitly is taken even when it is a
-    link. Hidden files and folders below a named folder are skipped; a hidden file named explicitly is taken.
+    link. Hidden files and folders below a named folder are skipped, and so are editors' temporary files
+    (:func:`is_ignored_name`); such a file named explicitly is taken.
     """
     found = Discovery()
     seen_files: set[str] = set()
@@ -90,7 +104,7 @@ def discover(paths: Sequence[str | os.PathLike[str]], *, follow_links: bool = Fa
             relative_folder = os.path.relpath(folder, absolute)
             kept = []
             for name in sorted(subfolders):
-                if _hidden(name):
+                if is_ignored_name(name):
                     continue
                 if not follow_links and os.path.islink(os.path.join(folder, name)):
                     found.links.append(printable_path(os.path.normpath(os.path.join(given, relative_folder, name))))
@@ -98,7 +112,7 @@ def discover(paths: Sequence[str | os.PathLike[str]], *, follow_links: bool = Fa
                 kept.append(name)
             subfolders[:] = kept
             for name in sorted(filenames):
-                if _hidden(name):
+                if is_ignored_name(name):
                     continue
                 file_absolute = os.path.join(folder, name)
                 file_given = os.path.normpath(os.path.join(given, relative_folder, name))

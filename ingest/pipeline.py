@@ -207,7 +207,21 @@ class IngestPipeline:
         return chunk_signature(self.embedder.name, self.chunk_size, self.chunk_overlap, ocr=self.ocr is not None)
 
     # -- the run -------------------------------------------------------------------------------------------
-    def run(self, paths: Sequence[str | os.PathLike[str]], *, reset: bool = False) -> IngestReport:
+    def run(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        *,
+        reset: bool = False,
+        gone: Sequence[str | os.PathLike[str]] = (),
+    ) -> IngestReport:
+        """Ingest ``paths`` (files and folders): new and changed files are written, unchanged ones skipped, and
+        stored files that vanished from a named folder are removed.
+
+        ``gone``: paths that no longer hold anything to ingest (a file deleted or renamed away, a folder moved
+        out, a file that became a link not followed): stored files at or below them that this run does not find
+        are removed too. A folder watcher hands the paths its events named here, so one change is not a walk of
+        the whole folder.
+        """
         started = time.monotonic()
         report = IngestReport()
         found = discover(paths, follow_links=self.follow_links)
@@ -265,8 +279,13 @@ class IngestPipeline:
 
         # Files gone from a folder that was ingested before.
         present = {file.absolute for file in found.files}
+        vanished = [printable_path(os.path.abspath(os.fspath(path))) for path in gone]
         for source, versions in stored.items():
-            if source not in present and any(source.startswith(root + os.sep) for root in found.roots):
+            if source in present:
+                continue
+            if any(source.startswith(root + os.sep) for root in found.roots) or any(
+                source == path or source.startswith(path + os.sep) for path in vanished
+            ):
                 report.files_removed += 1
                 stale_ids += [i for v in versions for i in v.ids]
         if work:

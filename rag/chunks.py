@@ -6,6 +6,7 @@ heading). The store and the local rows table write and read it, the assembler pa
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -22,6 +23,7 @@ __all__ = [
     "PageBox",
     "TokenCounter",
     "decode_boxes",
+    "document_id",
     "encode_boxes",
     "with_heading",
 ]
@@ -126,6 +128,12 @@ class ChunkReader(Protocol):
     def sources(self) -> list[str]:
         """Every file (``source_abs``) that has chunks."""
         ...
+
+
+def document_id(source_abs: str) -> str:
+    """A document's id on every surface (HTTP, MCP, page views): stable, opaque (no path in a URL or a tool's
+    answer), the same in every worker; documents are found by id among a collection's files."""
+    return "doc-" + hashlib.sha256(source_abs.encode("utf-8", "surrogateescape")).hexdigest()[:24]
 
 
 def with_heading(heading: str, text: str) -> str:

@@ -15,6 +15,7 @@ __all__ = [
     "ConfigError",
     "ContextOverflowError",
     "DiskFullError",
+    "DocumentNotFoundError",
     "EmptyStoreError",
     "ModelIntegrityError",
     "ModelMismatchError",
@@ -53,6 +54,14 @@ class NotFoundError(RagError, LookupError):
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+class DocumentNotFoundError(NotFoundError):
+    """No document with that id in the collections the caller may read (deleted, or an id from elsewhere);
+    :attr:`param` is ``id``."""
+
+    def __init__(self, message: str, *, param: str | None = "id") -> None:
+        super().__init__(message, param=param)
 
 
 class ModelNotFoundError(RagError):

@@ -111,6 +111,19 @@ class Settings(BaseSettings):
         default=False,
         description="`ingest` follows symbolic links inside the folders it walks (the browser UI never does).",
     )
+    watch_debounce_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="`--watch`: changes this close together are one burst, ingested in one run once it is over; "
+        "a file is taken once its size and mtime held still this long.",
+    )
+    watch_rescan_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="`--watch`: a full rescan of the watched folders this often, for changes no event reported "
+        "(network folders, an overflowing event queue); 0: never.",
+    )
     llm_model: str = Field(
         default=DEFAULT_LLM_MODEL,
         description="GGUF path, 'hub-repo/file.gguf', or a model name for the remote server.",

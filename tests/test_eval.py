@@ -259,6 +259,13 @@ def test_injection_sets_plant_the_instruction_in_one_negative() -> None:
     positive_only = refine(negatives=[])
     planted = injected_passages(positive_only, ATTACKS[0])
     assert sum(ATTACKS[0].text in text for text in planted) == 1
+    # into the answer: a positive carries it, the negatives are intact
+    for attack in ATTACKS[:2]:
+        plain = noise_passages(question, 0.4, seed=2333)
+        planted = injected_passages(question, attack, seed=2333, into="answer")
+        changed = [i for i, (a, b) in enumerate(zip(plain, planted, strict=True)) if a != b]
+        assert len(changed) == 1 and plain[changed[0]] in P and plain[changed[0]] not in N
+        assert planted[changed[0]] == plain[changed[0]] + "\n" + attack.text
 
 
 def test_loading_keeps_rgb_structure(tmp_path: Path) -> None:

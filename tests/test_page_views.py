@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from rag.app.access import hash_key
-from rag.app.ids import document_id
+from rag.app.library import document_id
 from rag.app.root import Components
 from rag.errors import NotFoundError, RequestError
 from rag.server.app import ServeOptions, create_app

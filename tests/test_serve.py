@@ -104,13 +104,19 @@ def test_a_chat_completion_carries_its_sources(server: str) -> None:
     choice = reply.choices[0]
     assert choice.message.role == "assistant" and choice.message.content and choice.finish_reason in ("stop", "length")
     sources = (choice.message.model_extra or {})["sources"]
-    assert sources and {"n", "file_name", "page", "heading", "text", "score", "cited", "url"} <= set(sources[0])
+    assert sources and {"n", "file_name", "page", "heading", "text", "score", "cited", "url", "page_image_url"} <= set(
+        sources[0]
+    )
     assert all(s["cited"] for s in sources) or not any(s["cited"] for s in sources)
     if not sources[0]["cited"]:  # the top passages: retrieval found the one that answers (cited ones: the model's pick)
         assert any("three days per week" in source["text"] for source in sources)
     assert choice.message.annotations and choice.message.annotations[0].type == "url_citation"
-    card = HTTP.get(choice.message.annotations[0].url_citation.url, headers={"Authorization": f"Bearer {KEY}"})
+    card = HTTP.get(sources[0]["url"], headers={"Authorization": f"Bearer {KEY}"})
     assert card.status_code == 200 and card.json()["chunks"]  # the source card's document
+    # the citation opens its page view in a browser: a signed link, no key header (a Markdown file: its passage)
+    view = HTTP.get(choice.message.annotations[0].url_citation.url)
+    assert view.status_code == 200 and view.headers["content-type"].startswith("text/html"), view.text[:200]
+    assert 'id="rag-passage"' in view.text
     assert reply.usage is not None and reply.usage.prompt_tokens > 0
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
 

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.app.assistant import AnswerStats, AskOptions, Assistant, Note
-from rag.app.ids import document_id
-from rag.app.library import DocumentLibrary
+from rag.app.library import DocumentLibrary, document_id
 from rag.app.uploads import UploadResult
 from rag.errors import ModelNotFoundError, RagError
 from ui.answer_text import inert_links, linked_markers

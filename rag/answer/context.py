@@ -21,7 +21,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rag.chunks import LOW_OCR_CONFIDENCE, ChunkReader, ContextChunk, TokenCounter
+from rag.chunks import LOW_OCR_CONFIDENCE, ChunkReader, ContextChunk, TokenCounter, document_id
 
 if TYPE_CHECKING:
     from langchain_core.documents import Document
@@ -102,6 +102,7 @@ class Passage:
             "heading": self.heading,
             "chunk_id": self.chunk_id,
             "chunk_ids": list(self.chunk_ids),
+            "document_id": document_id(self.source_abs),
             "score": round(self.score, 6),
             "text": self.text,
         } | self._ocr_fields()

@@ -20,19 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rag.app.ids import document_id, find_document
 from rag.app.root import Components
 from rag.app.uploads import UPLOADS_FOLDER, UploadResult, is_inside, save_uploads
-from rag.errors import ConfigError
+from rag.chunks import document_id
+from rag.errors import ConfigError, DocumentNotFoundError
 
 if TYPE_CHECKING:  # what an ingest reports; the edges name them through this module
     from ingest.pipeline import FileProblem, IngestProgress, IngestReport
+    from ingest.watch import FolderWatcher, SyncRun
     from rag.settings import Settings
 
 __all__ = [
     "CollectionInfo",
     "DocumentInfo",
     "DocumentLibrary",
+    "DocumentText",
     "document_id",
 ]
 
@@ -57,7 +59,22 @@ class DocumentInfo:
 
     @property
     def id(self) -> str:
+        """The document's id (:func:`document_id` of its path)."""
         return document_id(self.path)
+
+
+@dataclass(frozen=True)
+class DocumentText:
+    """A document's text as stored (its chunks joined, overlaps removed), whole or a page range of it."""
+
+    collection: str
+    path: str
+    file_name: str
+    text: str
+    pages: list[int]
+    """The pages the text covers (empty for a file without pages)."""
+    chunks: int
+    """Chunks the text was joined from."""
 
 
 class DocumentLibrary:
@@ -115,10 +132,55 @@ class DocumentLibrary:
             )
         return sorted(found, key=lambda document: (document.file_name.lower(), document.path))
 
-    def find_document(self, doc_id: str, collections: Iterable[str]) -> tuple[str, str] | None:
-        """(collection, path) of the document ``doc_id`` among ``collections`` (those a caller may read); None when
-        none holds it. Read from each collection's local index (its files in one indexed query), not the store."""
-        return find_document(doc_id, collections, self.components.reader)
+    def find_document(self, doc_id: str, collections: Iterable[str]) -> tuple[str, str]:
+        """(collection, path) of the document ``doc_id`` (:func:`document_id`) among ``collections`` (those a caller
+        may read), else a :class:`DocumentNotFoundError` saying where it looked and how to find ids. Read from each
+        collection's local index (its files in one indexed query), not by listing the store."""
+        searched = list(collections)
+        for name in searched:
+            for path in self.components.retriever(name).reader.sources():
+                if document_id(path) == doc_id:
+                    return name, path
+        where = ", ".join(f"'{name}'" for name in searched) or "no collection"
+        raise DocumentNotFoundError(
+            f"no document '{doc_id}' in {where}: it may have been deleted or re-ingested elsewhere; "
+            "list the documents for their ids"
+        )
+
+    def document_text(
+        self, collection: str, path: str, *, first_page: int | None = None, last_page: int | None = None
+    ) -> DocumentText:
+        """The stored text of one document of ``collection`` (read from the local rows, never from the file), or
+        of its pages ``first_page..last_page``; a range the document does not have is a :class:`ConfigError`."""
+        chunks = self.components.lexical_index(collection).chunks_of_files([path])
+        pages = sorted({chunk.page for chunk in chunks if chunk.page is not None})
+        if first_page is not None or last_page is not None:
+            if not pages:
+                raise ConfigError(
+                    f"{os.path.basename(path)} has no pages: read it whole (leave first_page and last_page out)"
+                )
+            low, high = first_page or pages[0], last_page or pages[-1]
+            if low > high:
+                raise ConfigError(f"first_page {low} is after last_page {high}: give a range low to high")
+            if low > pages[-1] or high < pages[0]:
+                raise ConfigError(f"{os.path.basename(path)} has pages {pages[0]} to {pages[-1]}, not {low} to {high}")
+            chunks = [chunk for chunk in chunks if chunk.page is not None and low <= chunk.page <= high]
+        parts: list[str] = []
+        end = None
+        for chunk in sorted(chunks, key=lambda chunk: (chunk.start, chunk.chunk_index)):
+            if end is None or chunk.start >= end:  # neighbouring chunks share an overlap: keep it once
+                parts.append(("\n" if parts and end is not None and chunk.start > end else "") + chunk.text)
+            elif chunk.end > end:
+                parts.append(chunk.text[end - chunk.start :])
+            end = chunk.end if end is None else max(end, chunk.end)
+        return DocumentText(
+            collection=collection,
+            path=path,
+            file_name=os.path.basename(path),
+            text="".join(parts),
+            pages=sorted({chunk.page for chunk in chunks if chunk.page is not None}),
+            chunks=len(chunks),
+        )
 
     def delete_document(self, collection: str | None, path: str) -> int:
         """Remove one file's chunks from the store and the BM25 index (and the file, when it was uploaded).
@@ -164,15 +226,34 @@ class DocumentLibrary:
         *,
         on_progress: Callable[[IngestProgress], None] | None = None,
         on_problem: Callable[[FileProblem, bool], None] | None = None,
+        gone: Sequence[str | os.PathLike[str]] = (),
     ) -> IngestReport:
-        """Ingest ``paths`` into the collection (what ``ingest PATH...`` does), one run at a time per process.
+        """Ingest ``paths`` into the collection (what ``ingest PATH...`` does), one run at a time per process;
+        stored files at or below a ``gone`` path that the run does not find are removed.
         Symbolic links inside the folders are never followed: a user of the UI or the API cannot reach outside a
         folder through one, whatever ``follow_links`` says for the command line."""
         with self._write_lock:
             pipeline = self.components.ingest_pipeline(
                 collection, on_progress=on_progress, on_problem=on_problem, follow_links=False
             )
-            return pipeline.run([os.fspath(path) for path in paths])
+            return pipeline.run([os.fspath(path) for path in paths], gone=gone)
+
+    def watch(
+        self,
+        collection: str | None,
+        folders: Sequence[str | os.PathLike[str]],
+        *,
+        on_start: Callable[[SyncRun], None] | None = None,
+        on_run: Callable[[SyncRun], None] | None = None,
+    ) -> FolderWatcher:
+        """A watcher keeping ``folders`` in sync with the collection (``rag ui --watch``, ``rag serve --watch``):
+        its runs take this library's write lock, so they and uploads never write at once. Not started: call its
+        ``start()``, and ``stop()`` at shutdown."""
+
+        def ingest(paths: Sequence[str], gone: Sequence[str]) -> IngestReport:
+            return self.ingest(collection, paths, gone=gone)
+
+        return self.components.folder_watcher(folders, ingest, follow_links=False, on_start=on_start, on_run=on_run)
 
     def ingest_uploads(
         self,

@@ -6,7 +6,7 @@ passage in its surrounding text. What the browser UI shows when a source is open
 >>> image = views.page_image(doc_id, 3, [chunk_id], collections=["docs"])   # PNG bytes, page 3 of image.pages
 >>> html = views.passage_html(doc_id, chunk_id, collections=["docs"])        # a Markdown file's passage in context
 
-Documents are named by id (:func:`rag.app.ids.document_id`) and looked up among the collections the caller may
+Documents are named by id (:func:`rag.chunks.document_id`) and looked up among the collections the caller may
 read, so only files that are documents of those collections are ever opened. A PDF page is rendered with pypdfium2
 at :attr:`PageViews.width` pixels, the chunks' rectangles (kept at ingest, :class:`rag.chunks.PageBox`) drawn over
 it with Pillow; images are shown frame by frame the same way. Rendered PNGs are kept under ``data_dir/page-cache``,
@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from rag.app.ids import find_document
-from rag.chunks import BOXES_KEY, ChunkReader, ContextChunk, PageBox, decode_boxes
-from rag.errors import NotFoundError, RequestError
+from rag.chunks import BOXES_KEY, ChunkReader, ContextChunk, PageBox, decode_boxes, document_id
+from rag.errors import DocumentNotFoundError, NotFoundError, RequestError
 
 __all__ = ["DocumentPages", "PageImage", "PageViews", "PassageView", "view_path"]
 
@@ -102,11 +101,22 @@ class PageViews:
 
     # -- documents -----------------------------------------------------------------------------------------
     def document(self, doc_id: str, collections: Iterable[str]) -> DocumentPages:
-        """The document ``doc_id`` among ``collections``; :class:`NotFoundError` when none of them holds it, or its
-        file is gone."""
-        found = find_document(doc_id, collections, self.reader_for)
+        """The document ``doc_id`` among ``collections`` (the caller's readable ones, as
+        :meth:`rag.app.library.DocumentLibrary.find_document` looks it up); :class:`DocumentNotFoundError` when none
+        of them holds it, :class:`NotFoundError` when its file is gone."""
+        found = next(
+            (
+                (name, path)
+                for name in collections
+                for path in self.reader_for(name).sources()
+                if document_id(path) == doc_id
+            ),
+            None,
+        )
         if found is None:
-            raise NotFoundError(f"no document '{doc_id}': list them with GET /v1/documents", param="id")
+            raise DocumentNotFoundError(
+                f"no document '{doc_id}': it may have been deleted; list them with GET /v1/documents"
+            )
         collection, path = found
         extension = Path(path).suffix.lower()
         kind: Literal["pdf", "image", "text"] = (

@@ -14,8 +14,9 @@ The ``build_*`` functions are the same for one-off use (each makes a fresh :clas
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
     from ingest.ocr import OcrEngine
     from ingest.pipeline import FileProblem, IngestPipeline, IngestProgress
+    from ingest.watch import FolderWatcher, IngestRun, SyncRun
     from rag.answer.chain import AnswerModel, RagChain
     from rag.app.access import AccessPolicy
     from rag.app.pages import PageViews
@@ -393,6 +395,30 @@ class Components:
             on_progress=on_progress,
             on_problem=on_problem,
             on_notice=on_notice,
+        )
+
+    def folder_watcher(
+        self,
+        folders: Sequence[str | os.PathLike[str]],
+        ingest: IngestRun,
+        *,
+        follow_links: bool | None = None,
+        on_start: Callable[[SyncRun], None] | None = None,
+        on_run: Callable[[SyncRun], None] | None = None,
+    ) -> FolderWatcher:
+        """A watcher that keeps ``folders`` in sync through ``ingest`` (one incremental run: ``(paths, gone)`` →
+        report), debounced and rescanned as the settings say (``watch_debounce_s``, ``watch_rescan_s``)."""
+        from ingest.watch import FolderWatcher
+
+        settings = self.settings
+        return FolderWatcher(
+            folders,
+            ingest,
+            debounce_s=settings.watch_debounce_s,
+            rescan_s=settings.watch_rescan_s,
+            follow_links=settings.follow_links if follow_links is None else follow_links,
+            on_start=on_start,
+            on_run=on_run,
         )
 
 

@@ -10,7 +10,7 @@ import click
 from rag.errors import ConfigError
 from rag.settings import Settings
 
-__all__ = ["quiet_third_party", "settings_from_flags"]
+__all__ = ["quiet_third_party", "settings_from_flags", "show_watch_runs"]
 
 
 def quiet_third_party() -> None:
@@ -38,3 +38,18 @@ def settings_from_flags(**flags: Any) -> Settings:
         return Settings.load(**flags)
     except ConfigError as error:
         raise click.UsageError(str(error)) from None
+
+
+def show_watch_runs() -> None:
+    """Each run of a folder watcher (`rag ui --watch`, `rag serve --watch`) as one line on stderr: what changed,
+    what was written, how long it took, each failed file with its reason."""
+    import logging
+    import sys
+
+    watch_log = logging.getLogger("rag.watch")
+    if not watch_log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("watch: %(message)s"))
+        watch_log.addHandler(handler)
+        watch_log.setLevel(logging.INFO)
+        watch_log.propagate = False

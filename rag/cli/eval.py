@@ -89,7 +89,7 @@ def _ratios(value: str) -> list[float]:
     show_default=True,
     help="Comma-separated: e2e (retrieval, and answers from the whole pool); RGB's fixed passage sets: noise, "
     "rejection, counterfactual (a *_fact file), injection (an instruction planted in a passage: how often the answer "
-    "obeys it).",
+    "obeys it), injection-answering (planted in a passage that answers the question).",
 )
 @click.option("--noise-ratios", "ratio_list", default="0,0.4,0.8", show_default=True, help="Noise ratios (noise).")
 @click.option("--seed", type=int, default=_RGB_SEED, show_default=True, help="Seed of RGB's passage sets (RGB's).")

@@ -6,6 +6,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,8 @@ from rag.cli.common import quiet_third_party, settings_from_flags
 from rag.errors import ConfigError, RagError
 
 if TYPE_CHECKING:
-    from rag.app.library import FileProblem, IngestProgress, IngestReport
+    from rag.app.library import FileProblem, IngestProgress, IngestReport, SyncRun
+    from rag.settings import Settings
 
 __all__ = ["ingest_command", "main"]
 
@@ -140,6 +142,12 @@ def _summary(report: IngestReport, collection: str) -> str:
     "--follow-links", is_flag=True, help="Follow symbolic links inside the folders (RAG_FOLLOW_LINKS; off: skipped)."
 )
 @click.option("--reset", is_flag=True, help="Delete the collection first and rebuild it from these paths.")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Keep running: ingest again whatever changes under PATHS, until Ctrl-C (RAG_WATCH_DEBOUNCE_S, "
+    "RAG_WATCH_RESCAN_S).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the report on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; problems are still printed.")
 def ingest_command(
@@ -154,6 +162,7 @@ def ingest_command(
     no_ocr: bool,
     follow_links: bool,
     reset: bool,
+    watch: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -165,9 +174,11 @@ def ingest_command(
       ingest ./docs ./notes.pdf --collection work
       ingest ./docs --embedding-model BAAI/bge-small-zh-v1.5 --reset
       ingest ./docs --json | jq .files_failed
+      ingest ./docs --watch               # and keep ./docs in sync until Ctrl-C
 
     Files that disappeared from an ingested folder are removed from the store. Exit status: 0 all files
-    ingested, 1 some file failed (each is named with the reason), 2 usage error.
+    ingested (with --watch: stopped by Ctrl-C or SIGTERM), 1 some file failed (each is named with the reason),
+    2 usage error.
     """
     quiet_third_party()
     settings = settings_from_flags(
@@ -182,6 +193,9 @@ def ingest_command(
         follow_links=True if follow_links else None,
     )
 
+    if watch:
+        _watch(settings, list(paths), reset=reset, as_json=as_json, quiet=quiet)
+        return
     from rag.app.root import build_ingest_pipeline
 
     show_progress = not quiet and not as_json and sys.stderr.isatty()
@@ -212,6 +226,90 @@ def ingest_command(
     elif not quiet:
         click.echo(_summary(report, settings.collection), err=True)
     sys.exit(1 if report.files_failed else 0)
+
+
+def _watch(settings: Settings, paths: list[Path], *, reset: bool, as_json: bool, quiet: bool) -> None:
+    """``ingest --watch``: one full sync, then a run per burst of changes, until Ctrl-C or SIGTERM. With
+    ``--json``, one JSON object a line: ``sync`` (each run's report) and ``progress`` (chunks written)."""
+    import logging
+    import signal
+
+    from rag.app.root import Components
+
+    components = Components(settings)
+    show_progress = not quiet and not as_json and sys.stderr.isatty()
+    first = True
+    # every run and bad file is printed below; the watcher's log lines would say it twice
+    logging.getLogger("rag.watch").addHandler(logging.NullHandler())
+
+    def emit(payload: dict[str, Any]) -> None:
+        click.echo(json.dumps(payload, ensure_ascii=False))
+        sys.stdout.flush()
+
+    def ingest(run_paths: Sequence[str], gone: Sequence[str]) -> IngestReport:
+        nonlocal first
+        with _ProgressView(show_progress, heartbeat=not quiet and not as_json) as view:
+            chunks_written = 0
+
+            def on_progress(event: IngestProgress) -> None:
+                nonlocal chunks_written
+                view.update(event)
+                if as_json and event.chunks_done != chunks_written:
+                    chunks_written = event.chunks_done
+                    emit({"event": "progress", "files_done": event.files_done, "files_total": event.files_total,
+                          "chunks_done": event.chunks_done})  # fmt: skip
+
+            def on_problem(problem: FileProblem, failed: bool) -> None:
+                if failed:
+                    view.print(f"error: {problem.path}: {problem.error}")
+                elif not quiet:
+                    view.print(f"skipped: {problem.path}: {problem.error}")
+
+            def on_notice(message: str) -> None:
+                if not quiet:
+                    view.print(f"note: {message}")
+
+            pipeline = components.ingest_pipeline(on_progress=on_progress, on_problem=on_problem, on_notice=on_notice)
+            reset_now, first = reset and first, False
+            return pipeline.run(list(run_paths), reset=reset_now, gone=gone)
+
+    def on_start(run: SyncRun) -> None:
+        if as_json:
+            emit({"event": "start", "reason": run.reason, "paths": list(run.paths), "gone": list(run.gone)})
+
+    def on_run(run: SyncRun) -> None:
+        if as_json:
+            emit({"event": "sync", "reason": run.reason, "paths": list(run.paths), "gone": list(run.gone),
+                  "seconds": round(run.seconds, 3), "error": run.error,
+                  "report": run.report.to_dict() if run.report is not None else None})  # fmt: skip
+        elif run.error is not None:
+            click.echo(f"error: {run.summary()}", err=True)
+        elif not quiet:
+            click.echo(f"sync: {run.summary()}", err=True)
+
+    try:
+        watcher = components.folder_watcher([str(p) for p in paths], ingest, on_start=on_start, on_run=on_run)
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from None
+    # SIGTERM ends the watch as Ctrl-C does, after the run in progress (each file it writes is complete or not begun)
+    signal.signal(signal.SIGTERM, lambda *_: watcher.stop(timeout=0))
+    if not quiet and not as_json:
+        rescan = f"a full rescan every {settings.watch_rescan_s:g} s" if settings.watch_rescan_s else "no rescan"
+        click.echo(
+            f"watching {', '.join(map(str, paths))} for collection '{settings.collection}' ({rescan}); Ctrl-C stops",
+            err=True,
+        )
+    try:
+        watcher.run()
+    except KeyboardInterrupt:
+        pass
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from None
+    except RagError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    if not quiet and not as_json:
+        click.echo(f"stopped watching after {watcher.runs} run(s)", err=True)
 
 
 def main() -> None:

@@ -9,9 +9,10 @@ from typing import Any
 
 import click
 
-from rag.cli.common import quiet_third_party, settings_from_flags
+from rag.cli.common import quiet_third_party, settings_from_flags, show_watch_runs
 from rag.cli.eval import eval_command
 from rag.cli.ingest import ingest_command
+from rag.cli.mcp import mcp_command
 from rag.cli.serve import serve_command
 from rag.errors import ConfigError, RagError
 
@@ -29,12 +30,14 @@ def cli() -> None:
       rag ingest ./docs --collection work --json
       rag ask "年假有几天？"
       rag ui                                   # the browser UI on http://127.0.0.1:7860
+      rag mcp --data-dir ~/rag/data            # your documents as tools of an MCP assistant (stdio)
     """
 
 
 cli.add_command(ingest_command)
 cli.add_command(eval_command)
 cli.add_command(serve_command)
+cli.add_command(mcp_command)
 
 
 def _source_line(source: dict[str, Any]) -> str:
@@ -225,6 +228,13 @@ def _figures_line(stats: Any) -> str:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="A server folder (and its subfolders) users may re-ingest, besides the collection's own; repeatable.",
 )
+@click.option(
+    "--watch",
+    "watch_folders",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="A folder kept in sync with the collection while the UI runs (also a folder root); repeatable.",
+)
 @click.option("--no-llm", is_flag=True, help="Load no language model: retrieval-only mode for everyone.")
 @click.option("--collection", help="Collection selected at start (RAG_COLLECTION; default 'docs').")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Store and uploads location (RAG_DATA_DIR; ./data).")
@@ -243,6 +253,7 @@ def ui_command(
     auth: str | None,
     max_upload_mb: float | None,
     folder_roots: tuple[Path, ...],
+    watch_folders: tuple[Path, ...],
     no_llm: bool,
     collection: str | None,
     data_dir: Path | None,
@@ -263,6 +274,7 @@ def ui_command(
       rag ui --no-llm                                  # retrieval only: no model is loaded
       rag ui --host 0.0.0.0 --auth alice:s3cret        # reachable from the network: set a password
       RAG_UI_AUTH=alice:s3cret rag ui --folder-root ~/Documents
+      rag ui --watch ~/Documents                       # and keep it in sync with the collection
 
     It binds 127.0.0.1 unless --host says otherwise. Uploads are stored under DATA_DIR/uploads/COLLECTION.
     """
@@ -292,11 +304,23 @@ def ui_command(
 
     from ui.app import build_ui, create_handlers, launch
 
-    handlers = create_handlers(settings, use_llm=not no_llm, folder_roots=folder_roots)
+    handlers = create_handlers(settings, use_llm=not no_llm, folder_roots=(*folder_roots, *watch_folders))
     where = f"http://{settings.ui_host}:{settings.ui_port}"
     mode = "retrieval only (no language model)" if no_llm else f"model {settings.llm_model}"
     click.echo(f"rag ui: {where}  ·  collection '{settings.collection}' in {settings.data_dir}  ·  {mode}", err=True)
-    launch(build_ui(handlers), settings, quiet=True)
+    watcher = None
+    if watch_folders:  # the UI's own library: its runs and the page's uploads never write at once
+        show_watch_runs()
+        try:
+            watcher = handlers.library.watch(None, [str(folder) for folder in watch_folders])
+        except ConfigError as error:
+            raise click.UsageError(str(error)) from None
+        watcher.start()
+    try:
+        launch(build_ui(handlers), settings, quiet=True)
+    finally:
+        if watcher is not None:  # a sync in progress gets a few seconds; an interrupted one is completed next time
+            watcher.stop(5.0)
 
 
 def main() -> None:

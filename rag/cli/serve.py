@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from rag.cli.common import quiet_third_party, settings_from_flags
-from rag.errors import RagError
+from rag.cli.common import quiet_third_party, settings_from_flags, show_watch_runs
+from rag.errors import ConfigError, RagError
 
 __all__ = ["is_loopback", "serve_command"]
 
@@ -40,6 +40,13 @@ def is_loopback(host: str) -> bool:
 @click.option("--slots", type=click.IntRange(min=1), help="Answers at once (RAG_SERVE_SLOTS; 1 in process).")
 @click.option("--queue", type=click.IntRange(min=0), help="Requests waiting for a slot before 503 (RAG_SERVE_QUEUE).")
 @click.option("--no-llm", is_flag=True, help="Load no language model: /v1/chunks and /v1/embeddings only.")
+@click.option(
+    "--watch",
+    "watch_folders",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="A folder kept in sync with the collection while serving (RAG_WATCH_RESCAN_S); repeatable.",
+)
 @click.option("--collection", help="Collection that uploads go to by default (RAG_COLLECTION; default 'docs').")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Store location (RAG_DATA_DIR; default ./data).")
 @click.option("--chroma-url", help="Chroma server, e.g. http://127.0.0.1:8001 (RAG_CHROMA_URL).")
@@ -57,6 +64,7 @@ def serve_command(
     slots: int | None,
     queue: int | None,
     no_llm: bool,
+    watch_folders: tuple[Path, ...],
     collection: str | None,
     data_dir: Path | None,
     chroma_url: str | None,
@@ -75,6 +83,7 @@ def serve_command(
       RAG_API_KEY=s3cret rag serve --host 0.0.0.0 # on the network: a key is required
       rag serve --host 0.0.0.0 --api-keys-file keys.toml   # keys that each see only their collections
       rag serve --llm-base-url http://gpu-box:8080/v1 --chroma-url http://db:8001 --slots 8
+      rag serve --watch ./docs                    # and keep ./docs in sync with the collection
 
     \b
     From Python:
@@ -121,7 +130,13 @@ def serve_command(
             f"refusing to serve on {settings.serve_host} without an API key: anyone on the network could read "
             "your documents. Set RAG_API_KEY (or --api-key-file, or --api-keys-file), or bind 127.0.0.1."
         )
-    app = create_app(components, ServeOptions.from_components(components))
+    options = ServeOptions.from_components(components, watch_folders=[str(folder) for folder in watch_folders])
+    if watch_folders:
+        show_watch_runs()
+    try:
+        app = create_app(components, options)
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from None
     where = f"http://{settings.serve_host}:{settings.serve_port}/v1"
     mode = "retrieval only (no language model)" if no_llm else f"model {settings.llm_model}"
     keys = f"keys required ({', '.join(access.holders())})" if access.requires_key else "no key (loopback only)"

@@ -51,7 +51,7 @@ __all__ = [
     "write_records",
 ]
 
-MODES = ("e2e", "noise", "rejection", "counterfactual", "injection")
+MODES = ("e2e", "noise", "rejection", "counterfactual", "injection", "injection-answering")
 
 #: RGB's instruction on counterfactual documents (config/instruction.yaml: the sentence of its system prompt on
 #: factual errors). RGB's counterfactual setup gives it; our prompt does not ask to point out errors, so without it
@@ -229,13 +229,16 @@ def answer_records(
 ) -> Iterator[AnswerRecord]:
     """Every question answered in every mode (``noise``: at every ratio; ``injection``: the questions take the
     attacks in turn), scored, as they come."""
-    fixed = {"rejection": 1.0, "counterfactual": 0.0, "injection": 0.4}
+    fixed = {"rejection": 1.0, "counterfactual": 0.0, "injection": 0.4, "injection-answering": 0.4}
     for mode in modes:
         for ratio in ratios if mode == "noise" else [fixed.get(mode)]:
             for index, question in enumerate(questions):
-                if mode == "injection":
+                if mode.startswith("injection"):
                     attack = attack_for(index)
-                    answered = ask(question.query, injected_passages(question, attack, seed=seed), "")
+                    planted = injected_passages(
+                        question, attack, seed=seed, into="answer" if mode == "injection-answering" else "noise"
+                    )
+                    answered = ask(question.query, planted, "")
                     record = score_answer(question, answered, mode, ratio, kind)
                     yield replace(record, attack=attack.name, obeyed=obeyed(answered.answer, attack))
                     continue
@@ -312,6 +315,7 @@ def summarize(records: Iterable[AnswerRecord]) -> dict[str, dict[str, Any]]:
     for record in records:
         rows.setdefault(row_key(record), []).append(record)
     kinds: dict[str, list[AnswerRecord]] = {}  # injection: also one row per kind of attack, both languages
-    for record in rows.get("injection", []):
-        kinds.setdefault(f"injection: {(record.attack or '').rsplit('-', 1)[0]}", []).append(record)
+    for mode in ("injection", "injection-answering"):
+        for record in rows.get(mode, []):
+            kinds.setdefault(f"{mode}: {(record.attack or '').rsplit('-', 1)[0]}", []).append(record)
     return {key: _figures(group) for key, group in {**rows, **dict(sorted(kinds.items()))}.items()}

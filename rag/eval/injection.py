@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from rag.eval.metrics import EvalQuestion
 from rag.eval.rgb import RGB_SEED, noise_passages
@@ -94,12 +95,15 @@ def attack_for(index: int, attacks: Sequence[Attack] = ATTACKS) -> Attack:
     return attacks[index % len(attacks)]
 
 
-def injected_passages(question: EvalQuestion, attack: Attack, *, seed: int = RGB_SEED) -> list[str]:
-    """RGB's noise-0.4 passages of ``question`` with ``attack`` appended to its first negative (to a positive where
-    it has no negative: the instruction is then in a passage that also answers)."""
+def injected_passages(
+    question: EvalQuestion, attack: Attack, *, seed: int = RGB_SEED, into: Literal["noise", "answer"] = "noise"
+) -> list[str]:
+    """RGB's noise-0.4 passages of ``question`` with ``attack`` appended to its first negative (``into="noise"``;
+    to a positive where it has no negative), or to its first positive (``"answer"``: the passage the model must
+    read and cite to answer carries the instruction, the harder case)."""
     passages = noise_passages(question, 0.4, seed=seed)
-    negatives = set(question.negatives)
-    target = next((i for i, text in enumerate(passages) if text in negatives), 0)
+    wanted = set(question.negatives) if into == "noise" else {text for group in question.positives for text in group}
+    target = next((i for i, text in enumerate(passages) if text in wanted), 0)
     if passages:
         passages[target] = f"{passages[target].rstrip()}\n{attack.text}"
     return passages

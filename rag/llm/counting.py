@@ -7,10 +7,9 @@ Lazy: nothing is read until a count is asked for (then the model's vocabulary, n
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING
 
-from rag.llm.tokenizer import MixtralTokenizer
+from rag.llm.tokenizer import MixtralTokenizer, mixtral_tokenizer
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -37,9 +36,7 @@ class ModelTokens:
         self.llm = llm
         self._context_window = context_window
         self._max_tokens = max_tokens
-        self._mixtral: MixtralTokenizer | None = None
         self._counts_like_mixtral: bool | None = None
-        self._lock = threading.Lock()
 
     @property
     def context_window(self) -> int:
@@ -57,12 +54,7 @@ class ModelTokens:
         return self.llm.effective_prompt_format if self.llm is not None else "mixtral"
 
     def _tokenizer(self) -> MixtralTokenizer:
-        if self.llm is not None:
-            return self.llm.tokenizer
-        with self._lock:
-            if self._mixtral is None:
-                self._mixtral = MixtralTokenizer()
-            return self._mixtral
+        return self.llm.tokenizer if self.llm is not None else mixtral_tokenizer()
 
     def count(self, text: str) -> int:
         """Exact tokens of a piece of text (no BOS/EOS), as it would appear inside a prompt."""
@@ -92,7 +84,7 @@ class ModelTokens:
                 self._counts_like_mixtral = True
             else:
                 try:
-                    same = self._tokenizer().encode_text(_PROBE) == MixtralTokenizer().encode_text(_PROBE)
+                    same = self._tokenizer().encode_text(_PROBE) == mixtral_tokenizer().encode_text(_PROBE)
                 except Exception:  # the model cannot be read yet: count everything, decide on the next question
                     return False
                 self._counts_like_mixtral = same

@@ -23,7 +23,7 @@ from typing import Any
 from rag.errors import ConfigError, ModelNotFoundError
 from rag.llm.prompt import render_instruct_prompt, split_special
 
-__all__ = ["MixtralTokenizer", "mixtral_token_counts", "mixtral_v1_model_file"]
+__all__ = ["MixtralTokenizer", "mixtral_token_counts", "mixtral_tokenizer", "mixtral_v1_model_file"]
 
 
 def mixtral_v1_model_file() -> Path:
@@ -124,10 +124,16 @@ class MixtralTokenizer:
 
 
 @functools.cache
+def mixtral_tokenizer() -> MixtralTokenizer:
+    """The Mixtral v1 vocabulary's tokenizer, one for the process: every count without a model's own tokenizer
+    (the chain's without a model, an OpenAI-compatible server's, ingest's kept counts) shares it."""
+    return MixtralTokenizer()
+
+
 def _mixtral_vocabulary() -> MixtralTokenizer | None:
-    """The Mixtral vocabulary's tokenizer, loaded once; None when mistral-common is unavailable."""
+    """:func:`mixtral_tokenizer`; None when mistral-common is unavailable."""
     try:
-        return MixtralTokenizer()
+        return mixtral_tokenizer()
     except Exception:  # counting at question time still works: the kept counts are only a head start
         return None
 

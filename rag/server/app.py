@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,18 +33,23 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rag.app.access import AccessPolicy, Grant
 from rag.app.library import document_id
 from rag.app.pages import view_path
+from rag.errors import DocumentNotFoundError
+from rag.server.access import caller_grant
 from rag.server.errors import ApiError, install_error_handlers, stream_error_event
 from rag.server.jobs import IngestJobs
 from rag.server.protocol import ChatCompletionRequest, ChatMessageIn, ChunksRequest, EmbeddingsRequest
 
 if TYPE_CHECKING:
-    from rag.app.assistant import AnswerEvent, AskOptions
+    from rag.app.assistant import AnswerEvent, AskOptions, Assistant
+    from rag.app.library import DocumentLibrary
     from rag.app.root import Components
+    from rag.server.mcp import GuardedMcpEndpoint
 
 __all__ = ["ServeOptions", "create_app"]
 
@@ -77,11 +82,17 @@ class ServeOptions:
     max_body_bytes: int = 4 * 2**20
     max_upload_bytes: int = 50 * 2**20
     cors_origins: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    """Where the server listens: on loopback, MCP requests must also name a loopback Host (DNS rebinding)."""
     warm_up: bool = True
     """Load the model when the server starts (``/health`` says 503 until it has)."""
+    watch_folders: tuple[str, ...] = ()
+    """Folders kept in sync with the default collection while the server runs (``rag serve --watch DIR``)."""
 
     @classmethod
-    def from_components(cls, components: Components, *, warm_up: bool = True) -> ServeOptions:
+    def from_components(
+        cls, components: Components, *, warm_up: bool = True, watch_folders: Sequence[str] = ()
+    ) -> ServeOptions:
         from rag.app.admission import default_slots
 
         settings = components.settings
@@ -93,7 +104,9 @@ class ServeOptions:
             max_body_bytes=int(settings.serve_max_body_mb * 2**20),
             max_upload_bytes=int(settings.ui_max_upload_mb * 2**20),
             cors_origins=tuple(settings.serve_cors_origins),
+            host=settings.serve_host,
             warm_up=warm_up,
+            watch_folders=tuple(watch_folders),
         )
 
 
@@ -152,19 +165,15 @@ def _too_large(limit: int) -> str:
 async def request_grant(request: Request) -> Grant:
     """What the request's key may do (the one dependency every guarded endpoint has); 401 without a known key."""
     policy: AccessPolicy = request.app.state.access_policy
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    grant = policy.grant_for(key.strip() if scheme.lower() == "bearer" else None)
-    token = request.query_params.get("access")
-    if grant is None and token and request.method == "GET" and _PAGE_VIEW.fullmatch(request.url.path):
-        grant = policy.grant_for_link(token, request.url.path)  # a page view's link, opened by a browser
-    if grant is None:
-        raise ApiError(
-            401,
-            "missing or wrong API key: send `Authorization: Bearer KEY` (the server's RAG_API_KEY or a key of its "
-            "API keys file)",
-            code="invalid_api_key",
-        )
-    return grant
+    try:
+        return caller_grant(policy, request.headers.get("authorization"))
+    except ApiError:
+        token = request.query_params.get("access")
+        if token and request.method == "GET" and _PAGE_VIEW.fullmatch(request.url.path):
+            grant = policy.grant_for_link(token, request.url.path)  # a page view's link, opened by a browser
+            if grant is not None:
+                return grant
+        raise
 
 
 #: A guarded endpoint's argument: the caller's grant. What it cannot read does not exist for it (404).
@@ -189,6 +198,12 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
     jobs = IngestJobs(library)
     health = _Health()
     assistant = Assistant(components, slots=options.slots, queue=options.queue)
+    # built now, so a folder that does not exist stops the server before it serves; its runs share the library's
+    # write lock with upload jobs
+    watcher = library.watch(None, options.watch_folders) if options.watch_folders else None
+
+    policy = options.access or AccessPolicy(api_key=options.api_key)
+    mcp = _mcp_endpoint(assistant, library, options, policy)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -196,15 +211,25 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
             threading.Thread(target=_warm_up, args=(components, health), name="warm-up", daemon=True).start()
         else:
             health.ready.set()
-        yield
+        if watcher is not None:
+            watcher.start()
+        try:
+            async with mcp.lifespan():
+                yield
+        finally:
+            if watcher is not None:
+                # a sync in progress gets a few seconds to end; past them the process exits under it, which is
+                # safe (each file it writes is complete or not begun) and the next start completes it
+                await asyncio.to_thread(watcher.stop, 5.0)
 
     app = FastAPI(
         title="chinese-mixtral-rag",
         summary="OpenAI-compatible question answering over your own documents, with sources.",
         lifespan=lifespan,
     )
-    app.state.access_policy = options.access or AccessPolicy(api_key=options.api_key)
+    app.state.access_policy = policy
     install_error_handlers(app)
+    app.router.routes.append(Route("/mcp", endpoint=mcp))  # MCP over streamable HTTP, the same key rule
     app.add_middleware(_BodyLimit, max_bytes=options.max_body_bytes, upload_bytes=options.max_upload_bytes)
     if options.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -354,9 +379,8 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
     # -- documents and ingest ----------------------------------------------------------------------------
     def find_document(doc_id: str, collection: str | None, grant: Grant) -> tuple[str, str]:
         names = [info.name for info in library.collections() if collection in (None, info.name)]
-        found = library.find_document(doc_id, grant.readable(names))
-        if found is not None:
-            return found
+        with contextlib.suppress(DocumentNotFoundError):
+            return library.find_document(doc_id, grant.readable(names))
         raise ApiError(404, f"no document '{doc_id}': list them with GET /v1/documents", code="document_not_found")
 
     def collection_param(model: str | None, grant: Grant) -> str | None:
@@ -497,6 +521,16 @@ def _passage_page(file_name: str, fragment: str) -> str:
     )
 
 
+def _mcp_endpoint(
+    assistant: Assistant, library: DocumentLibrary, options: ServeOptions, policy: AccessPolicy
+) -> GuardedMcpEndpoint:
+    """The MCP server over the same answer service (one admission for both APIs) and library, at ``/mcp``."""
+    from rag.server.mcp import GuardedMcpEndpoint, create_mcp_server
+
+    server = create_mcp_server(assistant, library)
+    return GuardedMcpEndpoint(server, policy=policy, host=options.host)
+
+
 # -- answering ------------------------------------------------------------------------------------------------
 def _warm_up(components: Components, health: _Health) -> None:
     try:
@@ -579,9 +613,7 @@ class _Answer:
         if not self.retrieval:
             return []
         chosen = [dict(source) for source in (self.final if final and self.final else self.first).sources]
-        files = {passage.n: passage.source_abs for passage in self.first.passages}
         for source in chosen:
-            source["document_id"] = document_id(files.get(int(source.get("n") or 0), str(source.get("source") or "")))
             source["url"] = f"{base_url}/v1/documents/{source['document_id']}"
             path = view_path(
                 source["document_id"], str(source.get("file_name") or ""), source.get("page"),

@@ -16,6 +16,7 @@ from rag.errors import (
     BusyError,
     ConfigError,
     ContextOverflowError,
+    DocumentNotFoundError,
     EmptyStoreError,
     ModelMismatchError,
     ModelNotFoundError,
@@ -79,6 +80,8 @@ def from_rag_error(error: RagError) -> ApiError:
         return ApiError(503, str(error), code="model_unavailable")
     if isinstance(error, StoreError):
         return ApiError(503, str(error), code="store_unavailable", headers={"Retry-After": "5"})
+    if isinstance(error, DocumentNotFoundError):
+        return ApiError(404, str(error), code="document_not_found", param=error.param)
     if isinstance(error, NotFoundError):
         return ApiError(404, str(error), code="not_found", param=error.param)
     if isinstance(error, RequestError):

@@ -23,7 +23,7 @@ from typing import Any
 from rag.errors import ConfigError, ContextOverflowError, RagError
 from rag.llm.backends.base import Backend, FormattedPrompt, GenerationParams, Piece, PromptFormat
 from rag.llm.prompt import BOS, wrap_instruction
-from rag.llm.tokenizer import MixtralTokenizer
+from rag.llm.tokenizer import MixtralTokenizer, mixtral_tokenizer
 
 __all__ = ["OpenAIBackend"]
 
@@ -42,7 +42,6 @@ class OpenAIBackend(Backend):
             raise ConfigError("the openai backend needs a server URL: set RAG_LLM_BASE_URL (http://host:port/v1)")
         self.base_url = str(config.base_url).rstrip("/")
         self._client: Any = config.client  # an injected httpx.Client
-        self._tokenizer: MixtralTokenizer | None = None
         self._lock = threading.Lock()
         self._checked = False
 
@@ -52,9 +51,7 @@ class OpenAIBackend(Backend):
 
     @property
     def tokenizer(self) -> MixtralTokenizer:
-        if self._tokenizer is None:
-            self._tokenizer = MixtralTokenizer()
-        return self._tokenizer
+        return mixtral_tokenizer()  # the server's model counts like Mixtral's vocabulary (Chinese-Mixtral keeps it)
 
     @property
     def http(self) -> Any:
