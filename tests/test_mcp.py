@@ -188,6 +188,9 @@ def test_tools_have_typed_input_and_output_schemas(stdio: Session) -> None:
     assert {"answer", "sources", "cited", "figures"} <= set(ask.output_schema["properties"])
     assert tools["read_document"].input_schema["required"] == ["document_id"]
     assert tools["search"].annotations.read_only_hint is True
+    for model in ("Passage", "Source"):  # the page view's link is part of the typed results
+        link = tools["search" if model == "Passage" else "ask"].output_schema["$defs"][model]["properties"]
+        assert {"type": "string"} in link["page_image_url"]["anyOf"]
 
 
 def test_search_finds_english_and_chinese_passages(stdio: Session) -> None:
@@ -196,6 +199,7 @@ def test_search_finds_english_and_chinese_passages(stdio: Session) -> None:
     top = found["passages"][0]
     assert top["file_name"] == "security.md" and "14 characters" in top["text"]
     assert top["document_id"].startswith("doc-") and top["page"] is None and isinstance(top["score"], float)
+    assert top["page_image_url"] is None  # stdio: no HTTP server to open a page view from
     chinese = _structured(stdio.call("search", {"query": "年假 天数", "k": 3}))
     assert chinese["passages"][0]["file_name"] == "规章制度.md" and "十五天" in chinese["passages"][0]["text"]
     only = _structured(stdio.call("search", {"query": "password length", "k": 3, "sources": ["handbook.md"]}))
@@ -364,6 +368,28 @@ def test_http_tools_resources_and_progress(http: Session, server: str) -> None:
 
     answer = _structured(http.call("ask", {"question": "年假有几天？", "max_tokens": 8}, progress_callback=on_progress))
     assert isinstance(answer["answer"], str) and answer["sources"] and (updates[0] or "").startswith("found ")
+    for source in answer["sources"]:
+        assert source["page_image_url"].startswith(f"{server}/v1/documents/{source['document_id']}/")
+
+
+def test_http_results_link_the_page_view_as_the_http_api_does(http: Session, server: str) -> None:
+    """search's passages carry the page_image_url /v1/chunks gives for the same passage (absolute to this server,
+    signed for the key); a browser opens it without the key: the PDF's page as a PNG."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    passage = _structured(http.call("search", {"query": "长江 全长", "k": 1}))["passages"][0]
+    link = passage["page_image_url"]
+    assert link.startswith(f"{server}/v1/documents/{passage['document_id']}/pages/1?highlight=") and "access=" in link
+    chunks = httpx.post(f"{server}/v1/chunks", json={"model": "rag-docs", "query": "长江 全长", "k": 1},
+                        headers={"Authorization": f"Bearer {KEY}"}, timeout=60).json()["data"]  # fmt: skip
+    assert chunks[0]["page_image_url"].split("access=")[0] == link.split("access=")[0]  # the same page, passage
+    page = httpx.get(link, timeout=60)  # no Authorization header: the signed link opens it
+    assert page.status_code == 200 and page.headers["content-type"] == "image/png" and page.headers["x-pages"] == "2"
+    assert Image.open(BytesIO(page.content)).size[0] > 0
+    forged = httpx.get(link.split("access=")[0] + "access=api-key.9999999999.0000", timeout=60)
+    assert forged.status_code == 401
 
 
 def test_http_legacy_sessions_work_too(server: str) -> None:

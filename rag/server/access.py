@@ -12,7 +12,7 @@ from __future__ import annotations
 from rag.app.access import AccessPolicy, Grant
 from rag.server.errors import ApiError
 
-__all__ = ["LOCAL", "caller_grant"]
+__all__ = ["LOCAL", "caller_grant", "signed_url"]
 
 LOCAL = Grant.everything("local")
 """A caller who may read every collection: the assistant that started `rag mcp` on stdio, its only caller."""
@@ -31,3 +31,13 @@ def caller_grant(policy: AccessPolicy, authorization: str | None) -> Grant:
             code="invalid_api_key",
         )
     return grant
+
+
+def signed_url(policy: AccessPolicy, grant: Grant, base_url: str, path: str) -> str:
+    """``base_url + path`` as a URL a browser opens without the key: a page view's link (an answer's citation, a
+    source's ``page_image_url``), signed for ``grant``'s holder (:meth:`AccessPolicy.sign_link`); plain when the
+    server needs no key."""
+    token = policy.sign_link(grant, path.split("?", 1)[0])
+    if not token:
+        return base_url + path
+    return f"{base_url}{path}{'&' if '?' in path else '?'}access={token}"

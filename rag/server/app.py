@@ -40,7 +40,7 @@ from rag.app.access import AccessPolicy, Grant
 from rag.app.library import document_id
 from rag.app.pages import view_path
 from rag.errors import DocumentNotFoundError
-from rag.server.access import caller_grant
+from rag.server.access import caller_grant, signed_url
 from rag.server.errors import ApiError, install_error_handlers, stream_error_event
 from rag.server.jobs import IngestJobs
 from rag.server.protocol import ChatCompletionRequest, ChatMessageIn, ChunksRequest, EmbeddingsRequest
@@ -260,10 +260,7 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
 
     def signed_link(base_url: str, path: str, grant: Grant) -> str:
         """``path`` as a URL a browser opens without the key (a page view's link, signed for ``grant``)."""
-        token = app.state.access_policy.sign_link(grant, path.split("?", 1)[0])
-        if not token:
-            return base_url + path
-        return f"{base_url}{path}{'&' if '?' in path else '?'}access={token}"
+        return signed_url(app.state.access_policy, grant, base_url, path)
 
     def may_write(grant: Grant, collection: str) -> None:
         if not grant.can_write(collection):
@@ -525,9 +522,9 @@ def _mcp_endpoint(
     assistant: Assistant, library: DocumentLibrary, options: ServeOptions, policy: AccessPolicy
 ) -> GuardedMcpEndpoint:
     """The MCP server over the same answer service (one admission for both APIs) and library, at ``/mcp``."""
-    from rag.server.mcp import GuardedMcpEndpoint, create_mcp_server
+    from rag.server.mcp import GuardedMcpEndpoint, create_mcp_server, signed_page_links
 
-    server = create_mcp_server(assistant, library)
+    server = create_mcp_server(assistant, library, page_link=signed_page_links(policy))
     return GuardedMcpEndpoint(server, policy=policy, host=options.host)
 
 

@@ -11,6 +11,12 @@ token; cancelling the request stops the generation and frees its slot), ``list_c
 ``read_document`` (stored text, whole or a page range). Documents are also resources, ``rag://documents/{id}``.
 Documents are addressed by id only: nothing a client sends is a path, and text comes from the store, never from a
 file. Errors are tool errors (``isError``) carrying the product's message.
+
+Inside ``rag serve`` (streamable HTTP at ``/mcp``) every passage of ``search`` and every source of ``ask`` carries
+``page_image_url``, the same link ``/v1/chunks`` and the chat sources give: the cited page as a PNG with the passage
+highlighted (or, for a file without pages, the passage in its text), absolute to the server the request came to and
+signed for the caller's key, so a browser opens it. Over stdio there is no HTTP server to open it from: the field
+is null there.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ from pydantic import BaseModel, Field
 from starlette.types import Receive, Scope, Send
 
 from rag.app.access import AccessPolicy, Grant
+from rag.app.pages import view_path
 from rag.errors import RagError
-from rag.server.access import LOCAL
+from rag.server.access import LOCAL, signed_url
 
 if TYPE_CHECKING:
     from mcp.server.context import ServerRequestContext
@@ -43,6 +50,8 @@ __all__ = [
     "access_from_request",
     "create_mcp_server",
     "local_access",
+    "no_page_links",
+    "signed_page_links",
 ]
 
 DOCUMENT_URI = "rag://documents/{document_id}"
@@ -57,6 +66,12 @@ numbered citations, `list_collections` / `list_documents` to see what is there, 
 `list_documents` or `search` gives) to read a document or some of its pages."""
 
 
+PAGE_IMAGE_URL = (
+    "A link a browser opens: the passage's page as a PNG with the passage highlighted (for a file without pages, "
+    "the passage in its surrounding text). Null over stdio, where no HTTP server serves it."
+)
+
+
 # -- the wire types (their JSON schemas are the tools' input and output schemas) ----------------------------------
 class Passage(BaseModel):
     """A passage of a document, as retrieval found it."""
@@ -68,6 +83,7 @@ class Passage(BaseModel):
     heading: str = Field(description="The section heading the passage is under, or empty.")
     score: float | None = Field(description="Retrieval score (higher is better).")
     text: str
+    page_image_url: str | None = Field(default=None, description=PAGE_IMAGE_URL)
 
 
 class SearchResult(BaseModel):
@@ -93,6 +109,7 @@ class Source(BaseModel):
     score: float | None
     cited: bool = Field(description="The answer cites [n]; when it cites nothing, the best passages, not cited.")
     text: str
+    page_image_url: str | None = Field(default=None, description=PAGE_IMAGE_URL)
 
 
 class AnswerFigures(BaseModel):
@@ -174,6 +191,31 @@ def access_from_request(ctx: Context[Any, Any] | ServerRequestContext[Any, Any])
     return access if isinstance(access, Grant) else Grant("nobody", frozenset())
 
 
+PageLinkOf = Callable[["Context[Any, Any] | ServerRequestContext[Any, Any]", str], "str | None"]
+"""The URL a browser opens for a page view's path (:func:`rag.app.pages.view_path`), for the caller of one MCP
+request; None where no HTTP server serves page views."""
+
+
+def no_page_links(ctx: Context[Any, Any] | ServerRequestContext[Any, Any], path: str) -> None:
+    """On stdio: no HTTP server runs beside the MCP server, so a page view has no URL to give."""
+    return None
+
+
+def signed_page_links(policy: AccessPolicy) -> PageLinkOf:
+    """Inside ``rag serve``: a page view's URL absolute to the server the MCP request came to, signed for its
+    caller's key as ``/v1/chunks``' links are (:func:`rag.server.access.signed_url`)."""
+
+    def link(ctx: Context[Any, Any] | ServerRequestContext[Any, Any], path: str) -> str | None:
+        request_context = ctx.request_context if isinstance(ctx, Context) else ctx
+        request = request_context.request
+        base_url = getattr(request, "base_url", None)
+        if base_url is None:  # a message that did not come over HTTP
+            return None
+        return signed_url(policy, access_from_request(ctx), str(base_url).rstrip("/"), path)
+
+    return link
+
+
 def local_access(ctx: Context[Any, Any] | ServerRequestContext[Any, Any]) -> Grant:
     """A server on stdio: its only caller is the user's own assistant, which started it; it reads everything."""
     return LOCAL
@@ -184,11 +226,13 @@ def create_mcp_server(
     library: DocumentLibrary,
     *,
     access_of: AccessOf = access_from_request,
+    page_link: PageLinkOf = no_page_links,
 ) -> MCPServer[Any]:
     """The MCP server over ``assistant`` (answers, with its admission) and ``library`` (collections, documents).
 
     ``access_of``: which collections the caller of a request may read: by default what the HTTP guard decided
-    (:class:`GuardedMcpEndpoint`), nothing without it; :func:`local_access` on stdio.
+    (:class:`GuardedMcpEndpoint`), nothing without it; :func:`local_access` on stdio. ``page_link``: the URL of a
+    passage's page view (``page_image_url``): :func:`signed_page_links` inside ``rag serve``, none on stdio.
     """
     from rag.app.assistant import AskOptions
     from rag.app.library import document_id
@@ -236,21 +280,24 @@ def create_mcp_server(
         filters: dict[str, Any] = {"sources": list(sources)} if sources else {}
         with _as_tool_error():
             found = await components.retriever(name).ainvoke(query, k=k, **filters)
-        return SearchResult(
-            collection=name,
-            passages=[
+        passages = []
+        for document in found:
+            doc_id = document_id(str(document.metadata.get("source_abs") or ""))
+            file_name = str(document.metadata.get("file_name") or "")
+            page = document.metadata.get("page")
+            passages.append(
                 Passage(
-                    document_id=document_id(str(document.metadata.get("source_abs") or "")),
+                    document_id=doc_id,
                     collection=name,
-                    file_name=str(document.metadata.get("file_name") or ""),
-                    page=document.metadata.get("page"),
+                    file_name=file_name,
+                    page=page,
                     heading=str(document.metadata.get("heading") or ""),
                     score=document.metadata.get("score"),
                     text=document.page_content,
+                    page_image_url=page_link(ctx, view_path(doc_id, file_name, page, [str(document.id or "")])),
                 )
-                for document in found
-            ],
-        )
+            )
+        return SearchResult(collection=name, passages=passages)
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False, idempotent_hint=False))
     async def ask(
@@ -315,6 +362,7 @@ def create_mcp_server(
                 score=source.get("score"),
                 cited=bool(source.get("cited")),
                 text=str(source.get("text") or ""),
+                page_image_url=page_link(ctx, _source_view_path(source)),
             )
             for source in final.sources
         ]
@@ -439,6 +487,12 @@ def create_mcp_server(
     # The documents change as they are ingested: listed when asked, for this caller, not registered one by one.
     server._lowlevel_server.add_request_handler("resources/list", PaginatedRequestParams, list_resources)
     return server
+
+
+def _source_view_path(source: dict[str, Any]) -> str:
+    """The page view of an answer's source: its page with all its chunks highlighted (a source may join several)."""
+    chunk_ids = [str(chunk_id) for chunk_id in source.get("chunk_ids") or [source.get("chunk_id") or ""]]
+    return view_path(str(source["document_id"]), str(source.get("file_name") or ""), source.get("page"), chunk_ids)
 
 
 def _summary(collection: str, document: DocumentInfo) -> DocumentSummary:
