@@ -118,7 +118,12 @@ def build_ui(handlers: UiHandlers) -> gr.Blocks:
                     page_caption = labelled(gr.Markdown(t("page_view_hint"), elem_id="page-caption"),
                                             value="page_view_hint")  # fmt: skip
                     page_image = gr.Image(
-                        type="pil", interactive=False, show_label=False, elem_id="page-image", visible=False
+                        type="pil",
+                        format="png",
+                        interactive=False,
+                        show_label=False,
+                        elem_id="page-image",
+                        visible=False,
                     )
                     passage_view = gr.HTML(elem_id="passage-view", visible=False)
                     with gr.Row():
