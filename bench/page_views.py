@@ -4,6 +4,9 @@
    the boxes (today) and without them (``ingest.load._pdf_boxes`` patched to return None: the code before boxes),
    in alternation, ``--rounds`` times each; wall seconds per run (best and median), and the load step alone
    (``load_document``, every file) with and without boxes. The issue allows at most +10 % on ingest.
+   ``boxes``: the boxes' own step alone (``ingest.load._pdf_boxes`` on documents already loaded), best of
+   ``--rounds``, per page and as a share of ``load_document``: what the boxes cost without the noise of a whole
+   ingest on a shared machine.
 2. ``render``: :class:`rag.app.pages.PageViews` rendering a cited page at the UI's width with its chunk's
    rectangles highlighted, cache off (every call renders): the first pages of each SEC filing with the first
    chunk of each page, and OCR'd scans (SEC pages rendered to PNG, ingested as images by RapidOCR). Median and
@@ -12,6 +15,7 @@
 Usage (from the repository root)::
 
     PYTHONPATH=. .venv/bin/python bench/page_views.py ingest --files 5 --rounds 2
+    PYTHONPATH=. .venv/bin/python bench/page_views.py boxes --files 5 --rounds 5
     PYTHONPATH=. .venv/bin/python bench/page_views.py render --files 5 --pages 4 --scans 3
 """
 
@@ -112,6 +116,36 @@ def bench_ingest(files: list[Path], rounds: int) -> None:
     )
 
 
+def bench_boxes(files: list[Path], rounds: int) -> None:
+    import pypdfium2
+
+    import ingest.load
+    from ingest.load import load_document
+
+    print(f"{len(files)} SEC 10-Q PDFs: {', '.join(f.name for f in files)}")
+    pages = 0
+    load_s = boxes_s = 0.0
+    for path in files:
+        document = pypdfium2.PdfDocument(str(path))
+        pages += len(document)
+        document.close()
+        loads, boxes = [], []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            loaded = load_document(path)
+            loads.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            found = ingest.load._pdf_boxes(path, loaded)
+            boxes.append(time.perf_counter() - started)
+        load_s += min(loads)
+        boxes_s += min(boxes)
+        print(f"  {path.name}: load {min(loads):.2f} s, boxes {min(boxes) * 1000:.0f} ms ({len(found or ())} spans)")
+    print(
+        f"{pages} pages: load_document {load_s:.2f} s (boxes included), boxes alone {boxes_s * 1000:.0f} ms = "
+        f"{boxes_s / pages * 1000:.1f} ms a page, {boxes_s / (load_s - boxes_s):+.1%} on the load without them"
+    )
+
+
 def bench_render(files: list[Path], pages: int, scans: int) -> None:
     import pypdfium2
 
@@ -154,7 +188,7 @@ def bench_render(files: list[Path], pages: int, scans: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["ingest", "render"])
+    parser.add_argument("what", choices=["ingest", "boxes", "render"])
     parser.add_argument("--sec", type=Path, default=SEC, help="folder of the SEC 10-Q PDFs")
     parser.add_argument("--files", type=int, default=5, help="how many of the PDFs (sorted by name)")
     parser.add_argument("--rounds", type=int, default=2)
@@ -166,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no PDFs in {args.sec}")
     if args.what == "ingest":
         bench_ingest(files, args.rounds)
+    elif args.what == "boxes":
+        bench_boxes(files, args.rounds)
     else:
         bench_render(files, args.pages, args.scans)
     return 0
