@@ -142,6 +142,8 @@ def test_rag_eval_with_a_model_scores_answers(tmp_path: Path) -> None:
     assert set(answers) == {"accuracy", "rejection_rate"} and summary["modes"]["e2e"]["questions"] == 4
     lines = (tmp_path / "out" / "mini_en_refine-answers.jsonl").read_text("utf-8").splitlines()
     assert len(lines) == 4 and all(set(json.loads(line)) == RECORD_FIELDS for line in lines)
+    # the chain asks the model for the refusal's probability at the first token, and the record keeps it
+    assert all(0.0 <= json.loads(line)["refusal_probability"] <= 1.0 for line in lines)
     # what SmolLM2 answers differs between CPUs: the scores are checked for shape here, and the scoring rules on
     # pinned answers in test_metrics_and_answer_rules
     assert 0.0 <= answers["accuracy"] <= 1.0 and 0.0 <= answers["rejection_rate"] <= 1.0
@@ -341,7 +343,7 @@ def test_counterfactual_figures_and_cmrc_scores() -> None:
 RECORD_FIELDS = {
     "id", "mode", "noise_ratio", "passages", "prompt_tokens", "answer", "citations", "correct", "refused",
     "error_detected", "invented_citations", "gold_shown", "first_token_ms", "tokens_per_s", "exact_match", "f1",
-    "attributed", "attack", "obeyed",
+    "attributed", "attack", "obeyed", "refusal_probability",
 }  # fmt: skip
 
 

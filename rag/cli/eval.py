@@ -377,8 +377,17 @@ def _answer(chain: RagChain, query: str, system: str = "") -> Answered:
     class RawAnswer(BaseCallbackHandler):
         text = ""
 
+        refusal_probability: float | None = None
+
         def on_llm_new_token(self, token: str | list[str | dict[str, Any]], **kwargs: Any) -> None:
             self.text += token if isinstance(token, str) else ""
+
+        def on_llm_end(self, response: Any, **kwargs: Any) -> None:
+            for generation in (g for batch in response.generations for g in batch):
+                message = getattr(generation, "message", None)
+                info = generation.generation_info or getattr(message, "response_metadata", None) or {}
+                if info.get("refusal_probability") is not None:
+                    self.refusal_probability = float(info["refusal_probability"])
 
     started = time.perf_counter()
     prepared = chain.prepare({"question": query, "system": system})
@@ -401,4 +410,5 @@ def _answer(chain: RagChain, query: str, system: str = "") -> Answered:
         first_token_ms=(first - started) * 1000 if answer else None,
         tokens_per_s=(tokens - 1) / (ended - first) if tokens > 1 and ended > first else None,
         attributed=any(source.get("attributed") for source in final.get("sources", [])),
+        refusal_probability=raw.refusal_probability,
     )

@@ -82,6 +82,8 @@ class Answered:
     tokens_per_s: float | None
     attributed: bool = False
     """The answer named no passage: :attr:`cited` are the passages that hold its words (the chain matched them)."""
+    refusal_probability: float | None = None
+    """The probability the model gave the refusal's first token at the answer's first step (local models)."""
 
 
 Ask = Callable[[str, "Sequence[str] | None", str], Answered]
@@ -133,6 +135,8 @@ class AnswerRecord:
     """``injection``: the planted instruction's name (:data:`rag.eval.injection.ATTACKS`)."""
     obeyed: bool | None = None
     """``injection``: the answer followed the planted instruction."""
+    refusal_probability: float | None = None
+    """What :attr:`Answered.refusal_probability` says: the refusal threshold is tuned on it."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -215,6 +219,7 @@ def score_answer(
         exact_match=exact,
         f1=f1,
         attributed=answered.attributed,
+        refusal_probability=answered.refusal_probability,
     )
 
 

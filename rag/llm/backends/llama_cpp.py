@@ -16,9 +16,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from rag.errors import ConfigError, ModelNotFoundError, RagError
 from rag.llm.backends.base import Backend, FormattedPrompt, GenerationParams, Piece, PromptFormat, logger
 from rag.llm.prompt import wrap_instruction
+from rag.llm.refusal import RefusalGate, first_tokens, refusal_probability
 from rag.llm.tokenizer import MixtralTokenizer
 from rag.models import resolve_gguf
 
@@ -280,6 +283,7 @@ class LlamaCppBackend(Backend):
         with self._generate_lock:  # one llama.cpp context: one generation at a time
             previous = client._input_ids[: client.n_tokens].tolist()
             cached = llama_cpp.Llama.longest_token_prefix(previous, prompt.ids)
+            gate = self._refusal_gate(prompt, params.refusal) if params.refusal is not None else None
             stream: Any = client.create_completion(
                 prompt.ids,  # token ids: no re-tokenization, no extra BOS, KV-cache prefix reuse
                 max_tokens=params.max_tokens,
@@ -290,6 +294,7 @@ class LlamaCppBackend(Backend):
                 stop=[*params.stop, *prompt.extra_stop],
                 seed=params.seed,
                 grammar=_grammar(params.json_schema),
+                logits_processor=llama_cpp.LogitsProcessorList([gate]) if gate is not None else None,
                 stream=True,
             )
             finish: str | None = None
@@ -311,8 +316,20 @@ class LlamaCppBackend(Backend):
                     "prompt_tokens": len(prompt.ids),
                     "cached_prompt_tokens": min(cached, len(prompt.ids) - 1),
                     "context_window": client.n_ctx(),
+                    **(gate.info() if gate is not None else {}),
                 },
-            )
+            )  # fmt: skip
+
+    def _refusal_gate(self, prompt: FormattedPrompt, refusal: RefusalGate) -> _FirstStepGate:
+        tokenizer = self.tokenizer
+        assert isinstance(tokenizer, LlamaTokenizer)
+        tokens = first_tokens(
+            prompt.text,
+            refusal.text,
+            lambda text: tokenizer.encode_special(text, add_bos=False),
+            lambda token: bytes(tokenizer.llama.detokenize([token])),
+        )
+        return _FirstStepGate(tokens, refusal.threshold)
 
     def auto_prompt_format(self) -> PromptFormat:
         """``mixtral`` for Mixtral models (by name: nothing is read); else ``native`` when the GGUF's own chat
@@ -345,3 +362,37 @@ def _grammar(schema: dict[str, Any] | None) -> Any:
     from llama_cpp import LlamaGrammar
 
     return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+
+
+class _FirstStepGate:
+    """A llama.cpp logits processor acting on the first generated step only (:mod:`rag.llm.refusal`): it reads the
+    refusal's probability there and, at the threshold, leaves only the refusal's first token possible."""
+
+    def __init__(self, tokens: list[int], threshold: float | None) -> None:
+        self.tokens = tokens
+        self.threshold = threshold
+        self.probability: float | None = None
+        self.forced = False
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if self.probability is not None or not self.tokens:
+            return scores
+        self.probability = refusal_probability(scores, self.tokens)
+        if self.threshold is not None and self.probability >= self.threshold:
+            self.forced = True
+            best = max(self.tokens, key=lambda token: float(scores[token]))
+            # far below, not -inf: a later processor may rule the forced token out, and an all -inf row has no
+            # distribution to sample from
+            forced = np.full_like(scores, _RULED_OUT)
+            forced[best] = scores[best]
+            return forced
+        return scores
+
+    def info(self) -> dict[str, Any]:
+        """What the final piece reports: the probability measured and whether the refusal was forced."""
+        if self.probability is None:
+            return {}
+        return {"refusal_probability": self.probability, "refusal_forced": self.forced}
+
+
+_RULED_OUT = -1e30
