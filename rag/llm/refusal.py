@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["RefusalGate", "first_tokens", "refusal_probability"]
+__all__ = ["RULED_OUT", "FirstStepGate", "RefusalGate", "first_tokens", "refusal_probability"]
 
 
 @dataclass(frozen=True)
@@ -57,3 +58,36 @@ def refusal_probability(logits: np.ndarray, tokens: Sequence[int]) -> float:
     shifted = np.asarray(logits, dtype=np.float64) - float(np.max(logits))
     weights = np.exp(shifted)
     return float(weights[list(tokens)].sum() / weights.sum())
+
+
+#: The logit every other token gets when the refusal is forced: far below, not -inf, since a later processor may rule
+#: the forced token out too, and a row of -inf has no distribution to sample from.
+RULED_OUT = -1e30
+
+
+class FirstStepGate:
+    """One generation's decision, made at its first step: the refusal's probability read there and, at the
+    threshold, the refusal's first token (the likelier of :func:`first_tokens`) the only one left. The backends
+    adapt it to their logits processors; the later steps are the model's."""
+
+    def __init__(self, tokens: Sequence[int], threshold: float | None) -> None:
+        self.tokens = list(tokens)
+        self.threshold = threshold
+        self.probability: float | None = None
+        self.forced = False
+
+    def decide(self, logits: np.ndarray) -> int | None:
+        """The token to force at this step, or None (always None after the first step)."""
+        if self.probability is not None or not self.tokens:
+            return None
+        self.probability = refusal_probability(logits, self.tokens)
+        if self.threshold is None or self.probability < self.threshold:
+            return None
+        self.forced = True
+        return max(self.tokens, key=lambda token: float(logits[token]))
+
+    def info(self) -> dict[str, Any]:
+        """What the generation reports: the probability measured and whether the refusal was forced."""
+        if self.probability is None:
+            return {}
+        return {"refusal_probability": self.probability, "refusal_forced": self.forced}

@@ -12,8 +12,8 @@ import pytest
 
 from rag.answer.qa_prompt import INSUFFICIENT_EN, INSUFFICIENT_ZH
 from rag.llm.adapter import MixtralInstructLLM
-from rag.llm.backends.llama_cpp import LlamaTokenizer, _FirstStepGate
-from rag.llm.refusal import RefusalGate, first_tokens, refusal_probability
+from rag.llm.backends.llama_cpp import LlamaTokenizer, _processor
+from rag.llm.refusal import FirstStepGate, RefusalGate, first_tokens, refusal_probability
 
 
 def test_refusal_probability_is_the_softmax_share_of_its_tokens() -> None:
@@ -41,21 +41,27 @@ def test_first_tokens_are_where_the_refusal_departs_from_the_prompt() -> None:
 
 def test_the_gate_acts_on_the_first_step_only() -> None:
     logits = np.log(np.array([0.5, 0.3, 0.2], dtype=np.float32))
-    measuring = _FirstStepGate([2], threshold=None)
-    assert measuring(None, logits.copy()) is not None
+    measuring = FirstStepGate([2], threshold=None)
+    assert measuring.decide(logits) is None
     assert measuring.info() == {"refusal_probability": pytest.approx(0.2), "refusal_forced": False}
 
-    forcing = _FirstStepGate([1, 2], threshold=0.45)
-    first = forcing(None, logits.copy())
-    assert int(np.argmax(first)) == 1  # the likelier of the refusal's first tokens, alone
-    assert np.isfinite(first).all() and first[0] < -1e29
-    later = forcing(None, logits.copy())
-    assert np.array_equal(later, logits)  # the rest of the answer is the model's
+    forcing = FirstStepGate([1, 2], threshold=0.45)
+    assert forcing.decide(logits) == 1  # the likelier of the refusal's first tokens
+    assert forcing.decide(logits) is None  # the rest of the answer is the model's
     assert forcing.info()["refusal_forced"] is True
 
-    below = _FirstStepGate([2], threshold=0.25)
-    assert np.array_equal(below(None, logits.copy()), logits)
-    assert below.info()["refusal_forced"] is False
+    below = FirstStepGate([2], threshold=0.25)
+    assert below.decide(logits) is None and below.info()["refusal_forced"] is False
+    assert FirstStepGate([], threshold=0.0).decide(logits) is None  # no token starts the refusal: nothing to do
+
+
+def test_llama_cpp_processor_leaves_only_the_forced_token() -> None:
+    logits = np.log(np.array([0.5, 0.3, 0.2], dtype=np.float32))
+    process = _processor(FirstStepGate([1, 2], threshold=0.45))
+    first = process(None, logits.copy())
+    assert int(np.argmax(first)) == 1 and first[1] == logits[1]
+    assert np.isfinite(first).all() and first[0] < -1e29 and first[2] < -1e29  # finite: still a distribution
+    assert np.array_equal(process(None, logits.copy()), logits)
 
 
 @pytest.mark.parametrize("refusal", [INSUFFICIENT_EN, INSUFFICIENT_ZH])
@@ -102,3 +108,11 @@ def test_the_mixtral_vocabulary_gets_a_gate_too(tiny_mixtral_gguf: Path) -> None
     info = _info(llm, "How tall is Mount Everest?", RefusalGate(INSUFFICIENT_ZH, 0.0))
     assert info["refusal_forced"] is True
     assert 0.0 <= float(info["refusal_probability"]) <= 1.0  # type: ignore[arg-type]
+
+
+def test_the_transformers_backend_gates_too(tiny_mixtral_hf: Path) -> None:
+    llm = MixtralInstructLLM(model=str(tiny_mixtral_hf), backend="transformers", max_tokens=2, temperature=0.0)
+    forced = _info(llm, "How tall is Mount Everest?", RefusalGate(INSUFFICIENT_EN, 0.0))
+    assert forced["refusal_forced"] is True and 0.0 <= float(forced["refusal_probability"]) <= 1.0  # type: ignore[arg-type]
+    measured = _info(llm, "How tall is Mount Everest?", RefusalGate(INSUFFICIENT_EN, None))
+    assert measured["refusal_forced"] is False

@@ -21,7 +21,7 @@ import numpy as np
 from rag.errors import ConfigError, ModelNotFoundError, RagError
 from rag.llm.backends.base import Backend, FormattedPrompt, GenerationParams, Piece, PromptFormat, logger
 from rag.llm.prompt import wrap_instruction
-from rag.llm.refusal import RefusalGate, first_tokens, refusal_probability
+from rag.llm.refusal import RULED_OUT, FirstStepGate, RefusalGate, first_tokens
 from rag.llm.tokenizer import MixtralTokenizer
 from rag.models import resolve_gguf
 
@@ -294,7 +294,7 @@ class LlamaCppBackend(Backend):
                 stop=[*params.stop, *prompt.extra_stop],
                 seed=params.seed,
                 grammar=_grammar(params.json_schema),
-                logits_processor=llama_cpp.LogitsProcessorList([gate]) if gate is not None else None,
+                logits_processor=llama_cpp.LogitsProcessorList([_processor(gate)]) if gate is not None else None,
                 stream=True,
             )
             finish: str | None = None
@@ -320,7 +320,7 @@ class LlamaCppBackend(Backend):
                 },
             )  # fmt: skip
 
-    def _refusal_gate(self, prompt: FormattedPrompt, refusal: RefusalGate) -> _FirstStepGate:
+    def _refusal_gate(self, prompt: FormattedPrompt, refusal: RefusalGate) -> FirstStepGate:
         tokenizer = self.tokenizer
         assert isinstance(tokenizer, LlamaTokenizer)
         tokens = first_tokens(
@@ -329,7 +329,7 @@ class LlamaCppBackend(Backend):
             lambda text: tokenizer.encode_special(text, add_bos=False),
             lambda token: bytes(tokenizer.llama.detokenize([token])),
         )
-        return _FirstStepGate(tokens, refusal.threshold)
+        return FirstStepGate(tokens, refusal.threshold)
 
     def auto_prompt_format(self) -> PromptFormat:
         """``mixtral`` for Mixtral models (by name: nothing is read); else ``native`` when the GGUF's own chat
@@ -364,35 +364,15 @@ def _grammar(schema: dict[str, Any] | None) -> Any:
     return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
 
 
-class _FirstStepGate:
-    """A llama.cpp logits processor acting on the first generated step only (:mod:`rag.llm.refusal`): it reads the
-    refusal's probability there and, at the threshold, leaves only the refusal's first token possible."""
+def _processor(gate: FirstStepGate) -> Callable[[Any, Any], Any]:
+    """``gate`` as a llama.cpp logits processor (it runs first in the sampler chain: the raw logits)."""
 
-    def __init__(self, tokens: list[int], threshold: float | None) -> None:
-        self.tokens = tokens
-        self.threshold = threshold
-        self.probability: float | None = None
-        self.forced = False
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        if self.probability is not None or not self.tokens:
+    def process(input_ids: Any, scores: Any) -> Any:
+        token = gate.decide(scores)
+        if token is None:
             return scores
-        self.probability = refusal_probability(scores, self.tokens)
-        if self.threshold is not None and self.probability >= self.threshold:
-            self.forced = True
-            best = max(self.tokens, key=lambda token: float(scores[token]))
-            # far below, not -inf: a later processor may rule the forced token out, and an all -inf row has no
-            # distribution to sample from
-            forced = np.full_like(scores, _RULED_OUT)
-            forced[best] = scores[best]
-            return forced
-        return scores
+        forced = np.full_like(scores, RULED_OUT)
+        forced[token] = scores[token]
+        return forced
 
-    def info(self) -> dict[str, Any]:
-        """What the final piece reports: the probability measured and whether the refusal was forced."""
-        if self.probability is None:
-            return {}
-        return {"refusal_probability": self.probability, "refusal_forced": self.forced}
-
-
-_RULED_OUT = -1e30
+    return process
