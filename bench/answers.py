@@ -46,6 +46,7 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "zh_fact-counterfactual": ("rgb/zh_fact.even.jsonl", ["--mode", "counterfactual"]),
     "zh_refine-e2e": ("rgb/zh_refine.even.jsonl", ["--mode", "e2e", "--embedding-model", _EMBEDDER]),
     "cmrc-e2e": ("cmrc2018/cmrc2018_trial.squad.json", ["--mode", "e2e", "--embedding-model", _EMBEDDER]),
+    "cmrc-follow-up": ("cmrc2018/cmrc2018_trial.squad.json", ["--mode", "follow-up", "--embedding-model", _EMBEDDER]),
 }
 PLANS = {
     "quick": ["zh_refine-noise0.4", "zh_refine-rejection", "zh_refine-injection"],
@@ -70,6 +71,8 @@ COLUMNS = [
     ("citation_recall", "cit. recall", "{:.3f}"),
     ("obeyed_rate", "obeyed", "{:.3f}"),
     ("f1", "F1", "{:.3f}"),
+    ("first_turn_accuracy", "1st turn accuracy", "{:.3f}"),
+    ("follow_up_wait_ratio", "follow-up wait ratio", "{:.2f}"),
     ("prompt_tokens", "prompt tokens", "{:,.0f}"),
     ("first_token_ms", "first token s", "{:.1f}"),
     ("tokens_per_s", "tokens/s", "{:.1f}"),

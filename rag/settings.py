@@ -163,6 +163,13 @@ class Settings(BaseSettings):
         le=1.0,
         description="Past the top k, hits scoring under this share of the best hit's score do not fill the budget.",
     )
+    refusal_threshold: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Refuse when the model gives the refusal sentence's first token at least this probability at the "
+        "answer's first step (a local model only; unset: the model's own choice).",
+    )
     rerank_model: str | None = Field(
         default=None,
         description="A cross-encoder (hub id or folder, e.g. BAAI/bge-reranker-v2-m3) that scores retrieval's best "

@@ -142,6 +142,8 @@ def test_rag_eval_with_a_model_scores_answers(tmp_path: Path) -> None:
     assert set(answers) == {"accuracy", "rejection_rate"} and summary["modes"]["e2e"]["questions"] == 4
     lines = (tmp_path / "out" / "mini_en_refine-answers.jsonl").read_text("utf-8").splitlines()
     assert len(lines) == 4 and all(set(json.loads(line)) == RECORD_FIELDS for line in lines)
+    # the chain asks the model for the refusal's probability at the first token, and the record keeps it
+    assert all(0.0 <= json.loads(line)["refusal_probability"] <= 1.0 for line in lines)
     # what SmolLM2 answers differs between CPUs: the scores are checked for shape here, and the scoring rules on
     # pinned answers in test_metrics_and_answer_rules
     assert 0.0 <= answers["accuracy"] <= 1.0 and 0.0 <= answers["rejection_rate"] <= 1.0
@@ -341,7 +343,8 @@ def test_counterfactual_figures_and_cmrc_scores() -> None:
 RECORD_FIELDS = {
     "id", "mode", "noise_ratio", "passages", "prompt_tokens", "answer", "citations", "correct", "refused",
     "error_detected", "invented_citations", "gold_shown", "first_token_ms", "tokens_per_s", "exact_match", "f1",
-    "attributed", "attack", "obeyed",
+    "attributed", "attack", "obeyed", "refusal_probability", "first_turn_correct", "first_turn_first_token_ms",
+    "reused_tokens",
 }  # fmt: skip
 
 
@@ -469,7 +472,88 @@ def test_rag_eval_mode_options_are_checked(tmp_path: Path) -> None:
         (["--mode", "noise,oops"], "choose among e2e, noise, rejection, counterfactual, injection"),
         (["--mode", "noise", "--retrieval-only"], "needs a language model"),
         (["--mode", "counterfactual"], "needs an RGB *_fact file"),
+        (["--mode", "follow-up"], "needs a CMRC 2018 file"),
         (["--mode", "noise", "--noise-ratios", "0,1.2"], "from 0 to 1"),
     ]:
         result = runner.invoke(eval_command, [str(dataset), *options, "--output", str(tmp_path / "out")])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+# -- follow-up conversations (CMRC) ----------------------------------------------------------------------------------
+CMRC_FOLLOW_UPS: dict[str, Any] = {
+    "version": "v1.0",
+    "data": [
+        {
+            "title": "乍都节公园",
+            "paragraphs": [
+                {
+                    "context": "乍都节公园位于泰国曼谷，是曼谷最大的公园之一。乍都节公园由泰国国家铁路局捐献土地建造，"
+                    "于1975年对外开放。",
+                    "qas": [
+                        {"id": "p1-q1", "question": "这座公园位于哪个城市？", "answers": [{"text": "曼谷"}]},
+                        {"id": "p1-q2", "question": "乍都节公园是由谁捐献土地建造的？",
+                         "answers": [{"text": "泰国国家铁路局"}]},
+                        {"id": "p1-q3", "question": "乍都节公园哪一年开放？", "answers": [{"text": "1975年"}]},
+                    ],
+                }
+            ],
+        },
+        {
+            "title": "洞庭湖",
+            "paragraphs": [
+                {
+                    "context": "洞庭湖位于湖南省北部，是中国第二大淡水湖。洞庭湖的面积在丰水期约为2625平方公里。",
+                    "qas": [
+                        {"id": "p2-q1", "question": "这个湖位于哪个省？", "answers": [{"text": "湖南省"}]},
+                        {"id": "p2-q2", "question": "洞庭湖丰水期面积多大？", "answers": [{"text": "2625平方公里"}]},
+                    ],
+                },
+                {
+                    "context": "长江流经洞庭湖以北。",
+                    "qas": [{"id": "p3-q1", "question": "洞庭湖以北流过哪条河？", "answers": [{"text": "长江"}]}],
+                },
+            ],
+        },
+    ],
+}  # fmt: skip
+
+
+def test_cmrc_follow_ups_say_it_for_the_title(tmp_path: Path) -> None:
+    dataset = tmp_path / "mini_cmrc.json"
+    dataset.write_text(json.dumps(CMRC_FOLLOW_UPS, ensure_ascii=False), encoding="utf-8")
+    evalset = load_dataset(dataset)
+    assert [(f.first.id, f.follow_up.id) for f in evalset.follow_ups] == [("p1-q1", "p1-q2"), ("p2-q1", "p2-q2")]
+    park = evalset.follow_ups[0]
+    assert park.follow_up.query == "它是由谁捐献土地建造的？" and park.original == "乍都节公园是由谁捐献土地建造的？"
+    assert park.follow_up.answers == [["泰国国家铁路局"]] and park.follow_up.gold == park.first.gold
+    assert len(evalset.questions) == 6  # the follow-ups add no question of their own
+
+
+def test_rag_eval_follow_ups_extend_the_first_turn(tmp_path: Path) -> None:
+    """`rag eval --mode follow-up` through the product's chain with a scripted model: each conversation's follow-up
+    is asked after the answer the chain gave, so it extends the first turn's prompt (the eval's history is the one
+    the chain remembered), and is scored by CMRC's rules."""
+    dataset = tmp_path / "mini_cmrc.json"
+    dataset.write_text(json.dumps(CMRC_FOLLOW_UPS, ensure_ascii=False), encoding="utf-8")
+    evalset = load_dataset(dataset)
+    answers = {qa["question"].replace(article["title"], "它"): qa["answers"][0]["text"]
+               for article in CMRC_FOLLOW_UPS["data"] for paragraph in article["paragraphs"]
+               for qa in paragraph["qas"]}  # fmt: skip
+
+    def answer_the_last_question(prompt: str) -> str:
+        asked = max(answers, key=prompt.rfind)  # the question asked last in the prompt is this turn's
+        return f"{answers[asked]}。[1]" if asked != "它是由谁捐献土地建造的？" else INSUFFICIENT_ZH
+
+    llm = scripted_llm(answer_the_last_question, max_tokens=64)
+    settings = Settings(data_dir=tmp_path / "data", embedding_model=BUNDLED_EMBEDDER)
+    records = tmp_path / "answers.jsonl"
+    results = _evaluate(evalset, evalset.questions, settings, tmp_path / "work", [1], False, [], modes=["follow-up"],
+                        records=records, llm=llm, follow_ups=evalset.follow_ups)  # fmt: skip
+    figures = results["modes"]["follow-up"]
+    assert figures["questions"] == 2 and figures["first_turn_accuracy"] == 1.0
+    assert figures["accuracy"] == 0.5 and figures["refusal_rate"] == 0.5  # the park's follow-up was refused
+    assert figures["follow_up_wait_ratio"] is not None and figures["reused_tokens"] > 0
+    lines = [json.loads(line) for line in records.read_text("utf-8").splitlines()]
+    assert [line["id"] for line in lines] == ["p1-q2", "p2-q2"] and all(line["mode"] == "follow-up" for line in lines)
+    assert all(line["reused_tokens"] > 0 and line["first_turn_correct"] for line in lines)
+    assert len(llm.client.prompts) == 4  # two turns each, and nothing else asked of the model

@@ -42,12 +42,14 @@ from rag.answer.layout import PromptLayout, langchain_messages
 from rag.answer.notes import conversation_restarted
 from rag.answer.planning import FollowUpQuery, QueryPlanner, document_key, text_of
 from rag.answer.prepared import PreparedQuestion
-from rag.answer.qa_prompt import qa_messages
+from rag.answer.qa_prompt import INSUFFICIENT_EN, INSUFFICIENT_ZH, is_chinese, qa_messages
 from rag.answer.schemas import RagAnswer, RagQuestion
 from rag.answer.streaming import AnswerStream
 from rag.chunks import ContextChunk
 from rag.errors import ConfigError, ContextOverflowError, EmptyStoreError
+from rag.llm.core import MixtralModelCore
 from rag.llm.prompt import ChatMessage
+from rag.llm.refusal import RefusalGate
 
 if TYPE_CHECKING:
     from langchain_core.documents import Document
@@ -102,6 +104,7 @@ class RagChain:
         reranker: Reranker | None = None,
         rerank_candidates: int = 20,
         rerank_top_n: int | None = None,
+        refusal_threshold: float | None = None,
     ) -> None:
         self.tokens = tokens
         self.llm = llm
@@ -136,6 +139,9 @@ class RagChain:
         )
         self.layouts = LayoutMemory()
         """Each conversation's last prompt, which its next question extends."""
+        self.refusal_threshold = refusal_threshold
+        """Refuse when the model gives the refusal's first token at least this probability (:mod:`rag.llm.refusal`;
+        None: the model's own choice). Only this project's models read it; the probability is reported either way."""
 
     @property
     def retriever(self) -> BaseRetriever:
@@ -223,12 +229,15 @@ class RagChain:
         budget, kept, notes = self.budget_for(
             asked.question, asked.history, limit, max_tokens=options.max_tokens, system=asked.system
         )
-        llm_kwargs = {
+        llm_kwargs: dict[str, Any] = {
             key: value
             for key, value in (("temperature", options.temperature), ("max_tokens", options.max_tokens),
                                ("seed", options.seed))
             if value is not None
         }  # fmt: skip
+        if isinstance(self.llm, MixtralModelCore):  # another LangChain model would reject the argument
+            refusal = INSUFFICIENT_ZH if is_chinese(asked.question) else INSUFFICIENT_EN
+            llm_kwargs["refusal"] = RefusalGate(refusal, self.refusal_threshold)
         reuse = self.reuse_conversation and asked.history
         return _Start(
             question=asked.question,

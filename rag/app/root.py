@@ -343,6 +343,7 @@ class Components:
             prompt_speed=self.prompt_speed() if model is not None else None,
             max_wait_s=settings.max_wait_s,
             relevance_floor=settings.relevance_floor,
+            refusal_threshold=settings.refusal_threshold,
             follow_up_query=settings.follow_up_query,
             reranker=self.reranker(),
             rerank_candidates=settings.rerank_candidates,

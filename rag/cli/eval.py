@@ -19,7 +19,8 @@ from rag.settings import Settings
 if TYPE_CHECKING:
     from rag.answer.chain import AnswerModel, RagChain
     from rag.app.root import Components
-    from rag.eval.answers import Answered, Ask
+    from rag.eval.answers import Answered, Ask, Converse
+    from rag.eval.metrics import FollowUp
 
 __all__ = ["eval_command"]
 
@@ -89,7 +90,8 @@ def _ratios(value: str) -> list[float]:
     show_default=True,
     help="Comma-separated: e2e (retrieval, and answers from the whole pool); RGB's fixed passage sets: noise, "
     "rejection, counterfactual (a *_fact file), injection (an instruction planted in a passage: how often the answer "
-    "obeys it), injection-answering (planted in a passage that answers the question).",
+    "obeys it), injection-answering (planted in a passage that answers the question); follow-up (CMRC: a question, "
+    "then a follow-up that says 它 for the topic, through the store: the follow-up's accuracy and wait).",
 )
 @click.option("--noise-ratios", "ratio_list", default="0,0.4,0.8", show_default=True, help="Noise ratios (noise).")
 @click.option("--seed", type=int, default=_RGB_SEED, show_default=True, help="Seed of RGB's passage sets (RGB's).")
@@ -176,6 +178,8 @@ def eval_command(
         pool += f" + {add_distractors(evalset, distractors, distractor_limit)} distractor articles"
     questions = evalset.questions[question_skip:]
     questions = questions[:question_limit] if question_limit else questions
+    follow_ups = evalset.follow_ups[question_skip:]  # --questions counts conversations there
+    follow_ups = follow_ups[:question_limit] if question_limit else follow_ups
 
     output.mkdir(parents=True, exist_ok=True)
     records = output / f"{evalset.name}-answers.jsonl"
@@ -183,7 +187,8 @@ def eval_command(
         root = workdir or Path(scratch)
         try:
             results = _evaluate(evalset, questions, settings, root, ks, retrieval_only, budgets,
-                                modes=modes, ratios=ratios, seed=seed, records=records)  # fmt: skip
+                                modes=modes, ratios=ratios, seed=seed, records=records,
+                                follow_ups=follow_ups)  # fmt: skip
         except RagError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(1)
@@ -219,9 +224,12 @@ def answer_settings(settings: Settings, temperature: float) -> Settings:
 
 def _check_modes(modes: list[str], evalset: Any, retrieval_only: bool) -> None:
     """RGB's fixed passage sets need a model and an RGB file (counterfactual: a *_fact one)."""
-    fixed = [mode for mode in modes if mode != "e2e"]
-    if fixed and retrieval_only:
-        raise click.UsageError(f"--mode {','.join(fixed)} needs a language model: drop --retrieval-only")
+    answered = [mode for mode in modes if mode != "e2e"]
+    if answered and retrieval_only:
+        raise click.UsageError(f"--mode {','.join(answered)} needs a language model: drop --retrieval-only")
+    if "follow-up" in modes and not evalset.follow_ups:
+        raise click.UsageError("--mode follow-up needs a CMRC 2018 file (paragraphs with questions naming the title)")
+    fixed = [mode for mode in answered if mode != "follow-up"]
     if fixed and evalset.kind != "rgb":
         raise click.UsageError(f"--mode {','.join(fixed)} needs an RGB .jsonl file (positive and negative passages)")
     if "counterfactual" in modes and not any(q.counterfactuals for q in evalset.questions):
@@ -291,23 +299,30 @@ def _evaluate(
     seed: int = _RGB_SEED,
     records: Path | None = None,
     llm: AnswerModel | None = None,
+    follow_ups: Sequence[FollowUp] = (),
 ) -> dict[str, Any]:
     """Retrieval (``e2e``) and, with a model, every answer of every mode, one JSONL line each in ``records``.
-    ``llm``: a model to use instead of the configured one."""
+    ``llm``: a model to use instead of the configured one; ``follow_ups``: the conversations of ``follow-up``."""
+    import itertools
+
     from rag.app.root import Components
-    from rag.eval.answers import answer_records, summarize, write_records
+    from rag.eval.answers import answer_records, follow_up_records, summarize, write_records
 
     store_settings = settings.model_copy(update={"data_dir": root / "data", "collection": "eval"})
     components = Components(store_settings, llm=llm, use_llm=not retrieval_only)
     results: dict[str, Any] = {}
     retrieving = None
-    if "e2e" in modes:
+    if "e2e" in modes or "follow-up" in modes:
         results, hybrid = _measure_retrieval(components, evalset, questions, root, ks, budgets)
         retrieving = None if retrieval_only else components.new_chain(retriever=hybrid)
     if retrieval_only:
         return results
     ask = _asker(components, retrieving)
-    answered = answer_records(ask, questions, modes, ratios=ratios, seed=seed, kind=evalset.kind)
+    single = [mode for mode in modes if mode != "follow-up"]
+    answered = answer_records(ask, questions, single, ratios=ratios, seed=seed, kind=evalset.kind)
+    if "follow-up" in modes and retrieving is not None:
+        conversing = follow_up_records(_converser(retrieving), follow_ups, kind=evalset.kind)
+        answered = itertools.chain(answered, conversing)
     summary = summarize(write_records(answered, records or root / "answers.jsonl"))
     results["modes"] = summary
     if "e2e" in summary:  # today's figures, under today's keys
@@ -365,7 +380,18 @@ def _asker(components: Components, retrieving: RagChain | None) -> Ask:
     return ask
 
 
-def _answer(chain: RagChain, query: str, system: str = "") -> Answered:
+def _converser(chain: RagChain) -> Converse:
+    """A conversation through ``chain`` (one chain: the follow-up extends the first turn's prompt, as in the UI)."""
+
+    def converse(first: str, follow_up: str) -> tuple[Answered, Answered]:
+        answered = _answer(chain, first)
+        history = [("user", first), ("assistant", answered.answer)]
+        return answered, _answer(chain, follow_up, history=history)
+
+    return converse
+
+
+def _answer(chain: RagChain, query: str, system: str = "", history: Sequence[tuple[str, str]] = ()) -> Answered:
     """``query`` answered as the Assistant answers it (prepare, then generate), timed the same way: the first token
     from the question, tokens/s after it. What the model wrote before the citation check is seen through a LangChain
     callback (the Runnable ``config`` the chain hands on to the model's ``stream``): the invented markers."""
@@ -377,11 +403,20 @@ def _answer(chain: RagChain, query: str, system: str = "") -> Answered:
     class RawAnswer(BaseCallbackHandler):
         text = ""
 
+        refusal_probability: float | None = None
+
         def on_llm_new_token(self, token: str | list[str | dict[str, Any]], **kwargs: Any) -> None:
             self.text += token if isinstance(token, str) else ""
 
+        def on_llm_end(self, response: Any, **kwargs: Any) -> None:
+            for generation in (g for batch in response.generations for g in batch):
+                message = getattr(generation, "message", None)
+                info = generation.generation_info or getattr(message, "response_metadata", None) or {}
+                if info.get("refusal_probability") is not None:
+                    self.refusal_probability = float(info["refusal_probability"])
+
     started = time.perf_counter()
-    prepared = chain.prepare({"question": query, "system": system})
+    prepared = chain.prepare({"question": query, "system": system, "chat_history": list(history)})
     raw = RawAnswer()
     answer, first, final = "", started, dict[str, Any]()
     for piece in chain.generate(prepared, config={"callbacks": [raw]}):
@@ -401,4 +436,6 @@ def _answer(chain: RagChain, query: str, system: str = "") -> Answered:
         first_token_ms=(first - started) * 1000 if answer else None,
         tokens_per_s=(tokens - 1) / (ended - first) if tokens > 1 and ended > first else None,
         attributed=any(source.get("attributed") for source in final.get("sources", [])),
+        refusal_probability=raw.refusal_probability,
+        reused_tokens=prepared.reused_tokens,
     )

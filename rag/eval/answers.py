@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -26,6 +27,7 @@ from pydantic import Field
 from rag.eval.injection import attack_for, injected_passages, obeyed
 from rag.eval.metrics import (
     EvalQuestion,
+    FollowUp,
     cmrc_scores,
     contains_answer,
     is_rejection,
@@ -41,8 +43,10 @@ __all__ = [
     "Answered",
     "Ask",
     "Citation",
+    "Converse",
     "GivenPassages",
     "answer_records",
+    "follow_up_records",
     "mode_passages",
     "passage_documents",
     "row_key",
@@ -51,7 +55,7 @@ __all__ = [
     "write_records",
 ]
 
-MODES = ("e2e", "noise", "rejection", "counterfactual", "injection", "injection-answering")
+MODES = ("e2e", "noise", "rejection", "counterfactual", "injection", "injection-answering", "follow-up")
 
 #: RGB's instruction on counterfactual documents (config/instruction.yaml: the sentence of its system prompt on
 #: factual errors). RGB's counterfactual setup gives it; our prompt does not ask to point out errors, so without it
@@ -82,11 +86,19 @@ class Answered:
     tokens_per_s: float | None
     attributed: bool = False
     """The answer named no passage: :attr:`cited` are the passages that hold its words (the chain matched them)."""
+    refusal_probability: float | None = None
+    """The probability the model gave the refusal's first token at the answer's first step (local models)."""
+    reused_tokens: int = 0
+    """Prompt tokens the conversation's previous turn had already made the model read (a follow-up's)."""
 
 
 Ask = Callable[[str, "Sequence[str] | None", str], Answered]
 """``ask(query, passages, system)``: the product's answer from exactly ``passages`` (None: retrieved from the store),
 ``system`` given as the caller's instructions."""
+
+Converse = Callable[[str, str], "tuple[Answered, Answered]"]
+"""``converse(first, follow_up)``: one conversation through the product, from the store: ``first`` answered, then
+``follow_up`` asked after it (the first answer as the model wrote it in the history), as a user asks in the UI."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +145,14 @@ class AnswerRecord:
     """``injection``: the planted instruction's name (:data:`rag.eval.injection.ATTACKS`)."""
     obeyed: bool | None = None
     """``injection``: the answer followed the planted instruction."""
+    refusal_probability: float | None = None
+    """What :attr:`Answered.refusal_probability` says: the refusal threshold is tuned on it."""
+    first_turn_correct: bool | None = None
+    """``follow-up``: the conversation's first answer was right (the record itself is the follow-up's)."""
+    first_turn_first_token_ms: float | None = None
+    """``follow-up``: the first question's wait, which the follow-up's is compared with."""
+    reused_tokens: int | None = None
+    """``follow-up``: prompt tokens of the first turn the follow-up did not make the model read again."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -215,6 +235,7 @@ def score_answer(
         exact_match=exact,
         f1=f1,
         attributed=answered.attributed,
+        refusal_probability=answered.refusal_probability,
     )
 
 
@@ -245,6 +266,21 @@ def answer_records(
                 passages = mode_passages(question, mode, ratio or 0.0, seed)
                 answered = ask(question.query, passages, _instructions(mode, question.query))
                 yield score_answer(question, answered, mode, ratio, kind)
+
+
+def follow_up_records(converse: Converse, follow_ups: Sequence[FollowUp], kind: str = "cmrc") -> Iterator[AnswerRecord]:
+    """Every conversation of ``follow_ups`` held through the product, its follow-up scored (CMRC's rules), with the
+    first turn's correctness and wait beside it."""
+    for conversation in follow_ups:
+        first, then = converse(conversation.first.query, conversation.follow_up.query)
+        record = score_answer(conversation.follow_up, then, "follow-up", None, kind)
+        first_record = score_answer(conversation.first, first, "follow-up", None, kind)
+        yield replace(
+            record,
+            first_turn_correct=first_record.correct,
+            first_turn_first_token_ms=first.first_token_ms,
+            reused_tokens=then.reused_tokens,
+        )
 
 
 def write_records(records: Iterable[AnswerRecord], path: Path) -> list[AnswerRecord]:
@@ -303,6 +339,13 @@ def _figures(rows: Sequence[AnswerRecord]) -> dict[str, Any]:
         detected = [row for row in rows if row.error_detected]
         figures["error_detection_rate"] = _share(len(detected), n)
         figures["error_correction_rate"] = _share(sum(row.correct for row in detected), len(detected))
+    turns = [row for row in rows if row.first_turn_correct is not None]
+    if turns:
+        figures["first_turn_accuracy"] = _share(sum(bool(row.first_turn_correct) for row in turns), len(turns))
+        waits = [row.first_token_ms / row.first_turn_first_token_ms for row in turns
+                 if row.first_token_ms and row.first_turn_first_token_ms]  # fmt: skip
+        figures["follow_up_wait_ratio"] = statistics.median(waits) if waits else None
+        figures["reused_tokens"] = _mean(row.reused_tokens for row in turns)
     if any(row.exact_match is not None for row in rows):
         figures["exact_match"] = _mean(row.exact_match for row in rows)
         figures["f1"] = _mean(row.f1 for row in rows)

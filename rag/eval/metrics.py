@@ -21,6 +21,7 @@ __all__ = [
     "RGB_REJECTIONS",
     "EvalQuestion",
     "EvalSet",
+    "FollowUp",
     "cmrc_scores",
     "contains_answer",
     "evidence_recall",
@@ -56,6 +57,19 @@ class EvalQuestion:
     """RGB ``*_int``: the positives are grouped per answer element."""
 
 
+@dataclass(frozen=True)
+class FollowUp:
+    """A two-turn conversation made from CMRC 2018 (every paragraph is about its article's title): turn 1 asks a
+    question of a paragraph; turn 2 is a later question of the same paragraph that names the title, with the title
+    replaced by 它 ("it"), so the follow-up alone does not say what it is about."""
+
+    first: EvalQuestion
+    follow_up: EvalQuestion
+    """Its query is the pronoun version; answers and gold are the original question's."""
+    original: str
+    """The later question as CMRC asks it (what a perfect rewrite of the follow-up would be)."""
+
+
 @dataclass
 class EvalSet:
     name: str
@@ -63,6 +77,8 @@ class EvalSet:
     """'rgb' or 'cmrc'."""
     passages: dict[str, str] = field(default_factory=dict)
     questions: list[EvalQuestion] = field(default_factory=list)
+    follow_ups: list[FollowUp] = field(default_factory=list)
+    """CMRC: the pronoun follow-ups (:class:`FollowUp`), one per paragraph that has one."""
 
 
 def passage_id(text: str) -> str:
@@ -123,12 +139,20 @@ def load_cmrc(path: Path) -> EvalSet:
     data = json.loads(path.read_text(encoding="utf-8"))
     evalset = EvalSet(path.stem, "cmrc")
     for article in data["data"]:
+        title = str(article.get("title") or "").strip()
         for paragraph in article["paragraphs"]:
             pid = passage_id(paragraph["context"])
             evalset.passages[pid] = paragraph["context"]
+            asked = []
             for qa in paragraph["qas"]:
                 answers = list(dict.fromkeys(a["text"] for a in qa["answers"]))
-                evalset.questions.append(EvalQuestion(qa["id"], qa["question"], [answers], frozenset({pid})))
+                asked.append(EvalQuestion(qa["id"], qa["question"], [answers], frozenset({pid})))
+            evalset.questions.extend(asked)
+            answerable = [question for question in asked if question.answers[0]]
+            later = next((q for q in answerable[1:] if len(title) >= 2 and title in q.query), None)
+            if later is not None:
+                pronoun = EvalQuestion(later.id, later.query.replace(title, "它"), later.answers, later.gold)
+                evalset.follow_ups.append(FollowUp(answerable[0], pronoun, later.query))
     return evalset
 
 

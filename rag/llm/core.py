@@ -29,7 +29,16 @@ if TYPE_CHECKING:
 __all__ = ["GENERATION_KEYS", "MixtralModelCore"]
 
 #: Per-call generation arguments both classes accept (``llm.invoke(prompt, temperature=0)``).
-GENERATION_KEYS = ("max_tokens", "temperature", "top_p", "top_k", "repeat_penalty", "seed", "json_schema")
+GENERATION_KEYS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repeat_penalty",
+    "seed",
+    "json_schema",
+    "refusal",
+)
 
 Formatter = Callable[[Backend, PromptFormat], FormattedPrompt]
 """Turns the input into the backend's prompt (a string with :meth:`Backend.format_prompt`, messages with

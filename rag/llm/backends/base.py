@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from rag.llm.prompt import ChatMessage, render_instruct_prompt
+from rag.llm.refusal import RefusalGate
 from rag.llm.tokenizer import MixtralTokenizer
 
 __all__ = [
@@ -62,6 +63,9 @@ class GenerationParams:
     json_schema: dict[str, Any] | None = None
     """Constrain the output to JSON of this schema (llama.cpp: a grammar; a server: ``response_format``); a backend
     that cannot raises :class:`rag.errors.ConfigError`."""
+    refusal: RefusalGate | None = None
+    """Decide the refusal at the first token (:mod:`rag.llm.refusal`); backends that cannot read logits (a remote
+    server) ignore it and report no ``refusal_probability``."""
 
 
 @dataclass(frozen=True)

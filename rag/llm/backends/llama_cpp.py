@@ -16,9 +16,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from rag.errors import ConfigError, ModelNotFoundError, RagError
 from rag.llm.backends.base import Backend, FormattedPrompt, GenerationParams, Piece, PromptFormat, logger
 from rag.llm.prompt import wrap_instruction
+from rag.llm.refusal import RULED_OUT, FirstStepGate, RefusalGate, first_tokens
 from rag.llm.tokenizer import MixtralTokenizer
 from rag.models import resolve_gguf
 
@@ -280,6 +283,7 @@ class LlamaCppBackend(Backend):
         with self._generate_lock:  # one llama.cpp context: one generation at a time
             previous = client._input_ids[: client.n_tokens].tolist()
             cached = llama_cpp.Llama.longest_token_prefix(previous, prompt.ids)
+            gate = self._refusal_gate(prompt, params.refusal) if params.refusal is not None else None
             stream: Any = client.create_completion(
                 prompt.ids,  # token ids: no re-tokenization, no extra BOS, KV-cache prefix reuse
                 max_tokens=params.max_tokens,
@@ -290,6 +294,7 @@ class LlamaCppBackend(Backend):
                 stop=[*params.stop, *prompt.extra_stop],
                 seed=params.seed,
                 grammar=_grammar(params.json_schema),
+                logits_processor=llama_cpp.LogitsProcessorList([_processor(gate)]) if gate is not None else None,
                 stream=True,
             )
             finish: str | None = None
@@ -311,8 +316,20 @@ class LlamaCppBackend(Backend):
                     "prompt_tokens": len(prompt.ids),
                     "cached_prompt_tokens": min(cached, len(prompt.ids) - 1),
                     "context_window": client.n_ctx(),
+                    **(gate.info() if gate is not None else {}),
                 },
-            )
+            )  # fmt: skip
+
+    def _refusal_gate(self, prompt: FormattedPrompt, refusal: RefusalGate) -> FirstStepGate:
+        tokenizer = self.tokenizer
+        assert isinstance(tokenizer, LlamaTokenizer)
+        tokens = first_tokens(
+            prompt.text,
+            refusal.text,
+            lambda text: tokenizer.encode_special(text, add_bos=False),
+            lambda token: bytes(tokenizer.llama.detokenize([token])),
+        )
+        return FirstStepGate(tokens, refusal.threshold)
 
     def auto_prompt_format(self) -> PromptFormat:
         """``mixtral`` for Mixtral models (by name: nothing is read); else ``native`` when the GGUF's own chat
@@ -345,3 +362,17 @@ def _grammar(schema: dict[str, Any] | None) -> Any:
     from llama_cpp import LlamaGrammar
 
     return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+
+
+def _processor(gate: FirstStepGate) -> Callable[[Any, Any], Any]:
+    """``gate`` as a llama.cpp logits processor (it runs first in the sampler chain: the raw logits)."""
+
+    def process(input_ids: Any, scores: Any) -> Any:
+        token = gate.decide(scores)
+        if token is None:
+            return scores
+        forced = np.full_like(scores, RULED_OUT)
+        forced[token] = scores[token]
+        return forced
+
+    return process

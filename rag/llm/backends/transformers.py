@@ -23,6 +23,7 @@ from rag.llm.backends.base import (
     logger,
 )
 from rag.llm.prompt import wrap_instruction
+from rag.llm.refusal import RULED_OUT, FirstStepGate, RefusalGate, first_tokens
 from rag.llm.tokenizer import MixtralTokenizer
 from rag.models import resolve_snapshot
 
@@ -190,7 +191,7 @@ class TransformersBackend(Backend):
                 "OpenAI-compatible server; the transformers backend cannot"
             )
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         assert prompt.ids is not None
         model = self.model
@@ -219,6 +220,9 @@ class TransformersBackend(Backend):
         }
         if sampling:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
+        gate = self._refusal_gate(prompt, params.refusal) if params.refusal is not None else None
+        if gate is not None:
+            kwargs["logits_processor"] = LogitsProcessorList([_processor(gate)])
         errors: list[BaseException] = []
 
         def run() -> None:
@@ -253,4 +257,36 @@ class TransformersBackend(Backend):
         if errors:
             raise errors[0]
         finish = "stop" if trimmer.stopped else ("cancelled" if cancelled() else None)
-        yield Piece("", finish_reason=finish, info={"prompt_tokens": len(prompt.ids)})
+        info = {"prompt_tokens": len(prompt.ids), **(gate.info() if gate is not None else {})}
+        yield Piece("", finish_reason=finish, info=info)
+
+    def _refusal_gate(self, prompt: FormattedPrompt, refusal: RefusalGate) -> FirstStepGate:
+        tokenizer = self.tokenizer
+        assert isinstance(tokenizer, HFTokenizer)
+        hf = tokenizer.hf_tokenizer
+        tokens = first_tokens(
+            prompt.text,
+            refusal.text,
+            lambda text: list(hf.encode(text, add_special_tokens=False)),
+            # a byte-fallback piece of a character decodes to U+FFFD, which starts no refusal: never a first token
+            lambda token: str(hf.decode([token])).encode("utf-8"),
+        )
+        return FirstStepGate(tokens, refusal.threshold)
+
+
+def _processor(gate: FirstStepGate) -> Any:
+    """``gate`` as a transformers logits processor: after generate's own processors (the repetition penalty), before
+    its warpers (temperature, top-p) when sampling, as llama.cpp's runs before its sampler's; one sequence."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class Gate(LogitsProcessor):
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            token = gate.decide(scores[0].float().cpu().numpy())
+            if token is None:
+                return scores
+            forced = torch.full_like(scores, RULED_OUT)
+            forced[:, token] = scores[:, token]
+            return forced
+
+    return Gate()
