@@ -217,3 +217,34 @@ def test_a_follow_up_knows_how_much_of_its_prompt_is_already_read(retriever: Hyb
     assert follow.follows_up
     assert follow.reused_tokens == first_prepared.prompt_tokens + llm.tokenizer.count(first["answer"])
     assert 0 < follow.prompt_tokens - follow.reused_tokens < follow.prompt_tokens // 2  # only the new part is read
+
+
+def test_a_follow_up_reads_what_is_new_to_it_not_another_wait(
+    retriever: HybridRetriever, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first turn the wait cut short leaves room in the window; the follow-up still reads only its own best
+    passages that are new (or a share of a fresh turn's evidence): not a whole wait of new evidence again."""
+    from rag.llm.speed import PromptSpeed
+
+    llm = scripted_llm()
+    slow = PromptSpeed("model|machine", fixed=100.0)  # 3 s: 300 tokens; a fresh turn gets the 256 minimum
+
+    def follow_up(chain: RagChain) -> tuple[Any, Any]:
+        first_prepared = chain.prepare(FIRST)
+        first = chain.runnable.invoke(FIRST)
+        history = [("user", FIRST), ("assistant", first["answer"])]
+        return first_prepared, chain.prepare({"question": FOLLOW_UP, "chat_history": history})
+
+    first, follow = follow_up(chain_of(retriever, llm, prompt_speed=slow, max_wait_s=3.0))
+    assert follow.follows_up and first.budget == 256
+    new = follow.packed.passages[len(first.packed.passages) :]
+    assert any("14 characters" in p.text for p in new)  # its own best passage is there
+    share = int(0.25 * 300)  # the follow-up share of what a fresh turn reads within the wait
+    own = sum(ModelTokens(llm).count(p.text) for p in new if "14 characters" in p.text)
+    assert 0 < follow.packed.tokens - first.packed.tokens <= max(share, own + 16 * len(new)) + 16 * len(new)
+
+    # the same conversation with the follow-up's new evidence uncapped (as before): a whole wait of it
+    monkeypatch.setattr(RagChain, "_new_evidence_cap", lambda *args: None)
+    _, uncapped = follow_up(chain_of(retriever, llm, prompt_speed=slow, max_wait_s=3.0))
+    assert uncapped.follows_up
+    assert uncapped.prompt_tokens - uncapped.reused_tokens > follow.prompt_tokens - follow.reused_tokens

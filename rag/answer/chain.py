@@ -300,7 +300,12 @@ class RagChain:
         # at least two
         best = documents[: min(start.k, max(2, len(start.queries)))]
         keys = [document_key(d) for d in best]
-        extended = self._extend(start, layout, documents, keys, reserve, needed)
+        # A follow-up pays for what is new to it: its own best passages the prompt does not hold yet, or a share of
+        # what a fresh question reads now if that is more. Without this cap a prompt the wait had cut short (room
+        # left in the window) took a whole wait of new evidence again: on CMRC's pronoun follow-ups the second turn
+        # waited as long as the first (session 18).
+        extended = self._extend(start, layout, documents, keys, reserve, needed,
+                                most_new=self._new_evidence_cap(layout, best, most, reserve))  # fmt: skip
         if extended is not None or widest is layout:
             return extended
         # Dropping earlier evidence makes this follow-up read the turns after the cut again: it reads no more new
@@ -322,6 +327,18 @@ class RagChain:
             else:
                 extended, low = attempt, keep + 1
         return extended
+
+    def _new_evidence_cap(self, layout: ConversationLayout, best: list[Any], most: int, reserve: int) -> int:
+        """The most new evidence a follow-up that extends ``layout`` reads: its ``best`` passages that ``layout``
+        does not hold, or the follow-up share of a fresh prompt's evidence (under the wait cap where one binds)."""
+        given = frozenset(chunk_id for passage in layout.passages for chunk_id in passage.chunk_ids)
+        new = [d for d in best if document_key(d) not in given]
+        own = pack_context([ContextChunk.from_document(d) for d in new], most, self.tokens.count).tokens if new else 0
+        waited = self.budget.wait_cap(0)
+        share = self.budget.follow_up_share(reserve)
+        if waited is not None:
+            share = min(share, int(self.budget.follow_up_room * waited))
+        return max(share, own + _FOLLOW_UP_HEADING * len(new))
 
     def _without_tail(self, layout: ConversationLayout, keep: int) -> ConversationLayout | None:
         """:meth:`ConversationLayout.without_tail`, its ``tokens`` what the model still holds: the first message (and
