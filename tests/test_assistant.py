@@ -62,7 +62,8 @@ def test_the_same_events_sync_and_async(data_dir: Path, embedder: Any) -> None:
 
 
 def test_one_admission_for_the_sync_and_the_async_surfaces(data_dir: Path, embedder: Any) -> None:
-    assistant = assistant_over(data_dir, embedder, delay=0.05, slots=1, queue=0)
+    # slow pieces: the answer is still being written when the UI closes it, however loaded the machine
+    assistant = assistant_over(data_dir, embedder, delay=0.5, slots=1, queue=0)
     ui = assistant.ask("How many days of leave?")
     assert next(ui).kind == "passages"  # the UI's asker holds the only slot
     assert assistant.admission.running == 1
@@ -80,8 +81,10 @@ def test_one_admission_for_the_sync_and_the_async_surfaces(data_dir: Path, embed
     assert assistant.admission.running == 0
     backend = assistant.components.llm().client  # type: ignore[union-attr]
     assert isinstance(backend, ScriptedBackend)
-    time.sleep(0.2)
-    assert backend.finishes[-1] == "cancelled"
+    deadline = time.monotonic() + 5  # the worker thread records its end after the slot is back (later under load)
+    while not backend.finishes and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert backend.finishes[-1:] == ["cancelled"]
     asyncio.run(from_the_server())  # and the next one is served
 
 

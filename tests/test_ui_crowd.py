@@ -102,7 +102,9 @@ def test_twenty_sessions_at_once_each_get_their_own_answer_and_sources(served: d
     for result in results:
         topic, answer = result["topic"], result["answer"]
         # the answer is the first sentence of its own document, cited: no other session's text
-        assert answer == f"The {topic} enclosure opens at {len(topic)} o'clock. [1]", (topic, answer)
+        # (the UI links the marker to its source card)
+        cited = '<a href="#rag-source-1" class="rag-cite">[1]</a>'
+        assert answer == f"The {topic} enclosure opens at {len(topic)} o'clock. {cited}", (topic, answer)
         first = re.search(r"\[1\] ([^<]+)</b>", result["sources"])
         assert first is not None and first.group(1) == f"{topic}.txt", (topic, result["sources"][:300])
         others = [t for t in TOPICS if t != topic and t in answer]
