@@ -95,8 +95,8 @@ def served(embedder: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             demo.close()
 
 
-@pytest.fixture(scope="module")
-def browser(served: dict[str, Any]) -> Iterator[Any]:
+def headless_chromium() -> Iterator[Any]:
+    """Debian's Chromium through playwright, closed at the end (a module fixture's body)."""
     from playwright.sync_api import sync_playwright
 
     executable = chromium_executable()
@@ -106,6 +106,11 @@ def browser(served: dict[str, Any]) -> Iterator[Any]:
             yield chromium
         finally:
             chromium.close()
+
+
+@pytest.fixture(scope="module")
+def browser(served: dict[str, Any]) -> Iterator[Any]:
+    yield from headless_chromium()
 
 
 def open_page(browser: Any, url: str, locale: str) -> Any:

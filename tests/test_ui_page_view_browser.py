@@ -21,7 +21,7 @@ from rag.settings import Settings
 from tests.conftest import BUNDLED_EMBEDDER, free_port
 from tests.fakes import scripted_llm
 from tests.test_page_views import text_region
-from tests.test_ui_browser import ARTIFACTS, CHROMIUM_FLAGS, ask, chromium_executable, open_page, wait_for_send_label
+from tests.test_ui_browser import ARTIFACTS, ask, headless_chromium, open_page, wait_for_send_label
 
 pytestmark = pytest.mark.slow
 
@@ -99,15 +99,7 @@ def served(embedder: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @pytest.fixture(scope="module")
 def browser(served: dict[str, Any]) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    executable = chromium_executable()
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS, headless=True)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    yield from headless_chromium()
 
 
 def test_the_cited_page_opens_with_the_passage_highlighted(browser: Any, served: dict[str, Any]) -> None:

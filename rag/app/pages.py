@@ -29,7 +29,7 @@ from typing import Any, Literal
 from rag.chunks import BOXES_KEY, ChunkReader, ContextChunk, PageBox, decode_boxes, document_id
 from rag.errors import DocumentNotFoundError, NotFoundError, RequestError
 
-__all__ = ["DocumentPages", "PageImage", "PageViews", "PassageView", "view_path"]
+__all__ = ["DocumentPages", "FoundChunk", "PageImage", "PageViews", "PassageView", "view_path"]
 
 _IMAGES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
 #: Highlight colours: a translucent yellow fill and an orange outline (RGBA).
@@ -392,3 +392,37 @@ def view_path(doc_id: str, file_name: str, page: int | None, chunk_ids: Sequence
         highlight = quote(",".join(chunk_ids), safe=",")
         return f"/v1/documents/{doc_id}/pages/{page or 1}" + (f"?highlight={highlight}" if chunk_ids else "")
     return f"/v1/documents/{doc_id}/passages/{quote(chunk_ids[0] if chunk_ids else '', safe='')}"
+
+
+@dataclass(frozen=True)
+class FoundChunk:
+    """A retrieved chunk as the surfaces show it (``/v1/chunks``, MCP's ``search``): ids, never a path, and the
+    path of its page view. Built in one place from retrieval's LangChain ``Document``."""
+
+    id: str
+    document_id: str
+    file_name: str
+    source: str
+    page: int | None
+    heading: str
+    score: float | None
+    text: str
+
+    @classmethod
+    def from_document(cls, document: Any) -> FoundChunk:
+        metadata = document.metadata
+        return cls(
+            id=str(document.id or metadata.get("chunk_id") or ""),
+            document_id=document_id(str(metadata.get("source_abs") or "")),
+            file_name=str(metadata.get("file_name") or ""),
+            source=str(metadata.get("source") or ""),
+            page=metadata.get("page"),
+            heading=str(metadata.get("heading") or ""),
+            score=metadata.get("score"),
+            text=document.page_content,
+        )
+
+    @property
+    def view_path(self) -> str:
+        """Its page view (:func:`view_path`), this chunk highlighted."""
+        return view_path(self.document_id, self.file_name, self.page, [self.id])

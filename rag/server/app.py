@@ -38,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rag.app.access import AccessPolicy, Grant
 from rag.app.library import document_id
-from rag.app.pages import view_path
+from rag.app.pages import FoundChunk, view_path
 from rag.errors import DocumentNotFoundError
 from rag.server.access import caller_grant, signed_url
 from rag.server.errors import ApiError, install_error_handlers, stream_error_event
@@ -325,24 +325,19 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
         found = await retriever.ainvoke(body.query, k=body.k, **filters)
         base = str(request.base_url).rstrip("/")
         data = []
-        for document in found:
-            doc_id = document_id(str(document.metadata.get("source_abs") or ""))
-            file_name = str(document.metadata.get("file_name") or "")
-            page = document.metadata.get("page")
+        for chunk in map(FoundChunk.from_document, found):
             data.append(
                 {
                     "object": "chunk",
-                    "id": document.id,
-                    "document_id": doc_id,
-                    "file_name": file_name,
-                    "source": document.metadata.get("source"),
-                    "page": page,
-                    "heading": document.metadata.get("heading") or "",
-                    "score": document.metadata.get("score"),
-                    "text": document.page_content,
-                    "page_image_url": signed_link(
-                        base, view_path(doc_id, file_name, page, [str(document.id or "")]), grant
-                    ),
+                    "id": chunk.id,
+                    "document_id": chunk.document_id,
+                    "file_name": chunk.file_name,
+                    "source": chunk.source,
+                    "page": chunk.page,
+                    "heading": chunk.heading,
+                    "score": chunk.score,
+                    "text": chunk.text,
+                    "page_image_url": signed_link(base, chunk.view_path, grant),
                 }
             )
         return {"object": "list", "model": body.model, "data": data}

@@ -33,7 +33,7 @@ from pydantic import BaseModel, Field
 from starlette.types import Receive, Scope, Send
 
 from rag.app.access import AccessPolicy, Grant
-from rag.app.pages import view_path
+from rag.app.pages import FoundChunk, view_path
 from rag.errors import RagError
 from rag.server.access import LOCAL, signed_url
 
@@ -235,7 +235,6 @@ def create_mcp_server(
     passage's page view (``page_image_url``): :func:`signed_page_links` inside ``rag serve``, none on stdio.
     """
     from rag.app.assistant import AskOptions
-    from rag.app.library import document_id
 
     components = assistant.components
     default_collection = components.settings.collection
@@ -281,20 +280,17 @@ def create_mcp_server(
         with _as_tool_error():
             found = await components.retriever(name).ainvoke(query, k=k, **filters)
         passages = []
-        for document in found:
-            doc_id = document_id(str(document.metadata.get("source_abs") or ""))
-            file_name = str(document.metadata.get("file_name") or "")
-            page = document.metadata.get("page")
+        for chunk in map(FoundChunk.from_document, found):
             passages.append(
                 Passage(
-                    document_id=doc_id,
+                    document_id=chunk.document_id,
                     collection=name,
-                    file_name=file_name,
-                    page=page,
-                    heading=str(document.metadata.get("heading") or ""),
-                    score=document.metadata.get("score"),
-                    text=document.page_content,
-                    page_image_url=page_link(ctx, view_path(doc_id, file_name, page, [str(document.id or "")])),
+                    file_name=chunk.file_name,
+                    page=chunk.page,
+                    heading=chunk.heading,
+                    score=chunk.score,
+                    text=chunk.text,
+                    page_image_url=page_link(ctx, chunk.view_path),
                 )
             )
         return SearchResult(collection=name, passages=passages)
