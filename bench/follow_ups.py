@@ -47,9 +47,16 @@ class FollowUp:
 
 
 def conversations(path: Path, limit: int) -> tuple[list[FollowUp], dict[str, str]]:
-    """Pronoun and topic-switch follow-ups of a CMRC 2018 file, and its paragraphs by passage id."""
-    from rag.eval.metrics import passage_id
+    """Pronoun and topic-switch follow-ups of a CMRC 2018 file, and its paragraphs by passage id. The pronoun ones
+    are ``rag eval``'s (:attr:`rag.eval.metrics.EvalSet.follow_ups`)."""
+    from rag.eval.metrics import load_cmrc, passage_id
 
+    evalset = load_cmrc(path)
+    pronoun = [
+        FollowUp("pronoun", [("user", f.first.query), ("assistant", f.first.answers[0][0])], f.follow_up.query,
+                 f.original, next(iter(f.follow_up.gold)))
+        for f in evalset.follow_ups
+    ]  # fmt: skip
     data = json.loads(path.read_text(encoding="utf-8"))
     paragraphs = []
     for article in data["data"]:
@@ -57,22 +64,16 @@ def conversations(path: Path, limit: int) -> tuple[list[FollowUp], dict[str, str
         for paragraph in article["paragraphs"]:
             qas = [(qa["question"], qa["answers"][0]["text"]) for qa in paragraph["qas"] if qa["answers"]]
             paragraphs.append((title, passage_id(paragraph["context"]), paragraph["context"], qas))
-    passages = {pid: context for _, pid, context, _ in paragraphs}
-    pronoun: list[FollowUp] = []
     switch: list[FollowUp] = []
-    for i, (title, pid, _, qas) in enumerate(paragraphs):
+    for i, (title, _, _, qas) in enumerate(paragraphs):
         if len(title) < 2 or len(qas) < 2:
             continue
         first = qas[0]
-        later = next((q for q, _ in qas[1:] if title in q), None)
-        if later is not None:
-            pronoun.append(FollowUp("pronoun", [("user", first[0]), ("assistant", first[1])],
-                                    later.replace(title, "它"), later, pid))  # fmt: skip
         next_title, next_pid, _, next_qas = paragraphs[(i + 1) % len(paragraphs)]
         named = next((q for q, _ in next_qas if len(next_title) >= 2 and next_title in q), None)
         if named is not None:
             switch.append(FollowUp("switch", [("user", first[0]), ("assistant", first[1])], named, named, next_pid))
-    return pronoun[:limit] + switch[:limit], passages
+    return pronoun[:limit] + switch[:limit], dict(evalset.passages)
 
 
 def main() -> None:
