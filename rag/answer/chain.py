@@ -310,7 +310,7 @@ class RagChain:
             return extended
         # Dropping earlier evidence makes this follow-up read the turns after the cut again: it reads no more new
         # evidence than a fresh prompt keeps free for follow-ups, or than its own best passages need.
-        own = pack_context([ContextChunk.from_document(d) for d in best], most, self.tokens.count).tokens
+        own = self._packed_tokens(best, most)
         most_new = max(self.budget.follow_up_share(reserve), own + _FOLLOW_UP_HEADING * len(best))
         # the most of the first evidence that leaves room for them (binary search: keeping fewer only frees room)
         low, high = 0, (len(layout.passages) if layout.first_block is None else layout.first_block) - 1
@@ -333,12 +333,16 @@ class RagChain:
         does not hold, or the follow-up share of a fresh prompt's evidence (under the wait cap where one binds)."""
         given = frozenset(chunk_id for passage in layout.passages for chunk_id in passage.chunk_ids)
         new = [d for d in best if document_key(d) not in given]
-        own = pack_context([ContextChunk.from_document(d) for d in new], most, self.tokens.count).tokens if new else 0
+        own = self._packed_tokens(new, most) if new else 0
         waited = self.budget.wait_cap(0)
         share = self.budget.follow_up_share(reserve)
         if waited is not None:
             share = min(share, int(self.budget.follow_up_room * waited))
         return max(share, own + _FOLLOW_UP_HEADING * len(new))
+
+    def _packed_tokens(self, documents: list[Any], most: int) -> int:
+        """Evidence tokens ``documents`` take once packed (at most ``most``)."""
+        return pack_context([ContextChunk.from_document(d) for d in documents], most, self.tokens.count).tokens
 
     def _without_tail(self, layout: ConversationLayout, keep: int) -> ConversationLayout | None:
         """:meth:`ConversationLayout.without_tail`, its ``tokens`` what the model still holds: the first message (and
