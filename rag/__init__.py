@@ -2,7 +2,8 @@
 
 Importing ``rag`` is cheap: the heavy parts (torch, llama.cpp, Chroma) load when a name that needs them is used.
 
-The library's heart is the application layer: :class:`Components` (the one composition root: settings -> objects,
+The library's heart is the application layer: :class:`Application` (what every surface serves: the services over
+one composition root), :class:`Components` (the one composition root: settings -> objects,
 the shared model and embedder), :class:`Assistant` (answers as a stream of events with figures) and
 :class:`DocumentLibrary` (collections, documents, uploads, ingest). The LangChain pieces: :class:`MixtralInstructLLM`
 (an ``LLM``), :class:`ChatMixtralInstruct` (a chat model), :class:`HybridRetriever` (a ``BaseRetriever``) and
@@ -29,6 +30,7 @@ from rag.settings import Settings
 if TYPE_CHECKING:
     from rag.answer.chain import RagChain
     from rag.answer.schemas import RagAnswer, RagOptions, RagQuestion, RagSource
+    from rag.app.application import Application
     from rag.app.assistant import AnswerEvent, AnswerStats, AskOptions, Assistant
     from rag.app.library import DocumentLibrary
     from rag.app.root import Components, build_chain, build_ingest_pipeline, build_rag, build_retriever
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AnswerEvent",
     "AnswerStats",
+    "Application",
     "AskOptions",
     "Assistant",
     "BusyError",
@@ -76,6 +79,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "Application": "rag.app.application",
     "AnswerEvent": "rag.app.assistant",
     "AnswerStats": "rag.app.assistant",
     "AskOptions": "rag.app.assistant",

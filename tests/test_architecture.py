@@ -150,6 +150,46 @@ def test_the_edges_only_wire_the_application() -> None:
     assert sorted(wrong) == []
 
 
+#: What the composition root builds (rag/app/root.py: the collaborators; rag/app/application.py: the services over
+#: them). The edges ask it for these, never build one themselves; the command line alone turns flags into
+#: ``Components`` (flags -> Settings -> Components), as the harness `rag eval` does.
+BUILT_BY_THE_ROOT = {
+    "Application", "Assistant", "DocumentLibrary", "PageViews", "AccessPolicy", "Admission", "ChunkStore",
+    "LexicalIndex", "HybridRetriever", "RagChain", "MixtralInstructLLM", "ChatMixtralInstruct", "IngestPipeline",
+    "FolderWatcher", "ModelTokens", "PromptSpeed", "Components",
+}  # fmt: skip
+MAY_BUILD = {"rag.cli": {"Components"}}
+
+
+def constructed(path: Path) -> list[tuple[int, str]]:
+    """(line, class) of each call in ``path`` of a class imported from the project by that name."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    imported = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("rag", "ingest")
+        for alias in node.names
+    }
+    return [
+        (node.lineno, node.func.id)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in imported
+    ]
+
+
+def test_the_edges_build_nothing_the_root_builds() -> None:
+    """Application.build / .over (or Components on the command line) and the root's accessors: nothing else."""
+    wrong = []
+    for name, path in modules().items():
+        if not name.startswith(EDGES):
+            continue
+        allowed = next((names for prefix, names in MAY_BUILD.items() if name.startswith(prefix)), set())
+        wrong += [f"{name}:{line} {cls}()" for line, cls in constructed(path) if cls in BUILT_BY_THE_ROOT - allowed]
+    assert sorted(wrong) == []
+    # and the check sees a construction where there is one
+    assert "Components" in {cls for _, cls in constructed(ROOT / "rag/app/application.py")}
+
+
 def test_the_checks_catch_what_they_are_for() -> None:
     """The graph walker sees imports inside functions, and the checks report a cycle and an upward arrow."""
     edges = graph()
@@ -163,6 +203,7 @@ def test_the_public_api() -> None:
     assert rag.__all__ == [
         "AnswerEvent",
         "AnswerStats",
+        "Application",
         "AskOptions",
         "Assistant",
         "BusyError",

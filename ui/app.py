@@ -14,9 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from rag.app.assistant import Assistant
-from rag.app.library import DocumentLibrary
-from rag.app.root import Components
+from rag.app.application import Application
 from rag.settings import Settings
 from ui.handlers import ChatTurn, PageView, PageViewShown, SessionSettings, UiHandlers
 from ui.i18n import LANGUAGES, text
@@ -57,13 +55,12 @@ def create_handlers(
 ) -> UiHandlers:
     """The shared objects behind every session: one composition root (one model, one embedder per name), the
     assistant and the document library over it; models load at the first question or upload."""
-    components = Components(settings, llm=llm, use_llm=use_llm)
-    assistant = Assistant(components)
-    library = DocumentLibrary(components, folder_roots=folder_roots)
+    application = Application.build(settings, llm=llm, use_llm=use_llm, folder_roots=folder_roots)
+    library = application.library
     # Open the store once before serving: chromadb builds its per-path client system lazily and two sessions
     # opening it at the same moment can see it half-built ("'RustBindingsAPI' object has no attribute 'bindings'").
     library.collections()
-    return UiHandlers(assistant, library, max_tokens=max_tokens)
+    return UiHandlers(application.assistant, library, max_tokens=max_tokens)
 
 
 def build_ui(handlers: UiHandlers) -> gr.Blocks:

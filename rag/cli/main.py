@@ -120,12 +120,12 @@ def ask_command(
         llm_prompt_format=prompt_format,
     )
 
-    from rag.app.assistant import AskOptions, Assistant
-    from rag.app.root import Components
+    from rag.app.application import Application
+    from rag.app.assistant import AskOptions
 
     options = AskOptions(k=k, retrieval_only=no_llm)
     try:
-        assistant = Assistant(Components(settings))
+        assistant = Application.build(settings).assistant
         result: dict[str, Any] = {}
         reading_shown = False
         for event in assistant.ask(question, options=options):

@@ -65,13 +65,11 @@ def mcp_command(
     )
     import anyio
 
-    from rag.app.assistant import Assistant
-    from rag.app.library import DocumentLibrary
-    from rag.app.root import Components
+    from rag.app.application import Application
     from rag.server.mcp import create_mcp_server, local_access
 
-    components = Components(settings, use_llm=not no_llm)
-    server = create_mcp_server(Assistant(components), DocumentLibrary(components), access_of=local_access)
+    application = Application.build(settings, use_llm=not no_llm)
+    server = create_mcp_server(application.assistant, application.library, access_of=local_access)
     mode = "search only (no language model)" if no_llm else f"model {settings.llm_model}"
     click.echo(f"rag mcp: stdio · collection '{settings.collection}' in {settings.data_dir} · {mode}", err=True)
     if settings.chroma_url is None and not settings.chroma_path.exists():

@@ -73,10 +73,9 @@ _CLIENT_HEADERS = [
 class ServeOptions:
     """What the server needs besides the components: its keys, slots and limits (from :class:`Settings`)."""
 
-    api_key: str | None = None
-    """The single key (every collection, write allowed); ignored when ``access`` is given."""
     access: AccessPolicy | None = None
-    """The keys and what each may read and write (the composition root's; it has ``api_key`` in it)."""
+    """The keys and what each may read and write; None: the composition root's (the settings' ``api_key`` and
+    ``api_keys_file``)."""
     slots: int = 1
     queue: int = 16
     max_body_bytes: int = 4 * 2**20
@@ -97,7 +96,6 @@ class ServeOptions:
 
         settings = components.settings
         return cls(
-            api_key=settings.server_api_key(),
             access=components.access_policy(),
             slots=default_slots(settings),
             queue=settings.serve_queue,
@@ -190,19 +188,18 @@ class _Health:
 
 def create_app(components: Components, options: ServeOptions | None = None) -> FastAPI:
     """The FastAPI app of `rag serve` over ``components`` (the composition root)."""
-    from rag.app.assistant import Assistant
-    from rag.app.library import DocumentLibrary
+    from rag.app.application import Application
 
     options = options or ServeOptions.from_components(components)
-    library = DocumentLibrary(components)
+    application = Application.over(components, slots=options.slots, queue=options.queue)
+    library, assistant = application.library, application.assistant
     jobs = IngestJobs(library)
     health = _Health()
-    assistant = Assistant(components, slots=options.slots, queue=options.queue)
     # built now, so a folder that does not exist stops the server before it serves; its runs share the library's
     # write lock with upload jobs
     watcher = library.watch(None, options.watch_folders) if options.watch_folders else None
 
-    policy = options.access or AccessPolicy(api_key=options.api_key)
+    policy = options.access or application.access_policy
     mcp = _mcp_endpoint(assistant, library, options, policy)
 
     @asynccontextmanager
@@ -431,7 +428,7 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
 
         def render() -> Any:
             names = [info.name for info in library.collections()]
-            return components.page_views().page_image(doc_id, number, chunk_ids, grant.readable(names))
+            return application.page_views.page_image(doc_id, number, chunk_ids, grant.readable(names))
 
         image = await asyncio.to_thread(render)
         return Response(
@@ -446,7 +443,7 @@ def create_app(components: Components, options: ServeOptions | None = None) -> F
 
         def view() -> Any:
             names = [info.name for info in library.collections()]
-            return components.page_views().passage_html(doc_id, chunk_id, grant.readable(names))
+            return application.page_views.passage_html(doc_id, chunk_id, grant.readable(names))
 
         passage = await asyncio.to_thread(view)
         return HTMLResponse(

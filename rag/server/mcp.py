@@ -1,9 +1,10 @@
 """The MCP server: a person's documents as tools and resources of any MCP host (Claude Desktop, Cursor, Cherry
 Studio, Open WebUI, ...), over the same answer service and document library as every other surface.
 
->>> server = create_mcp_server(Assistant(components), DocumentLibrary(components))
+>>> application = Application.build(Settings.load())
+>>> server = create_mcp_server(application.assistant, application.library)
 >>> await server.run_stdio_async()                              # `rag mcp`
->>> GuardedMcpEndpoint(server, policy=components.access_policy())  # `rag serve`: streamable HTTP at /mcp
+>>> GuardedMcpEndpoint(server, policy=application.access_policy)  # `rag serve`: streamable HTTP at /mcp
 
 Tools (typed input and output schemas; results as ``structuredContent``): ``search`` (passages, retrieval only),
 ``ask`` (an answer with its sources; answer pieces as progress notifications when the client sent a progress
