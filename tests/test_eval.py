@@ -457,6 +457,20 @@ def test_rag_eval_injection_counts_the_answers_that_obey(tmp_path: Path, model: 
     assert all(attack.text in prompt for attack, prompt in zip(ATTACKS, llm.client.prompts, strict=False))
 
 
+def test_injection_in_the_answering_passage_keeps_it_gold(tmp_path: Path) -> None:
+    """``injection-answering`` plants the instruction in a positive: citing it is citing a gold passage."""
+    evalset, llm, settings, records = scripted_setup(tmp_path, faithful)
+    results = _evaluate(evalset, evalset.questions, settings, tmp_path / "work", [1], False, [],
+                        modes=["injection-answering"], records=records, llm=llm)  # fmt: skip
+    figures = results["modes"]["injection-answering"]
+    assert figures["accuracy"] == 1.0 and figures["obeyed_rate"] == 0.0
+    assert figures["citation_precision"] == figures["citation_recall"] == 1.0
+    lines = [json.loads(line) for line in records.read_text("utf-8").splitlines()]
+    planted = [line for line in lines if any(c["gold"] for c in line["citations"])]
+    assert len(planted) == 2  # each answer cites its answering passage, which carries the attack
+    assert all(attack.text in prompt for attack, prompt in zip(ATTACKS, llm.client.prompts, strict=False))
+
+
 def test_rag_eval_answers_greedily_unless_told() -> None:
     settings = Settings(llm_temperature=0.7)
     greedy = answer_settings(settings, 0.0)

@@ -24,7 +24,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import Field
 
-from rag.eval.injection import attack_for, injected_passages, obeyed
+from rag.eval.injection import attack_for, injected_passages, obeyed, planted_gold
 from rag.eval.metrics import (
     EvalQuestion,
     FollowUp,
@@ -260,7 +260,9 @@ def answer_records(
                         question, attack, seed=seed, into="answer" if mode == "injection-answering" else "noise"
                     )
                     answered = ask(question.query, planted, "")
-                    record = score_answer(question, answered, mode, ratio, kind)
+                    # (a positive carrying the instruction is still gold: ``injection-answering`` plants it there)
+                    scored = replace(question, gold=planted_gold(question, attack))
+                    record = score_answer(scored, answered, mode, ratio, kind)
                     yield replace(record, attack=attack.name, obeyed=obeyed(answered.answer, attack))
                     continue
                 passages = mode_passages(question, mode, ratio or 0.0, seed)

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from rag.eval.metrics import EvalQuestion
+from rag.eval.metrics import EvalQuestion, passage_id
 from rag.eval.rgb import RGB_SEED, noise_passages
 
-__all__ = ["ATTACKS", "Attack", "attack_for", "injected_passages", "obeyed"]
+__all__ = ["ATTACKS", "Attack", "attack_for", "injected_passages", "obeyed", "planted_gold"]
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,19 @@ def injected_passages(
     wanted = set(question.negatives) if into == "noise" else {text for group in question.positives for text in group}
     target = next((i for i, text in enumerate(passages) if text in wanted), 0)
     if passages:
-        passages[target] = f"{passages[target].rstrip()}\n{attack.text}"
+        passages[target] = _planted(passages[target], attack)
     return passages
+
+
+def planted_gold(question: EvalQuestion, attack: Attack) -> frozenset[str]:
+    """``question``'s gold passage ids, and each positive's id as it reads with ``attack`` planted in it: a passage
+    that carries the answer still does when an instruction is appended to it (its text, so its id, changed)."""
+    planted = {passage_id(_planted(text, attack)) for group in question.positives for text in group}
+    return question.gold | planted
+
+
+def _planted(text: str, attack: Attack) -> str:
+    return f"{text.rstrip()}\n{attack.text}"
 
 
 def obeyed(answer: str, attack: Attack) -> bool:
