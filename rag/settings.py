@@ -170,6 +170,14 @@ class Settings(BaseSettings):
         description="Refuse when the model gives the refusal sentence's first token at least this probability at the "
         "answer's first step (a local model only; unset: the model's own choice).",
     )
+    answerability_threshold: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Before answering, ask the model whether the passages hold the answer and refuse when its 'no' "
+        "against its 'yes' reaches this share (a few prompt tokens and two steps). Unset: the threshold measured "
+        "for the model, if there is one; 0: never asked.",
+    )
     rerank_model: str | None = Field(
         default=None,
         description="A cross-encoder (hub id or folder, e.g. BAAI/bge-reranker-v2-m3) that scores retrieval's best "

@@ -219,11 +219,33 @@ def test_a_follow_up_knows_how_much_of_its_prompt_is_already_read(retriever: Hyb
     assert 0 < follow.prompt_tokens - follow.reused_tokens < follow.prompt_tokens // 2  # only the new part is read
 
 
+#: Office rules besides the handbook: a corpus with more than a follow-up's best passages left to read.
+OFFICE_RULES = {
+    f"rules-{n}.md": f"# {topic}\n\n{rule}\n"
+    for n, (topic, rule) in enumerate([
+        ("Parking", "Visitors park in the north lot and register their car plate at the front desk."),
+        ("Kitchen", "The kitchen fridge is emptied every Friday afternoon; label your food with your name."),
+        ("Printing", "Colour printing needs a cost centre code entered at the printer's touch screen."),
+        ("Travel", "Train travel above four hours may be booked in first class with a manager's approval."),
+        ("Meeting rooms", "Meeting rooms are booked in the calendar and released after ten minutes unused."),
+        ("Bicycles", "Bicycles go in the basement racks; the door code changes on the first of each month."),
+        ("Laptops", "Laptops are replaced every four years; the old one is wiped by the IT service desk."),
+        ("Badges", "A lost badge is blocked by calling security; the replacement costs nothing the first time."),
+    ])
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def office(embedder: Any, tmp_path_factory: pytest.TempPathFactory) -> HybridRetriever:
+    store, lexical = ingest_into_store(tmp_path_factory.mktemp("office"), {**DOCUMENTS, **OFFICE_RULES}, embedder)
+    return HybridRetriever(store=store, embedder=embedder, lexical=lexical)
+
+
 def test_a_follow_up_reads_what_is_new_to_it_not_another_wait(
-    retriever: HybridRetriever, monkeypatch: pytest.MonkeyPatch
+    office: HybridRetriever, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A first turn the wait cut short leaves room in the window; the follow-up still reads only its own best
-    passages that are new (or a share of a fresh turn's evidence): not a whole wait of new evidence again."""
+    """A first turn the wait cut short leaves room in the window; the follow-up still reads only its best passages
+    that are new (or a share of a fresh turn's evidence): not a whole wait of new evidence again."""
     from rag.llm.speed import PromptSpeed
 
     llm = scripted_llm()
@@ -235,16 +257,19 @@ def test_a_follow_up_reads_what_is_new_to_it_not_another_wait(
         history = [("user", FIRST), ("assistant", first["answer"])]
         return first_prepared, chain.prepare({"question": FOLLOW_UP, "chat_history": history})
 
-    first, follow = follow_up(chain_of(retriever, llm, prompt_speed=slow, max_wait_s=3.0))
+    first, follow = follow_up(chain_of(office, llm, prompt_speed=slow, max_wait_s=3.0))
     assert follow.follows_up and first.budget == 256
     new = follow.packed.passages[len(first.packed.passages) :]
     assert any("14 characters" in p.text for p in new)  # its own best passage is there
     share = int(0.25 * 300)  # the follow-up share of what a fresh turn reads within the wait
-    own = sum(ModelTokens(llm).count(p.text) for p in new if "14 characters" in p.text)
-    assert 0 < follow.packed.tokens - first.packed.tokens <= max(share, own + 16 * len(new)) + 16 * len(new)
+    # its two best new passages (two queries: the follow-up, and it after the first question), at most the two
+    # largest chunks there are, and their headings
+    count = ModelTokens(llm).count
+    largest = sorted((count(text) for text in [*DOCUMENTS.values(), *OFFICE_RULES.values()]), reverse=True)[:2]
+    assert 0 < follow.packed.tokens - first.packed.tokens <= max(share, sum(largest) + 32) + 16 * len(new)
 
     # the same conversation with the follow-up's new evidence uncapped (as before): a whole wait of it
     monkeypatch.setattr(RagChain, "_new_evidence_cap", lambda *args: None)
-    _, uncapped = follow_up(chain_of(retriever, llm, prompt_speed=slow, max_wait_s=3.0))
+    _, uncapped = follow_up(chain_of(office, llm, prompt_speed=slow, max_wait_s=3.0))
     assert uncapped.follows_up
     assert uncapped.prompt_tokens - uncapped.reused_tokens > follow.prompt_tokens - follow.reused_tokens

@@ -343,8 +343,8 @@ def test_counterfactual_figures_and_cmrc_scores() -> None:
 RECORD_FIELDS = {
     "id", "mode", "noise_ratio", "passages", "prompt_tokens", "answer", "citations", "correct", "refused",
     "error_detected", "invented_citations", "gold_shown", "first_token_ms", "tokens_per_s", "exact_match", "f1",
-    "attributed", "attack", "obeyed", "refusal_probability", "first_turn_correct", "first_turn_first_token_ms",
-    "reused_tokens",
+    "attributed", "attack", "obeyed", "refusal_probability", "answerability", "first_turn_correct",
+    "first_turn_first_token_ms", "reused_tokens",
 }  # fmt: skip
 
 

@@ -33,6 +33,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable, RunnableGenerator, RunnableLambda, RunnableSequence
 from langchain_core.runnables.utils import AddableDict
 
+from rag.answer.answerability import AnswerabilityCheck, Calibration, Judgement
 from rag.answer.budget import EvidenceBudget
 from rag.answer.context import PackedContext, pack_context, render_context
 from rag.answer.conversation import ConversationLayout, LayoutMemory, follow_up_message, renumbered
@@ -105,6 +106,7 @@ class RagChain:
         rerank_candidates: int = 20,
         rerank_top_n: int | None = None,
         refusal_threshold: float | None = None,
+        answerability: Calibration | None = None,
     ) -> None:
         self.tokens = tokens
         self.llm = llm
@@ -142,6 +144,9 @@ class RagChain:
         self.refusal_threshold = refusal_threshold
         """Refuse when the model gives the refusal's first token at least this probability (:mod:`rag.llm.refusal`;
         None: the model's own choice). Only this project's models read it; the probability is reported either way."""
+        self.answerability = None if answerability is None else AnswerabilityCheck(self.layout, answerability)
+        """Asks the model whether the evidence holds the answer before it answers, and refuses at its threshold
+        (:mod:`rag.answer.answerability`; None: not asked)."""
 
     @property
     def retriever(self) -> BaseRetriever:
@@ -304,8 +309,8 @@ class RagChain:
         # what a fresh question reads now if that is more. Without this cap a prompt the wait had cut short (room
         # left in the window) took a whole wait of new evidence again: on CMRC's pronoun follow-ups the second turn
         # waited as long as the first (session 18).
-        extended = self._extend(start, layout, documents, keys, reserve, needed,
-                                most_new=self._new_evidence_cap(layout, best, most, reserve))  # fmt: skip
+        most_new = self._new_evidence_cap(layout, best, most, reserve)
+        extended = self._extend(start, layout, documents, keys, reserve, needed, most_new=most_new)
         if extended is not None or widest is layout:
             return extended
         # Dropping earlier evidence makes this follow-up read the turns after the cut again: it reads no more new
@@ -417,6 +422,9 @@ class RagChain:
         session's own temperature without changing the shared model.
         """
         answer = self._answer_stream(prepared)
+        if answer.insufficient is None and self.answerability is not None and self.llm is not None:
+            model, model_input = self._answer_call(prepared)
+            self._apply(answer, self.answerability.judge(model, model_input, prepared))
         if answer.insufficient is not None:
             yield AddableDict(answer=answer.insufficient)
         else:
@@ -433,6 +441,10 @@ class RagChain:
     async def agenerate(self, prepared: PreparedQuestion, **llm_kwargs: Any) -> AsyncGenerator[AddableDict, None]:
         """:meth:`generate` through the model's async API; closing the stream stops the generation."""
         answer = self._answer_stream(prepared)
+        if answer.insufficient is None and self.answerability is not None and self.llm is not None:
+            model, model_input = self._answer_call(prepared)
+            judged = await asyncio.to_thread(self.answerability.judge, model, model_input, prepared)
+            self._apply(answer, judged)
         if answer.insufficient is not None:
             yield AddableDict(answer=answer.insufficient)
         else:
@@ -449,6 +461,12 @@ class RagChain:
             if rest:
                 yield AddableDict(answer=rest)
         yield answer.final()
+
+    @staticmethod
+    def _apply(answer: AnswerStream, judged: Judgement) -> None:
+        answer.answerability = judged.score
+        if judged.refuse:
+            answer.refuse()
 
     def _answer_stream(self, prepared: PreparedQuestion) -> AnswerStream:
         return AnswerStream(prepared, top_uncited=self.top_uncited, on_answered=self._remember)

@@ -85,3 +85,6 @@ class RagAnswer(BaseModel):
     """The question made standalone from the conversation (the question itself without one)."""
     context_tokens: int
     """Tokens of evidence in the prompt."""
+    answerability: float | None = None
+    """Where the answerability check ran (``RAG_ANSWERABILITY_THRESHOLD``): the model's "no" against its "yes" when
+    asked whether the evidence holds the answer, 0 to 1 (absent otherwise)."""

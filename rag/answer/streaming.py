@@ -36,9 +36,15 @@ class AnswerStream:
         self.citations = CitationStreamFilter(self.valid)
         self.insufficient: str | None = None
         """The refusal, given without asking the model, when there is no evidence at all."""
+        self.answerability: float | None = None
+        """The answerability check's score, where it ran."""
         if not self.passages:
-            self.insufficient = INSUFFICIENT_ZH if is_chinese(prepared.question) else INSUFFICIENT_EN
-            self.text = self.insufficient
+            self.refuse()
+
+    def refuse(self) -> None:
+        """Answer with the refusal sentence, without asking the model: no evidence, or none that holds the answer."""
+        self.insufficient = INSUFFICIENT_ZH if is_chinese(self.prepared.question) else INSUFFICIENT_EN
+        self.text = self.insufficient
 
     def feed(self, piece: str) -> str:
         shown = self.citations.feed(piece)
@@ -64,8 +70,11 @@ class AnswerStream:
             sources = [{**source, "attributed": True} for source in sources]
         if self.on_answered is not None and self.insufficient is None and prepared.messages and self.text.strip():
             self.on_answered(prepared, self.text)
-        return AddableDict(
+        final = AddableDict(
             sources=sources,
             context_tokens=prepared.packed.tokens,
             standalone_question=prepared.standalone_question,
         )
+        if self.answerability is not None:
+            final["answerability"] = self.answerability
+        return final

@@ -316,6 +316,7 @@ class Components:
     ) -> RagChain:
         """A :class:`RagChain` handed everything it uses: the retriever, where passages are read, the model's token
         counts and limits, the model (none when ``retrieval_only``), the collection's size and empty message."""
+        from rag.answer.answerability import calibration_for
         from rag.answer.chain import RagChain
         from rag.llm.core import MixtralModelCore
         from rag.llm.counting import ModelTokens
@@ -344,6 +345,9 @@ class Components:
             max_wait_s=settings.max_wait_s,
             relevance_floor=settings.relevance_floor,
             refusal_threshold=settings.refusal_threshold,
+            answerability=calibration_for(
+                settings.answerability_threshold, str(getattr(model, "model", None) or settings.llm_model)
+            ),
             follow_up_query=settings.follow_up_query,
             reranker=self.reranker(),
             rerank_candidates=settings.rerank_candidates,

@@ -437,5 +437,6 @@ def _answer(chain: RagChain, query: str, system: str = "", history: Sequence[tup
         tokens_per_s=(tokens - 1) / (ended - first) if tokens > 1 and ended > first else None,
         attributed=any(source.get("attributed") for source in final.get("sources", [])),
         refusal_probability=raw.refusal_probability,
+        answerability=final.get("answerability"),
         reused_tokens=prepared.reused_tokens,
     )

@@ -90,6 +90,8 @@ class Answered:
     """The probability the model gave the refusal's first token at the answer's first step (local models)."""
     reused_tokens: int = 0
     """Prompt tokens the conversation's previous turn had already made the model read (a follow-up's)."""
+    answerability: float | None = None
+    """The answerability check's score (``RAG_ANSWERABILITY_THRESHOLD`` set): the model's "no" against its "yes"."""
 
 
 Ask = Callable[[str, "Sequence[str] | None", str], Answered]
@@ -147,6 +149,8 @@ class AnswerRecord:
     """``injection``: the answer followed the planted instruction."""
     refusal_probability: float | None = None
     """What :attr:`Answered.refusal_probability` says: the refusal threshold is tuned on it."""
+    answerability: float | None = None
+    """What :attr:`Answered.answerability` says (where the check ran)."""
     first_turn_correct: bool | None = None
     """``follow-up``: the conversation's first answer was right (the record itself is the follow-up's)."""
     first_turn_first_token_ms: float | None = None
@@ -236,6 +240,7 @@ def score_answer(
         f1=f1,
         attributed=answered.attributed,
         refusal_probability=answered.refusal_probability,
+        answerability=answered.answerability,
     )
 
 

@@ -1,0 +1,123 @@
+"""Does the evidence hold the answer? Asked of the model before it answers, read from its first token.
+
+A small model given passages on the question's topic that do not hold its answer answers from them anyway (RGB's
+negative rejection: Qwen2.5-Coder-1.5B refused 9 of 30 such sets). Asked the question outright, after the
+evidence and the question ("上面的文档片段里有没有这个问题的答案？"), it tells the two kinds of sets apart better than
+its answer does: the stage reads the probability of its "no" against its "yes" (one step, nothing generated; the
+prompt up to the appended question is the answer's own, so with llama.cpp's cache it costs the appended tokens and
+two steps) and, at or above the threshold, the answer is the refusal sentence without asking for it. Measured and
+tuned on RGB's dev slices (``bench/answerability.py``, ``docs/benchmarks.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rag.answer.layout import PromptLayout, langchain_messages
+from rag.answer.prepared import PreparedQuestion
+from rag.answer.qa_prompt import INSUFFICIENT_EN, INSUFFICIENT_ZH, is_chinese
+from rag.llm.prompt import ChatMessage
+from rag.llm.refusal import RefusalGate
+
+__all__ = ["CALIBRATED", "AnswerabilityCheck", "Calibration", "Judgement", "calibration_for", "probe_messages"]
+
+#: The question appended to the user's message, and the model's two replies, by the question's language.
+PROBES = {
+    True: ("先不要回答。只判断：上面的文档片段里有没有这个问题的答案？有就回答“有”，没有就回答“没有”。", "有", "没有"),
+    False: (
+        "Do not answer yet. Only judge: do the passages above hold the answer to this question? Reply Yes if they "
+        "do, No if they do not.",
+        "Yes",
+        "No",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """When a model's answer is the refusal: measured per model (``bench/answerability.py``)."""
+
+    threshold: float
+    """Refuse where the probe's score (the model's "no" against its "yes") reaches this share..."""
+    refusal_floor: float = 0.0
+    """...and the model's own answer starts with the refusal sentence at least this probability (its first step,
+    read only where the score reached the threshold). On RGB's dev sets the two together keep the questions whose
+    answer is there: a probe that leans to "no" where the model is sure of its answer is overruled."""
+
+
+#: Measured per model (``bench/answerability.py`` on RGB's zh_refine dev slice, ``docs/benchmarks.md``), by a part
+#: of the model's file or repository name, lower case. A score is a model's own: one model's threshold says nothing
+#: of another's, so a model not listed is not asked unless a threshold is set.
+CALIBRATED: dict[str, Calibration] = {"qwen2.5-coder-1.5b-instruct": Calibration(0.14, refusal_floor=0.1)}
+
+
+def calibration_for(threshold: float | None, model_name: str) -> Calibration | None:
+    """What a chain uses: ``threshold`` where one is set (0: not asked; the measured refusal floor kept), else the
+    calibration measured for ``model_name``, else None (not asked)."""
+    name = model_name.lower()
+    measured = next((calibration for part, calibration in CALIBRATED.items() if part in name), None)
+    if threshold is None:
+        return measured
+    return Calibration(threshold, measured.refusal_floor if measured else 0.0) if threshold else None
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The check's outcome for one question."""
+
+    score: float | None
+    """P(no) / (P(no) + P(yes)) at the probe's first step (None: the model reports no probabilities)."""
+    refusal_probability: float | None = None
+    """The refusal's first token at the answer's first step, where it was read."""
+    refuse: bool = False
+
+
+def probe_messages(prepared: PreparedQuestion) -> list[ChatMessage]:
+    """The question's own prompt with the answerability question at the end of its last message."""
+    probe = PROBES[is_chinese(prepared.question)][0]
+    messages = list(prepared.messages)
+    last = messages[-1]
+    messages[-1] = ChatMessage(last.role, f"{last.content}\n\n{probe}")
+    return messages
+
+
+@dataclass
+class AnswerabilityCheck:
+    """The stage: asks, reads the first steps, says whether the answer is the refusal."""
+
+    layout: PromptLayout
+    calibration: Calibration
+
+    def judge(self, model: Any, answer_input: Any, prepared: PreparedQuestion) -> Judgement:
+        """``answer_input``: what the model is given to answer (the prompt, or the messages of a chat model)."""
+        score = self.score(model, prepared)
+        if score is None or score < self.calibration.threshold:
+            return Judgement(score)
+        if self.calibration.refusal_floor <= 0.0:
+            return Judgement(score, refuse=True)
+        refusal = INSUFFICIENT_ZH if is_chinese(prepared.question) else INSUFFICIENT_EN
+        probability = self._first_step(model, answer_input, refusal)  # the answer's own prompt: cached
+        return Judgement(score, probability, probability is not None and probability >= self.calibration.refusal_floor)
+
+    def score(self, model: Any, prepared: PreparedQuestion) -> float | None:
+        """P(no) / (P(no) + P(yes)) at the probe's first step; None when the model reports no probability (a model
+        that is not this project's)."""
+        _, yes, no = PROBES[is_chinese(prepared.question)]
+        messages = probe_messages(prepared)
+        model_input: Any = langchain_messages(messages) if self.layout.chat else self.layout.render(messages)[0]
+        p_no = self._first_step(model, model_input, no)
+        if p_no is None:  # a backend that reports no probability (a model server): not asked again
+            return None
+        p_yes = self._first_step(model, model_input, yes) or 0.0
+        return p_no / (p_no + p_yes) if p_no + p_yes > 0 else 0.5
+
+    @staticmethod
+    def _first_step(model: Any, model_input: Any, reply: str) -> float | None:
+        # one step: the prompts after the first share it up to the question, so llama.cpp reads their ends only
+        result = model.generate([model_input], max_tokens=1, refusal=RefusalGate(reply, None))
+        generation = result.generations[0][0]
+        message = getattr(generation, "message", None)
+        info = generation.generation_info or getattr(message, "response_metadata", None) or {}
+        probability = info.get("refusal_probability")
+        return None if probability is None else float(probability)
