@@ -418,11 +418,12 @@ def _answer(chain: RagChain, query: str, system: str = "", history: Sequence[tup
     started = time.perf_counter()
     prepared = chain.prepare({"question": query, "system": system, "chat_history": list(history)})
     raw = RawAnswer()
-    answer, first, final = "", started, dict[str, Any]()
+    answer, first, final, pieces = "", started, dict[str, Any](), 0
     for piece in chain.generate(prepared, config={"callbacks": [raw]}):
         if "answer" in piece:
             first = time.perf_counter() if not answer else first
             answer += piece["answer"]
+            pieces += 1
         else:
             final = piece
     ended = time.perf_counter()
@@ -434,7 +435,8 @@ def _answer(chain: RagChain, query: str, system: str = "", history: Sequence[tup
         invented=len(check_citations(raw.text, {p["n"] for p in prepared.passages}).invalid),
         prompt_tokens=prepared.prompt_tokens,
         first_token_ms=(first - started) * 1000 if answer else None,
-        tokens_per_s=(tokens - 1) / (ended - first) if tokens > 1 and ended > first else None,
+        # (a refusal given without generating comes whole: no speed to speak of)
+        tokens_per_s=(tokens - 1) / (ended - first) if tokens > 1 and pieces > 1 and ended > first else None,
         attributed=any(source.get("attributed") for source in final.get("sources", [])),
         refusal_probability=raw.refusal_probability,
         answerability=final.get("answerability"),
