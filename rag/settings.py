@@ -175,8 +175,8 @@ class Settings(BaseSettings):
         ge=0.0,
         le=1.0,
         description="Before answering, ask the model whether the passages hold the answer and refuse when its 'no' "
-        "against its 'yes' reaches this share (a few prompt tokens and two steps). Unset: the threshold measured "
-        "for the model, if there is one; 0: never asked.",
+        "against its 'yes' reaches this share (a few prompt tokens and two steps; the demo model's measured point: "
+        "0.14). Unset or 0: not asked.",
     )
     rerank_model: str | None = Field(
         default=None,

@@ -168,12 +168,9 @@ def test_llama_cpp_scores_the_probe_and_refuses_at_a_threshold_it_reaches(
     assert forced["answer"] == INSUFFICIENT_ZH and forced["answerability"] == pytest.approx(score, abs=1e-6)
 
 
-def test_a_calibration_is_the_setting_s_threshold_else_the_one_measured_for_the_model() -> None:
+def test_a_set_threshold_takes_the_refusal_floor_measured_for_the_model() -> None:
     qwen = "Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
     measured = CALIBRATED["qwen2.5-coder-1.5b-instruct"]
-    assert calibration_for(None, qwen) == measured
+    assert calibration_for(None, qwen) is None and calibration_for(0.0, qwen) is None  # not asked by default
     assert calibration_for(0.3, qwen) == Calibration(0.3, measured.refusal_floor)  # its floor kept
-    mixtral = "/models/chinese-mixtral-instruct-q4_0.gguf"
-    assert calibration_for(None, mixtral) is None  # not measured: not asked
-    assert calibration_for(0.3, mixtral) == Calibration(0.3, 0.0)
-    assert calibration_for(0.0, qwen) is None  # 0: never asked
+    assert calibration_for(0.3, "/models/chinese-mixtral-instruct-q4_0.gguf") == Calibration(0.3, 0.0)

@@ -47,19 +47,21 @@ class Calibration:
 
 
 #: Measured per model (``bench/answerability.py`` on RGB's zh_refine dev slice, ``docs/benchmarks.md``), by a part
-#: of the model's file or repository name, lower case. A score is a model's own: one model's threshold says nothing
-#: of another's, so a model not listed is not asked unless a threshold is set.
+#: of the model's file or repository name, lower case: the operating point (the threshold to set) and the refusal
+#: floor a set threshold is combined with. A score is a model's own: one model's says nothing of another's. Not on
+#: by default: for the demo model it lifts rejection from 0.300 to 0.733 but refuses three answerable questions of
+#: thirty end to end (false refusals 0.033 -> 0.133), the costlier mistake for a person asking their own documents.
 CALIBRATED: dict[str, Calibration] = {"qwen2.5-coder-1.5b-instruct": Calibration(0.14, refusal_floor=0.1)}
 
 
 def calibration_for(threshold: float | None, model_name: str) -> Calibration | None:
-    """What a chain uses: ``threshold`` where one is set (0: not asked; the measured refusal floor kept), else the
-    calibration measured for ``model_name``, else None (not asked)."""
+    """What a chain uses: None (not asked) without a ``threshold`` or at 0; else ``threshold`` with the refusal
+    floor measured for ``model_name`` (0 for a model not measured)."""
+    if not threshold:
+        return None
     name = model_name.lower()
     measured = next((calibration for part, calibration in CALIBRATED.items() if part in name), None)
-    if threshold is None:
-        return measured
-    return Calibration(threshold, measured.refusal_floor if measured else 0.0) if threshold else None
+    return Calibration(threshold, measured.refusal_floor if measured else 0.0)
 
 
 @dataclass(frozen=True)
