@@ -74,13 +74,17 @@ def test_one_admission_for_the_sync_and_the_async_surfaces(data_dir: Path, embed
 
     with pytest.raises(BusyError, match="busy"):  # no queue: the server's asker is refused at once
         asyncio.run(from_the_server())
+    backend = assistant.components.llm().client  # type: ignore[union-attr]
+    assert isinstance(backend, ScriptedBackend)
+    deadline = time.monotonic() + 30  # the UI's answer is being written (a loaded machine reads the prompt slowly)
+    while not backend.prompts and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert backend.prompts
     ui.close()  # a stop button: the slot comes back, the generation stops
     deadline = time.monotonic() + 5
     while assistant.admission.running and time.monotonic() < deadline:
         time.sleep(0.02)
     assert assistant.admission.running == 0
-    backend = assistant.components.llm().client  # type: ignore[union-attr]
-    assert isinstance(backend, ScriptedBackend)
     deadline = time.monotonic() + 5  # the worker thread records its end after the slot is back (later under load)
     while not backend.finishes and time.monotonic() < deadline:
         time.sleep(0.02)
