@@ -6,9 +6,9 @@
 For each question, RGB's rejection set (5 negatives) and its noise-0.4 set are put into the product's own prompt
 (the chain ``rag eval`` answers with, the same settings as ``bench/answers.py``), and a question is appended to the
 user's message: does the evidence hold the answer? The model's first token is read, not generated: the
-probability of 没有 (no) against 有 (yes), through the same first-step probe as the refusal gate
-(:mod:`rag.llm.refusal`). The prompt up to the appended question is the answer's own, so in the product this costs
-the appended tokens and one step with the evidence cached.
+probability of 没有 (no) against 有 (yes), by the product's own check (:mod:`rag.answer.answerability`). The
+prompt up to the appended question is the answer's own, so in the product this costs the appended tokens and
+two steps with the evidence cached.
 
 With ``--answers`` (the ``rag eval`` records of the same questions without a threshold), each threshold's outcome
 follows: at or above it the answer becomes the refusal, below it the recorded answer stands; and with a refusal
@@ -34,20 +34,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 QWEN = "Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF"
-PROBES = {
-    "holds": "\n\n先不要回答。只判断：上面的文档片段里有没有这个问题的答案？有就回答“有”，没有就回答“没有”。",
-    "can": "\n\n先不要回答问题。根据上面的文档片段，能回答这个问题吗？只回答“能”或“不能”。",
-}
-ANSWERS = {"holds": ("有", "没有"), "can": ("能", "不能")}
-
-
-def first_step(llm: Any, prompt: str, text: str) -> float:
-    """The probability the model's first token starts ``text`` after ``prompt``."""
-    from rag.llm.refusal import RefusalGate
-
-    result = llm.generate([prompt], max_tokens=1, refusal=RefusalGate(text, None))
-    info = result.generations[0][0].generation_info or {}
-    return float(info.get("refusal_probability") or 0.0)
 
 
 def records(folder: Path) -> dict[str, dict[str, Any]]:
@@ -64,7 +50,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path)
     parser.add_argument("--questions", type=int, default=30)
-    parser.add_argument("--probe", choices=sorted(PROBES), default="holds")
     parser.add_argument("--answers", type=Path, nargs=2, metavar=("REJECTION", "NOISE"))
     parser.add_argument("--output", type=Path, default=Path("answerability.jsonl"), help="Each set's scores.")
     parser.add_argument("--scores", type=Path, help="Scores written by an earlier run: sweep them, probe nothing.")
@@ -80,18 +65,17 @@ def main() -> None:
 def probe(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Each question's two sets through the product's prompt and the probe: one row of scores each."""
 
+    from rag.answer.answerability import AnswerabilityCheck, Calibration
     from rag.app.root import Components
     from rag.eval.answers import GivenPassages, passage_documents
     from rag.eval.metrics import load_rgb
     from rag.eval.rgb import RGB_SEED, negative_passages, noise_passages
-    from rag.llm.prompt import ChatMessage
     from rag.settings import Settings
 
     settings = Settings(data_dir=Path("/tmp/answerability"), llm_model=QWEN, llm_n_ctx=4096, llm_max_tokens=128,
                         llm_n_threads=2, prompt_tokens_per_s=45, llm_temperature=0.0, llm_seed=0)  # fmt: skip
     components = Components(settings)
     evalset = load_rgb(args.data / "rgb" / "zh_refine.even.jsonl")
-    yes, no = ANSWERS[args.probe]
     scored: list[dict[str, Any]] = []
     with args.output.open("w", encoding="utf-8") as out:
         for question in evalset.questions[: args.questions]:
@@ -101,19 +85,14 @@ def probe(args: argparse.Namespace) -> list[dict[str, Any]]:
             ):
                 chain = components.new_chain(retriever=GivenPassages(documents=passage_documents(passages)))
                 prepared = chain.prepare({"question": question.query})
-                messages = list(prepared.messages)
-                last = messages[-1]
-                messages[-1] = ChatMessage(last.role, last.content + PROBES[args.probe])
-                prompt = chain.layout.render(messages)[0]
                 started = time.perf_counter()
-                p_no, p_yes = first_step(chain.llm, prompt, no), first_step(chain.llm, prompt, yes)
-                row = {"id": question.id, "set": kind, "p_no": p_no, "p_yes": p_yes,
-                       "score": p_no / (p_no + p_yes) if p_no + p_yes else 0.5,
-                       "seconds": time.perf_counter() - started}  # fmt: skip
+                # the product's own probe, its score only (the threshold is what this sweeps)
+                score = AnswerabilityCheck(chain.layout, Calibration(1.0)).score(chain.llm, prepared)
+                row = {"id": question.id, "set": kind, "score": score, "seconds": time.perf_counter() - started}
                 out.write(json.dumps(row) + "\n")
                 out.flush()
                 scored.append(row)
-                print(f"{question.id:>4} {kind:9} no {p_no:.3f} yes {p_yes:.3f}", file=sys.stderr, flush=True)
+                print(f"{question.id:>4} {kind:9} score {score:.3f}", file=sys.stderr, flush=True)
     return scored
 
 

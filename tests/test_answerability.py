@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 
-from rag.answer.answerability import CALIBRATED, PROBES, Calibration, calibration_for, probe_messages
+from rag.answer.answerability import PROBES, REFUSAL_FLOORS, Calibration, calibration_for, probe_messages
 from rag.answer.chain import RagChain
 from rag.answer.qa_prompt import INSUFFICIENT_EN, INSUFFICIENT_ZH
 from rag.llm.adapter import MixtralInstructLLM
@@ -170,7 +170,7 @@ def test_llama_cpp_scores_the_probe_and_refuses_at_a_threshold_it_reaches(
 
 def test_a_set_threshold_takes_the_refusal_floor_measured_for_the_model() -> None:
     qwen = "Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
-    measured = CALIBRATED["qwen2.5-coder-1.5b-instruct"]
+    floor = REFUSAL_FLOORS["qwen2.5-coder-1.5b-instruct"]
     assert calibration_for(None, qwen) is None and calibration_for(0.0, qwen) is None  # not asked by default
-    assert calibration_for(0.3, qwen) == Calibration(0.3, measured.refusal_floor)  # its floor kept
+    assert calibration_for(0.3, qwen) == Calibration(0.3, floor)  # its floor kept
     assert calibration_for(0.3, "/models/chinese-mixtral-instruct-q4_0.gguf") == Calibration(0.3, 0.0)

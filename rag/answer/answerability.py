@@ -20,7 +20,15 @@ from rag.answer.qa_prompt import INSUFFICIENT_EN, INSUFFICIENT_ZH, is_chinese
 from rag.llm.prompt import ChatMessage
 from rag.llm.refusal import RefusalGate
 
-__all__ = ["CALIBRATED", "AnswerabilityCheck", "Calibration", "Judgement", "calibration_for", "probe_messages"]
+__all__ = [
+    "REFUSAL_FLOORS",
+    "AnswerabilityCheck",
+    "Calibration",
+    "Judgement",
+    "calibration_for",
+    "probe_messages",
+    "reported_refusal_probability",
+]
 
 #: The question appended to the user's message, and the model's two replies, by the question's language.
 PROBES = {
@@ -46,12 +54,12 @@ class Calibration:
     answer is there: a probe that leans to "no" where the model is sure of its answer is overruled."""
 
 
-#: Measured per model (``bench/answerability.py`` on RGB's zh_refine dev slice, ``docs/benchmarks.md``), by a part
-#: of the model's file or repository name, lower case: the operating point (the threshold to set) and the refusal
-#: floor a set threshold is combined with. A score is a model's own: one model's says nothing of another's. Not on
-#: by default: for the demo model it lifts rejection from 0.300 to 0.733 but refuses three answerable questions of
-#: thirty end to end (false refusals 0.033 -> 0.133), the costlier mistake for a person asking their own documents.
-CALIBRATED: dict[str, Calibration] = {"qwen2.5-coder-1.5b-instruct": Calibration(0.14, refusal_floor=0.1)}
+#: The refusal floor a set threshold is combined with, measured per model (``bench/answerability.py`` on RGB's
+#: zh_refine dev slice, ``docs/benchmarks.md``), by a part of the model's file or repository name, lower case. A
+#: score is a model's own: one model's says nothing of another's. The demo model's measured point is threshold 0.14
+#: with floor 0.1; not on by default: it lifts rejection from 0.300 to 0.733 but refuses three answerable questions
+#: of thirty end to end (false refusals 0.033 -> 0.133), the costlier mistake for a person asking their documents.
+REFUSAL_FLOORS: dict[str, float] = {"qwen2.5-coder-1.5b-instruct": 0.1}
 
 
 def calibration_for(threshold: float | None, model_name: str) -> Calibration | None:
@@ -60,8 +68,7 @@ def calibration_for(threshold: float | None, model_name: str) -> Calibration | N
     if not threshold:
         return None
     name = model_name.lower()
-    measured = next((calibration for part, calibration in CALIBRATED.items() if part in name), None)
-    return Calibration(threshold, measured.refusal_floor if measured else 0.0)
+    return Calibration(threshold, next((floor for part, floor in REFUSAL_FLOORS.items() if part in name), 0.0))
 
 
 @dataclass(frozen=True)
@@ -70,8 +77,6 @@ class Judgement:
 
     score: float | None
     """P(no) / (P(no) + P(yes)) at the probe's first step (None: the model reports no probabilities)."""
-    refusal_probability: float | None = None
-    """The refusal's first token at the answer's first step, where it was read."""
     refuse: bool = False
 
 
@@ -100,7 +105,7 @@ class AnswerabilityCheck:
             return Judgement(score, refuse=True)
         refusal = INSUFFICIENT_ZH if is_chinese(prepared.question) else INSUFFICIENT_EN
         probability = self._first_step(model, answer_input, refusal)  # the answer's own prompt: cached
-        return Judgement(score, probability, probability is not None and probability >= self.calibration.refusal_floor)
+        return Judgement(score, probability is not None and probability >= self.calibration.refusal_floor)
 
     def score(self, model: Any, prepared: PreparedQuestion) -> float | None:
         """P(no) / (P(no) + P(yes)) at the probe's first step; None when the model reports no probability (a model
@@ -118,8 +123,13 @@ class AnswerabilityCheck:
     def _first_step(model: Any, model_input: Any, reply: str) -> float | None:
         # one step: the prompts after the first share it up to the question, so llama.cpp reads their ends only
         result = model.generate([model_input], max_tokens=1, refusal=RefusalGate(reply, None))
-        generation = result.generations[0][0]
-        message = getattr(generation, "message", None)
-        info = generation.generation_info or getattr(message, "response_metadata", None) or {}
-        probability = info.get("refusal_probability")
-        return None if probability is None else float(probability)
+        return reported_refusal_probability(result.generations[0][0])
+
+
+def reported_refusal_probability(generation: Any) -> float | None:
+    """The first-step probability a LangChain generation of this project's models reports (an LLM's in its
+    ``generation_info``, a chat model's in its message's ``response_metadata``); None where there is none."""
+    message = getattr(generation, "message", None)
+    info = generation.generation_info or getattr(message, "response_metadata", None) or {}
+    probability = info.get("refusal_probability")
+    return None if probability is None else float(probability)

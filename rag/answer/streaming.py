@@ -35,7 +35,8 @@ class AnswerStream:
         self.text = ""
         self.citations = CitationStreamFilter(self.valid)
         self.insufficient: str | None = None
-        """The refusal, given without asking the model, when there is no evidence at all."""
+        """The refusal, given without asking the model for an answer: no evidence at all, or the answerability check
+        refused (:meth:`refuse`)."""
         self.answerability: float | None = None
         """The answerability check's score, where it ran."""
         if not self.passages:

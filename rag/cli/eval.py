@@ -397,6 +397,7 @@ def _answer(chain: RagChain, query: str, system: str = "", history: Sequence[tup
     callback (the Runnable ``config`` the chain hands on to the model's ``stream``): the invented markers."""
     from langchain_core.callbacks import BaseCallbackHandler
 
+    from rag.answer.answerability import reported_refusal_probability
     from rag.answer.citations import check_citations
     from rag.eval.answers import Answered
 
@@ -410,10 +411,9 @@ def _answer(chain: RagChain, query: str, system: str = "", history: Sequence[tup
 
         def on_llm_end(self, response: Any, **kwargs: Any) -> None:
             for generation in (g for batch in response.generations for g in batch):
-                message = getattr(generation, "message", None)
-                info = generation.generation_info or getattr(message, "response_metadata", None) or {}
-                if info.get("refusal_probability") is not None:
-                    self.refusal_probability = float(info["refusal_probability"])
+                probability = reported_refusal_probability(generation)
+                if probability is not None:
+                    self.refusal_probability = probability
 
     started = time.perf_counter()
     prepared = chain.prepare({"question": query, "system": system, "chat_history": list(history)})
